@@ -1,0 +1,76 @@
+"""Training samples made on the fly: a mark as its clean reference, pasted into a listing-like photo, or background.
+
+Every sample carries one box: the model pools that region from its feature map, exactly as a
+scan does, so a pasted mark learns to land next to its clean reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from markguard.datasets.synth import Backgrounds, jpeg_roundtrip, near_match, paste_mark
+from markguard.datasets.transforms import render_reference, to_tensor
+
+
+@dataclass
+class CompositeConfig:
+    size: int = 128
+    p_clean: float = 0.3
+    p_background: float = 0.1
+    scale: tuple[float, float] = (0.3, 0.9)  # mark's long side over the photo's short side
+    strength: float = 1.0  # of rotation/perspective/blur in pasting
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class CompositeDataset(Dataset):
+    """``length`` virtual samples; sample i has label ``labels[i]`` (mark class, or ``num_marks`` for background).
+
+    Deterministic: sample i of epoch e is the same on every run and every worker.
+    """
+
+    def __init__(self, marks: list[Image.Image], length: int, cfg: CompositeConfig, *, seed: int = 0,
+                 backgrounds: str | None = None, background_class: bool = True):
+        self.marks = marks
+        self.cfg = cfg
+        self.seed = seed
+        self.epoch = 0
+        self.backgrounds = Backgrounds(backgrounds, pool=256, pool_size=2 * cfg.size)
+        n = len(marks) + (1 if background_class else 0)
+        rng = np.random.default_rng(seed)
+        labels = np.arange(length) % len(marks)
+        if background_class:
+            labels[rng.random(length) < cfg.p_background] = len(marks)
+        self.labels = labels.tolist()
+        self.num_classes = n
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        label = self.labels[i]
+        S = self.cfg.size
+        if label == len(self.marks):  # background: a region of a photo with no mark
+            img = self.backgrounds.sample(S, S, rng)
+            w, h = rng.uniform(0.25, 0.9, size=2) * S
+            x, y = rng.uniform(0, S - w), rng.uniform(0, S - h)
+            box = (x, y, x + w, y + h)
+        elif rng.random() < self.cfg.p_clean:
+            img, box = render_reference(self.marks[label], S)
+        else:
+            img = self.backgrounds.sample(S, S, rng)
+            mark = self.marks[label]
+            if rng.random() < 0.05:  # mild near-match: counterfeits are rarely pixel-exact
+                mark = near_match(mark, "occluded", rng)
+            box = paste_mark(img, mark, rng, scale=float(rng.uniform(*self.cfg.scale)), strength=self.cfg.strength)
+            if box is None:
+                img, box = render_reference(self.marks[label], S)
+            if rng.random() < 0.5:
+                img = jpeg_roundtrip(img, int(rng.integers(40, 95)))
+        return to_tensor(img, self.cfg.mean, self.cfg.std), torch.tensor(box, dtype=torch.float32), label

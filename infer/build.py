@@ -1,0 +1,127 @@
+"""Index building: embed a gallery's reference marks and write them to a brand index with the model's fingerprint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from markguard.checkpoint import DEFAULT_MODEL_DIR, atomic_write_text, load_checkpoint, resolve_model_dir
+from markguard.datasets.decode import load_mark
+from markguard.datasets.registry import Gallery, MarkRef, load_gallery
+from markguard.errors import DecodeError, MarkguardError
+from markguard.infer.embed import embed_references
+from markguard.infer.scan import INDEX_META, resolve_device
+
+
+@dataclass
+class EmbeddedMarks:
+    vectors: object  # np.ndarray (n, dim)
+    records: list[dict]
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) for marks that could not be read
+
+
+def embed_marks(marks: list[MarkRef], model, card, *, device: str = "cpu", batch_size: int = 32) -> EmbeddedMarks:
+    images, records, errors = [], [], []
+    for ref in marks:
+        try:
+            images.append(load_mark(ref.path))
+        except (DecodeError, OSError) as e:
+            errors.append((str(ref.path), getattr(e, "reason", str(e))))
+            continue
+        records.append({"brand": ref.brand, "mark": ref.mark, "source": str(Path(ref.path).resolve())})
+    vectors = embed_references(model, card, images, batch_size=batch_size, device=device)
+    return EmbeddedMarks(vectors, records, errors)
+
+
+def _brands_meta(gallery: Gallery) -> dict:
+    return {b.id: {"name": b.name, "authorized_sellers": b.authorized_sellers, "threshold": b.threshold} for b in gallery.brands.values()}
+
+
+def _report_errors(errors, stream=sys.stderr) -> None:
+    for path, reason in errors:
+        stream.write(f"skipped mark {path}: {reason}\n")
+
+
+def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path | None = None, kind: str = "auto",
+                device: str = "auto", memory_budget_mb: float | None = None, recall_target: float = 0.95) -> dict:
+    """Embed every mark of the gallery and save the index at ``out``; returns the index's info."""
+    from markguard.infer.index import MarkIndex
+
+    device = resolve_device(device)
+    gallery = load_gallery(gallery_path)
+    model_dir = resolve_model_dir(model)
+    net, card = load_checkpoint(model_dir, device=device)
+    emb = embed_marks(gallery.marks, net, card, device=device)
+    _report_errors(emb.errors)
+    if not emb.records:
+        raise MarkguardError(f"{gallery_path}: none of the marks could be read; fix the files listed above")
+    index = MarkIndex.build(emb.vectors, emb.records, fingerprint=card.fingerprint, kind=kind,
+                            memory_budget_mb=memory_budget_mb, recall_target=recall_target)
+    out = Path(out)
+    index.save(out)
+    write_index_meta(out, model_dir, card.fingerprint, _brands_meta(gallery), gallery.root)
+    info = index.info()
+    info["skipped"] = len(emb.errors)
+    return info
+
+
+def read_index_meta(index_path: Path) -> dict:
+    meta_path = Path(index_path) / INDEX_META
+    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def write_index_meta(out: Path, model_dir: Path, fingerprint: str, brands: dict, gallery_root: Path | None,
+                     meta: dict | None = None) -> None:
+    """Beside the index (which a save swaps in whole, so callers pass what was there before): model and brands."""
+    meta_path = out / INDEX_META
+    meta = dict(meta or {})
+    merged = meta.get("brands", {}) | brands
+    model_ref = None if Path(model_dir).resolve() == DEFAULT_MODEL_DIR.resolve() else str(Path(model_dir).resolve())
+    meta.update({"model": model_ref, "model_fingerprint": fingerprint, "brands": merged})
+    if gallery_root is not None:
+        meta.setdefault("galleries", [])
+        if str(Path(gallery_root).resolve()) not in meta["galleries"]:
+            meta["galleries"].append(str(Path(gallery_root).resolve()))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+
+
+def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str | Path | None = None, device: str = "auto") -> dict:
+    """Add a gallery's marks (new brands, or new marks of known ones) to an existing index, without a rebuild."""
+    from markguard.infer.index import MarkIndex
+
+    device = resolve_device(device)
+    index_path = Path(index_path)
+    meta = read_index_meta(index_path)
+    model_dir = resolve_model_dir(model if model is not None else meta.get("model"))
+    net, card = load_checkpoint(model_dir, device=device)
+    index = MarkIndex.load(index_path, expect_fingerprint=card.fingerprint)
+    gallery = load_gallery(gallery_path)
+    known = {(r.brand, r.mark, r.source) for r in index.records()}
+    new = [m for m in gallery.marks if (m.brand, m.mark, str(Path(m.path).resolve())) not in known]
+    emb = embed_marks(new, net, card, device=device)
+    _report_errors(emb.errors)
+    ids = index.add(emb.vectors, emb.records) if emb.records else []
+    index.save(index_path)
+    write_index_meta(index_path, model_dir, card.fingerprint, _brands_meta(gallery), gallery.root, meta)
+    return {"added": len(ids), "already_indexed": len(gallery.marks) - len(new), "skipped": len(emb.errors), "total": len(index)}
+
+
+def remove_from_index(index_path: str | Path, *, brand: str | None = None, mark: str | None = None) -> dict:
+    from markguard.infer.index import MarkIndex
+
+    if brand is None and mark is None:
+        raise MarkguardError("say what to remove: --brand BRAND and/or --mark MARK")
+    index_path = Path(index_path)
+    index = MarkIndex.load(index_path)
+    meta = read_index_meta(index_path)
+    n = index.remove(brand=brand, mark=mark)
+    if n == 0:
+        raise MarkguardError(f"{index_path}: nothing matches brand={brand!r} mark={mark!r}; see `markguard index info {index_path}`")
+    index.save(index_path)
+    if brand is not None and mark is None:
+        meta.get("brands", {}).pop(brand, None)
+    if meta:
+        atomic_write_text(index_path / INDEX_META, json.dumps(meta, indent=2))
+    return {"removed": n, "total": len(index)}

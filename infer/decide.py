@@ -1,0 +1,83 @@
+"""The decision policy: thresholds (global, per brand), the review band and the seller allowlist."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from markguard.errors import MarkguardError
+
+
+@dataclass
+class Match:
+    """One candidate mark in one photo; ``box`` is in original pixels."""
+
+    brand: str
+    mark: str
+    score: float
+    box: list[int] | None
+    index: str | None = None  # which index it came from, when a scan searches several
+
+    def to_json(self) -> dict:
+        d = {"brand": self.brand, "mark": self.mark, "score": round(float(self.score), 4), "box": self.box}
+        if self.index is not None:
+            d["index"] = self.index
+        return d
+
+
+@dataclass
+class Policy:
+    """``flag`` and ``review`` similarities; a brand's own flag threshold shifts its review one by the same band."""
+
+    flag: float
+    review: float
+    per_brand: dict[str, float] = field(default_factory=dict)
+    authorized: dict[str, list[str]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # where each threshold came from, for summary.json
+
+    def __post_init__(self):
+        if self.review > self.flag:
+            raise MarkguardError(f"review threshold {self.review} is above the flag threshold {self.flag}; the review band lies below flag")
+
+    def thresholds(self, brand: str) -> tuple[float, float]:
+        flag = self.per_brand.get(brand, self.flag)
+        return flag, flag - (self.flag - self.review)
+
+    def decide(self, matches: list[Match], seller_id: str | None) -> tuple[str, Match | None]:
+        """Status of a photo and the match that decided it (the best one when it passes)."""
+        ranked = sorted(matches, key=lambda m: -m.score)
+        allowed = None
+        for level in ("flag", "review"):
+            for m in ranked:
+                flag, review = self.thresholds(m.brand)
+                if m.score >= (flag if level == "flag" else review):
+                    if seller_id is not None and seller_id in self.authorized.get(m.brand, ()):
+                        allowed = allowed or m
+                        continue
+                    return level, m
+        if allowed is not None:
+            return "allowed", allowed
+        return "pass", ranked[0] if ranked else None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: float | None = None,
+                   review: float | None = None) -> Policy:
+    """Command line > model card (calibrated) for the global thresholds; brands.yaml > calibrated per brand."""
+    sources = {"flag": "command line" if flag is not None else "model card",
+               "review": "command line" if review is not None else "model card"}
+    g_flag = flag if flag is not None else float(card_thresholds.get("flag", 0.6))
+    g_review = review if review is not None else float(card_thresholds.get("review", g_flag - 0.1))
+    if flag is not None and review is None:
+        g_review = g_flag - (float(card_thresholds.get("flag", 0.6)) - float(card_thresholds.get("review", 0.5)))
+        sources["review"] = "command line flag minus the card's review band"
+    per_brand = {b: float(t) for b, t in (card_thresholds.get("per_brand") or {}).items()}
+    for b in per_brand:
+        sources[f"brand:{b}"] = "model card (calibrated)"
+    for b, meta in brands.items():
+        if meta.get("threshold") is not None:
+            per_brand[b] = float(meta["threshold"])
+            sources[f"brand:{b}"] = "brands.yaml"
+    authorized = {b: list(meta.get("authorized_sellers") or []) for b, meta in brands.items() if meta.get("authorized_sellers")}
+    return Policy(g_flag, g_review, per_brand, authorized, sources)

@@ -1,0 +1,51 @@
+"""Embedding: the gallery's reference marks, and listing photos with their regions, in batched forward passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from markguard.checkpoint import ModelCard
+from markguard.datasets.transforms import render_reference, to_tensor
+from markguard.model import EmbeddingModel
+
+
+def autocast(device: str, precision: str = "auto"):
+    """bf16 autocast on CUDA (and on CPU only when asked: CPUs without bf16 units run it many times slower)."""
+    use = precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use)
+
+
+@torch.no_grad()
+def embed_references(model: EmbeddingModel, card: ModelCard, marks: list[Image.Image], *, batch_size: int = 32,
+                     device: str = "cpu", precision: str = "auto") -> np.ndarray:
+    """(n, dim) float32 embeddings of reference marks, rendered the way training renders a clean mark."""
+    out = []
+    for i in range(0, len(marks), batch_size):
+        imgs, boxes = zip(*(render_reference(m, card.input_size) for m in marks[i : i + batch_size]))
+        x = torch.stack([to_tensor(im, card.mean, card.std) for im in imgs]).to(device)
+        with autocast(device, precision):
+            fmap = model.forward_features(x.contiguous(memory_format=torch.channels_last))
+        emb = model.embed_regions(fmap, [torch.tensor([b], dtype=torch.float32, device=device) for b in boxes], card.input_size)
+        out.append(emb.cpu().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, card.dim), np.float32)
+
+
+@dataclass
+class RegionEmbeddings:
+    vectors: torch.Tensor  # (sum R_i, dim)
+    counts: list[int]  # R_i per image
+
+
+@torch.no_grad()
+def embed_regions(model: EmbeddingModel, card: ModelCard, x: torch.Tensor, boxes: list[torch.Tensor], *,
+                  device: str = "cpu", precision: str = "auto") -> RegionEmbeddings:
+    """One backbone pass over the batch, then every image's regions pooled from its feature map."""
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with autocast(device, precision):
+        fmap = model.forward_features(x)
+    vec = model.embed_regions(fmap, [b.to(device) for b in boxes], x.shape[-1])
+    return RegionEmbeddings(vec, [len(b) for b in boxes])

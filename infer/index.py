@@ -1,0 +1,958 @@
+"""The brand index: embeddings of genuine marks in FAISS, their metadata in SQLite, saved as one directory.
+
+Layout of a saved index (a directory)::
+
+    index.faiss    the FAISS index; ids inside it are the stable mark ids
+    refine.faiss   ivfpq only: 8-bit copies of the vectors, to re-rank PQ candidates with near-exact scores
+    marks.sqlite   marks(id, brand, mark, source, added), meta(next_id), tombstones(id) (hnsw removals)
+    index.json     fingerprint, dim, kind, settings, search params, count, sha256 of every file above
+
+Vectors are L2-normalised, so inner product is cosine similarity and a score is comparable with the
+calibrated thresholds of the model card whichever kind of index holds the vectors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import faiss
+import numpy as np
+
+from markguard.errors import MarkguardError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+REFINE_FILE = "refine.faiss"
+MARKS_FILE = "marks.sqlite"
+META_FILE = "index.json"
+REBUILD = "rebuild it with `markguard index build`"
+
+AUTO_FLAT_BELOW = 50_000  # exact search stays fast (< 1 ms a query on 2 cores) up to about here
+RECALL_K = 10  # recall@10 is what the tuner and the benchmark measure
+SEARCH_BATCH = 4096  # queries per FAISS call: bounds the distance and re-rank buffers
+TUNE_QUERIES = 500
+# Tuning queries are indexed vectors plus isotropic noise of this norm (cosine ~0.9 to their source):
+# near-duplicates of genuine marks, which is what a counterfeit photo looks like to the model.
+TUNE_NOISE = 0.5
+NORM_TOLERANCE = 1e-2  # bf16 embeddings cast back to float32 land within ~1e-3 of unit norm
+IDMAP2_REVERSE_BYTES = 40  # IndexIDMap2's unordered_map<id, slot>: node + bucket per entry
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+@dataclass(frozen=True)
+class FlatSettings:
+    """Exact inner-product search; memory dim*4 bytes a vector, time linear in the count."""
+
+
+@dataclass(frozen=True)
+class HNSWSettings:
+    """Graph search over full vectors: fast and accurate, memory ~1.3x the raw vectors."""
+
+    m: int = 32  # neighbours a node; 2*m on the base layer
+    ef_construction: int = 80
+    ef_search_sweep: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+    compact_above: float = 0.2  # HNSW cannot delete: rebuild on save once this share is tombstones
+
+
+@dataclass(frozen=True)
+class IVFPQSettings:
+    """OPQ rotation + inverted lists + product quantisation: the kind that fits large indexes in little memory."""
+
+    opq: bool = True
+    dims_per_code: int = 4  # PQ sub-vector width: dim/4 sub-quantisers, one byte each at 8 bits
+    nbits: int = 8
+    nlist: int | None = None  # None: about 4*sqrt(n), a power of two
+    # "SQ8" keeps an 8-bit copy of each vector (dim bytes) to re-rank k*k_factor PQ candidates, so
+    # scores are near-exact cosines (PQ scores are off by ~0.05, too much for calibrated thresholds)
+    # and recall@10 is not capped by the PQ code. None saves the memory and returns PQ scores.
+    refine: str | None = "SQ8"
+    k_factor: int = 4
+    # Training budget. faiss k-means on 4-dim PQ sub-spaces is slow (tiny GEMMs), and OPQ repeats
+    # PQ training every iteration; these bounds keep a 1M build to minutes on 2 cores, and the SQ8
+    # re-ranking makes up for the slightly coarser codebooks.
+    train_size: int = 131_072  # vectors sampled to train the coarse quantiser (>= 32 a list at 4096 lists)
+    kmeans_iters: int = 10
+    pq_points_per_centroid: int = 64
+    opq_iters: int = 8
+    nprobe_sweep: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
+
+
+class IndexKind(Enum):
+    """Index types by name (as a recipe or the CLI spells them); each value carries its default settings."""
+
+    FLAT = FlatSettings()
+    HNSW = HNSWSettings()
+    IVFPQ = IVFPQSettings()
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def named(cls, name: str | IndexKind) -> IndexKind:
+        if isinstance(name, IndexKind):
+            return name
+        try:
+            return cls[str(name).upper()]
+        except KeyError:
+            raise MarkguardError(f"unknown index kind {name!r}; choose one of auto, {', '.join(cls.labels())}") from None
+
+    @classmethod
+    def labels(cls) -> list[str]:
+        return [k.label for k in cls]
+
+    def settings(self, options: dict | None = None):
+        """This kind's settings with ``options`` (from YAML or the CLI) applied over the defaults."""
+        if not options:
+            return self.value
+        known = {f.name for f in dataclasses.fields(self.value)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise MarkguardError(f"unknown {self.label} index option(s) {unknown}; valid: {sorted(known) or 'none'}")
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        return dataclasses.replace(self.value, **fixed)
+
+
+def _settings_from_json(kind: IndexKind, doc: dict):
+    return kind.settings({k: v for k, v in doc.items() if k in {f.name for f in dataclasses.fields(kind.value)}})
+
+
+def _pq_m(dim: int, dims_per_code: int) -> int:
+    """Largest sub-quantiser count dividing dim with sub-vectors at least dims_per_code wide."""
+    cap = max(1, dim // dims_per_code)
+    return max(m for m in range(1, cap + 1) if dim % m == 0)
+
+
+IVFPQ_MIN_VECTORS = 1_000
+
+
+def _nlist(n: int, settings: IVFPQSettings) -> int:
+    if settings.nlist:
+        return settings.nlist
+    target = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
+    return max(1, min(target, n // 39))  # faiss k-means wants >= 39 training points a centroid
+
+
+def _nbits(n: int, settings: IVFPQSettings) -> int:
+    # PQ k-means needs >= 39 points a centroid too; small test indexes get smaller codebooks
+    return max(4, min(settings.nbits, int(math.log2(max(2, n) / 39))))
+
+
+def estimate_bytes(kind: IndexKind | str, n: int, dim: int, settings=None) -> int:
+    """Memory an index of ``n`` vectors will take, to choose a kind and to log before building."""
+    kind = IndexKind.named(kind)
+    settings = settings or kind.value
+    if kind is IndexKind.FLAT:
+        return n * (dim * 4 + 8 + IDMAP2_REVERSE_BYTES)
+    if kind is IndexKind.HNSW:
+        links = (2 * settings.m + settings.m // max(1, settings.m - 1) + 1) * 4  # base layer + upper layers
+        return n * (dim * 4 + links + 12 + 8 + IDMAP2_REVERSE_BYTES)
+    m = _pq_m(dim, settings.dims_per_code)
+    nlist = _nlist(max(n, 1), settings)
+    per_vector = m + 8 + (dim + 8 + 8 if settings.refine else 0)  # PQ code + id, SQ8 copy + id + slot map
+    return n * per_vector + nlist * dim * 4 + dim * dim * 4 + 256 * dim * 4
+
+
+def choose_kind(n: int, dim: int, memory_budget_mb: float | None = None, *,
+                flat_below: int = AUTO_FLAT_BELOW) -> IndexKind:
+    """Like autofaiss: exact while small, HNSW when the full vectors fit the budget, else IVF-PQ."""
+    budget = None if memory_budget_mb is None else memory_budget_mb * 2**20
+    fits = lambda kind: budget is None or estimate_bytes(kind, n, dim) <= budget  # noqa: E731
+    if n < IVFPQ_MIN_VECTORS or (n < flat_below and fits(IndexKind.FLAT)):
+        return IndexKind.FLAT  # too few vectors to train a quantiser: flat, whatever the budget
+    if fits(IndexKind.HNSW):
+        return IndexKind.HNSW
+    if fits(IndexKind.IVFPQ):
+        return IndexKind.IVFPQ
+    need = estimate_bytes(IndexKind.IVFPQ, n, dim) / 2**20
+    raise MarkguardError(f"{n:,} vectors of {dim} dims need ~{need:,.0f} MB even as ivfpq, over the "
+                         f"{memory_budget_mb:,.0f} MB budget; raise --memory-budget-mb or pass "
+                         f"ivfpq option refine: null (PQ scores only)")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class MarkRecord:
+    """Metadata of one indexed vector."""
+
+    id: int  # stable: never reused after removal, kept across save/load
+    brand: str
+    mark: str
+    source: str  # gallery file the vector came from, may be ""
+    added: str  # ISO date-time, UTC
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS marks(id INTEGER PRIMARY KEY, brand TEXT NOT NULL, mark TEXT NOT NULL,
+                                 source TEXT NOT NULL DEFAULT '', added TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS marks_brand_mark ON marks(brand, mark);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstones(id INTEGER PRIMARY KEY);
+"""
+_SQL_CHUNK = 900  # stay under SQLite's bound-parameter limit on old builds
+
+
+def _memory_db() -> sqlite3.Connection:
+    # check_same_thread=False: the scan may search from a worker thread; MarkIndex serialises access
+    db = sqlite3.connect(":memory:", check_same_thread=False)
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _record_rows(records: list[dict], ids: np.ndarray) -> list[tuple]:
+    rows = []
+    stamp = _now()
+    for i, (rid, rec) in enumerate(zip(ids.tolist(), records)):
+        if not isinstance(rec, dict):
+            raise MarkguardError(f"record {i} is a {type(rec).__name__}, expected a dict with brand, mark, source")
+        brand, mark = rec.get("brand"), rec.get("mark")
+        if not isinstance(brand, str) or not brand or not isinstance(mark, str) or not mark:
+            raise MarkguardError(f"record {i} needs non-empty 'brand' and 'mark' strings, got {rec!r}")
+        rows.append((rid, brand, mark, str(rec.get("source") or ""), str(rec.get("added") or stamp)))
+    return rows
+
+
+# --------------------------------------------------------------------------- backends
+# One class a kind, each owning its FAISS objects; MarkIndex holds ids, metadata, tuning and files.
+
+
+def _xb_view(flat: faiss.IndexFlat) -> np.ndarray:
+    # a view, not a copy: the vectors of a 1M index are a GB; valid until the index is next mutated
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+
+
+def _ids_of(idmap) -> np.ndarray:
+    return faiss.vector_to_array(idmap.id_map).astype(np.int64, copy=False)
+
+
+class _Flat:
+    kind = IndexKind.FLAT
+    param_name = None
+
+    def __init__(self, index, settings=FlatSettings()):
+        self.index, self.settings = index, settings
+        self.param = None
+
+    @classmethod
+    def create(cls, dim, n, settings, train, seed):
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), settings)
+
+    @property
+    def factory(self) -> str:
+        return "IDMap2,Flat"
+
+    def add(self, x, ids):
+        self.index.add_with_ids(x, ids)
+
+    def remove(self, ids):
+        self.index.remove_ids(ids)
+
+    def search(self, q, k):
+        return self.index.search(q, k)
+
+    def set_param(self, value):
+        pass
+
+    @property
+    def live(self) -> int:
+        return self.index.ntotal
+
+    def tombstones(self) -> np.ndarray:
+        return np.empty(0, np.int64)
+
+    def iter_live(self, chunk=65_536):
+        flat = faiss.downcast_index(self.index.index)
+        xb, ids = _xb_view(flat), _ids_of(self.index)
+        for s in range(0, len(ids), chunk):
+            yield np.array(xb[s:s + chunk]), ids[s:s + chunk]
+
+    def memory_bytes(self) -> int:
+        return self.index.ntotal * (self.index.d * 4 + 8 + IDMAP2_REVERSE_BYTES)
+
+    def should_compact(self) -> bool:
+        return False
+
+    def write(self, folder: Path) -> list[str]:
+        faiss.write_index(self.index, str(folder / INDEX_FILE))
+        return [INDEX_FILE]
+
+    @classmethod
+    def read(cls, folder: Path, settings, tombstones):
+        return cls(faiss.read_index(str(folder / INDEX_FILE)), settings)
+
+
+class _HNSW(_Flat):
+    kind = IndexKind.HNSW
+    param_name = "efSearch"
+
+    def __init__(self, index, settings: HNSWSettings, tombstones=()):
+        super().__init__(index, settings)
+        self.param = 64
+        self._dead = set(int(i) for i in tombstones)
+        self._sel = None  # IDSelectorNot(IDSelectorBatch(dead)), rebuilt after removals
+
+    @classmethod
+    def create(cls, dim, n, settings: HNSWSettings, train, seed):
+        hnsw = faiss.IndexHNSWFlat(dim, settings.m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = settings.ef_construction
+        return cls(faiss.IndexIDMap2(hnsw), settings)
+
+    @property
+    def factory(self) -> str:
+        return f"IDMap2,HNSW{self.settings.m},Flat"
+
+    def remove(self, ids):
+        # HNSW cannot unlink a node; the ids are filtered inside the graph walk (IDSelector), so a
+        # search still returns k live results instead of k minus the dead ones.
+        self._dead.update(int(i) for i in ids)
+        self._sel = None
+
+    def set_param(self, value):
+        self.param = int(value)
+
+    def search(self, q, k):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.param, k)
+        if self._dead:
+            if self._sel is None:
+                batch = faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64, len(self._dead)))
+                self._sel = (batch, faiss.IDSelectorNot(batch))  # keep batch alive: Not holds a raw pointer
+            params.sel = self._sel[1]
+        return self.index.search(q, k, params=params)
+
+    @property
+    def live(self) -> int:
+        return self.index.ntotal - len(self._dead)
+
+    def tombstones(self) -> np.ndarray:
+        return np.array(sorted(self._dead), np.int64)
+
+    def iter_live(self, chunk=65_536):
+        storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
+        xb, ids = _xb_view(storage), _ids_of(self.index)
+        dead = self.tombstones()
+        for s in range(0, len(ids), chunk):
+            keep = ~np.isin(ids[s:s + chunk], dead)
+            yield np.array(xb[s:s + chunk][keep]), ids[s:s + chunk][keep]
+
+    def memory_bytes(self) -> int:
+        g = faiss.downcast_index(self.index.index).hnsw
+        graph = g.neighbors.size() * 4 + g.offsets.size() * 8 + g.levels.size() * 4
+        return graph + self.index.ntotal * (self.index.d * 4 + 8 + IDMAP2_REVERSE_BYTES)
+
+    def should_compact(self) -> bool:
+        return len(self._dead) > self.settings.compact_above * max(1, self.index.ntotal)
+
+    def compact(self):
+        """Rebuild the graph from the live vectors, dropping the tombstones (minutes at 1M vectors)."""
+        fresh = _HNSW.create(self.index.d, self.live, self.settings, None, 0)
+        for x, ids in self.iter_live():
+            fresh.add(x, ids)
+        self.index, self._dead, self._sel = fresh.index, set(), None
+
+    @classmethod
+    def read(cls, folder, settings, tombstones):
+        return cls(faiss.read_index(str(folder / INDEX_FILE)), settings, tombstones)
+
+
+class _IVFPQ(_Flat):
+    kind = IndexKind.IVFPQ
+    param_name = "nprobe"
+
+    def __init__(self, index, refine, settings: IVFPQSettings):
+        super().__init__(index, settings)
+        self.refine = refine  # IndexIDMap(IndexScalarQuantizer) or None
+        self.param = faiss.extract_index_ivf(index).nprobe
+        self._slots = None  # (slot_of_id, codes view), rebuilt lazily after a mutation
+
+    @classmethod
+    def create(cls, dim, n, settings: IVFPQSettings, train, seed):
+        if n < IVFPQ_MIN_VECTORS:
+            raise MarkguardError(f"ivfpq needs at least {IVFPQ_MIN_VECTORS:,} vectors to train its quantisers, "
+                                 f"got {n:,}; use kind flat (exact) for an index this small")
+        m, nlist, nbits = _pq_m(dim, settings.dims_per_code), _nlist(n, settings), _nbits(n, settings)
+        factory = (f"OPQ{m}," if settings.opq else "") + f"IVF{nlist},PQ{m}x{nbits}"
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        ivf.cp.niter = settings.kmeans_iters
+        pq = faiss.downcast_index(ivf).pq
+        pq.cp.seed = seed
+        pq.cp.max_points_per_centroid = settings.pq_points_per_centroid
+        if settings.opq:
+            opq = faiss.downcast_VectorTransform(index.chain.at(0))
+            opq.niter, opq.niter_pq_0 = settings.opq_iters, settings.opq_iters
+            opq.max_train_points = settings.pq_points_per_centroid * 256
+        index.train(train)
+        refine = None
+        if settings.refine:
+            qtype = {"SQ8": faiss.ScalarQuantizer.QT_8bit, "SQfp16": faiss.ScalarQuantizer.QT_fp16}.get(settings.refine)
+            if qtype is None:
+                raise MarkguardError(f"unknown ivfpq refine {settings.refine!r}; choose SQ8, SQfp16 or null")
+            sq = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
+            # widen the trained per-dimension range by 10% each side: marks added later may fall
+            # outside the training sample's range and would otherwise be clipped
+            sq.sq.rangestat = faiss.ScalarQuantizer.RS_minmax
+            sq.sq.rangestat_arg = 0.1
+            sq.train(train)
+            refine = faiss.IndexIDMap(sq)
+        return cls(index, refine, settings)
+
+    @property
+    def factory(self) -> str:
+        ivf = faiss.extract_index_ivf(self.index)
+        pq = faiss.downcast_index(ivf).pq
+        s = (f"OPQ{pq.M}," if self.settings.opq else "") + f"IVF{ivf.nlist},PQ{pq.M}x{pq.nbits}"
+        return s + (f",Refine({self.settings.refine})" if self.refine is not None else "")
+
+    def add(self, x, ids):
+        self.index.add_with_ids(x, ids)
+        if self.refine is not None:
+            self.refine.add_with_ids(x, ids)
+        self._slots = None
+
+    def remove(self, ids):
+        self.index.remove_ids(ids)
+        if self.refine is not None:
+            self.refine.remove_ids(ids)
+        self._slots = None
+
+    def set_param(self, value):
+        self.param = int(value)
+        faiss.extract_index_ivf(self.index).nprobe = self.param
+
+    def _refine_arrays(self):
+        if self._slots is None:
+            sq = faiss.downcast_index(self.refine.index)
+            ids = _ids_of(self.refine)
+            slot_of = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, np.int64)
+            slot_of[ids] = np.arange(len(ids))
+            codes = faiss.rev_swig_ptr(sq.codes.data(), sq.ntotal * sq.code_size).reshape(sq.ntotal, sq.code_size)
+            self._slots = (slot_of, codes, sq)
+        return self._slots
+
+    def search(self, q, k):
+        if self.refine is None:
+            return self.index.search(q, k)
+        kk = k * self.settings.k_factor
+        _, cand = self.index.search(q, kk)
+        slot_of, codes, sq = self._refine_arrays()
+        ok = cand >= 0
+        slots = slot_of[np.where(ok, cand, 0)]
+        vecs = sq.sa_decode(codes[slots.ravel()]).reshape(len(q), kk, -1)
+        scores = np.matmul(vecs, q[:, :, None])[:, :, 0]
+        scores[~ok] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, top, 1), np.where(np.take_along_axis(ok, top, 1),
+                                                           np.take_along_axis(cand, top, 1), -1)
+
+    @property
+    def live(self) -> int:
+        return self.index.ntotal
+
+    def iter_live(self, chunk=65_536):
+        if self.refine is None:
+            raise MarkguardError("an ivfpq index without refine keeps no vectors to re-tune on; "
+                                 "pass the vectors, or rebuild with `markguard index build`")
+        _, codes, sq = self._refine_arrays()
+        ids = _ids_of(self.refine)
+        for s in range(0, len(ids), chunk):
+            yield sq.sa_decode(np.ascontiguousarray(codes[s:s + chunk])), ids[s:s + chunk]
+
+    def memory_bytes(self) -> int:
+        ivf = faiss.extract_index_ivf(self.index)
+        pq = faiss.downcast_index(ivf).pq
+        total = ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * ivf.d * 4 + pq.M * pq.ksub * pq.dsub * 4
+        total += ivf.d * ivf.d * 4 if self.settings.opq else 0
+        if self.refine is not None:
+            sq = faiss.downcast_index(self.refine.index)
+            total += self.refine.ntotal * (sq.code_size + 8 + 8)  # codes + id_map + our slot map
+        return total
+
+    def write(self, folder):
+        faiss.write_index(self.index, str(folder / INDEX_FILE))
+        if self.refine is None:
+            return [INDEX_FILE]
+        faiss.write_index(self.refine, str(folder / REFINE_FILE))
+        return [INDEX_FILE, REFINE_FILE]
+
+    @classmethod
+    def read(cls, folder, settings, tombstones):
+        refine = faiss.read_index(str(folder / REFINE_FILE)) if settings.refine else None
+        return cls(faiss.read_index(str(folder / INDEX_FILE)), refine, settings)
+
+
+_BACKENDS = {IndexKind.FLAT: _Flat, IndexKind.HNSW: _HNSW, IndexKind.IVFPQ: _IVFPQ}
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's true top-k (ids >= 0) that ``found`` returned, any order."""
+    hit = (found[:, :, None] == truth[:, None, :]) & (truth[:, None, :] >= 0)
+    wanted = np.maximum((truth >= 0).sum(1), 1)
+    return float((hit.any(1).sum(1) / wanted).mean())
+
+
+def exact_search(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int):
+    """Brute-force top-k inner products over (vectors, ids) chunks: the reference the tuner compares to."""
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for x, ids in chunks:
+        if len(x):
+            d, pos = faiss.knn(queries, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
+            pad = k - d.shape[1]
+            if pad:
+                d = np.pad(d, ((0, 0), (0, pad)), constant_values=-np.inf)
+                pos = np.pad(pos, ((0, 0), (0, pad)), constant_values=-1)
+            heap.add_result(d, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+class MarkIndex:
+    """Genuine-mark vectors searchable by cosine, with stable ids and their brand/mark metadata."""
+
+    def __init__(self, *, fingerprint: str, dim: int, backend, db: sqlite3.Connection, next_id: int,
+                 recall: float | None = None, recall_target: float | None = None, path: Path | None = None):
+        self.fingerprint = fingerprint
+        self.dim = dim
+        self._backend = backend
+        self._db = db
+        self._next_id = next_id
+        self._recall = recall
+        self._recall_target = recall_target
+        self._path = path
+        self._lock = threading.RLock()
+
+    @property
+    def kind(self) -> IndexKind:
+        return self._backend.kind
+
+    # ---- building
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, records: list[dict], *, fingerprint: str, kind: str | IndexKind = "auto",
+              memory_budget_mb: float | None = None, recall_target: float = 0.95, seed: int = 0,
+              options: dict | None = None) -> MarkIndex:
+        """Index ``vectors`` (L2-normalised, one row per record) and tune the search for ``recall_target``.
+
+        ``options`` override the chosen kind's settings (e.g. ``{"m": 48}`` for hnsw).
+        """
+        x = _as_vectors(vectors, None, "vectors")
+        if len(records) != len(x):
+            raise MarkguardError(f"{len(x):,} vectors but {len(records):,} records; give one record a vector")
+        if not fingerprint:
+            raise MarkguardError("an index needs the fingerprint of the model that embedded its vectors")
+        if not 0 < recall_target <= 1:
+            raise MarkguardError(f"recall_target must be in (0, 1], got {recall_target}")
+        n, dim = x.shape
+        chosen = choose_kind(n, dim, memory_budget_mb) if str(kind) == "auto" else IndexKind.named(kind)
+        settings = chosen.settings(options)
+        log.info("building a %s index of %s vectors x %d dims: ~%.0f MB", chosen.label, f"{n:,}", dim,
+                 estimate_bytes(chosen, n, dim, settings) / 2**20)
+        ids = np.arange(n, dtype=np.int64)
+        db = _memory_db()
+        with db:
+            db.executemany("INSERT INTO marks VALUES (?,?,?,?,?)", _record_rows(records, ids))
+        rng = np.random.default_rng(seed)
+        train = x
+        if chosen is IndexKind.IVFPQ and n > settings.train_size:
+            train = x[np.sort(rng.choice(n, settings.train_size, replace=False))]
+        backend = _BACKENDS[chosen].create(dim, n, settings, train, seed)
+        for s in range(0, n, 262_144):  # chunks bound the transient copies faiss makes while adding
+            backend.add(x[s:s + 262_144], ids[s:s + 262_144])
+        index = cls(fingerprint=fingerprint, dim=dim, backend=backend, db=db, next_id=n)
+        index.tune(recall_target, vectors=(x, ids), seed=seed)
+        return index
+
+    def tune(self, recall_target: float = 0.95, *, vectors: tuple[np.ndarray, np.ndarray] | None = None,
+             n_queries: int = TUNE_QUERIES, seed: int = 0) -> float:
+        """Pick the smallest efSearch/nprobe reaching ``recall_target`` recall@10 against exact search.
+
+        Queries are indexed vectors plus noise; ``vectors`` = (x, ids) spares reading them back from the
+        index (exact for flat/hnsw, 8-bit for ivfpq). Returns the recall measured at the chosen setting.
+        """
+        with self._lock:
+            b = self._backend
+            self._recall_target = recall_target
+            if b.param_name is None or b.live == 0:
+                self._recall = 1.0  # exact search
+                return self._recall
+            chunks = (lambda: iter([vectors])) if vectors is not None else b.iter_live
+            rng = np.random.default_rng(seed)
+            total = sum(len(ids) for _, ids in chunks())
+            picks = np.sort(rng.choice(total, min(n_queries, total), replace=False))
+            queries, start = [], 0
+            for x, _ in chunks():
+                sel = picks[(picks >= start) & (picks < start + len(x))] - start
+                queries.append(x[sel])
+                start += len(x)
+            q = np.concatenate(queries)
+            q = q + rng.standard_normal(q.shape).astype(np.float32) * (TUNE_NOISE / math.sqrt(self.dim))
+            q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
+            _, truth = exact_search(chunks(), q, RECALL_K)
+            sweep = getattr(b.settings, "ef_search_sweep", None) or b.settings.nprobe_sweep
+            if b.kind is IndexKind.IVFPQ:
+                nlist = faiss.extract_index_ivf(b.index).nlist
+                sweep = [p for p in sweep if p < nlist] + [nlist]
+            recall = 0.0
+            for value in sweep:
+                b.set_param(value)
+                recall = recall_at_k(b.search(q, RECALL_K)[1], truth)
+                if recall >= recall_target:
+                    break
+            else:
+                log.warning("%s index reaches recall@10 %.3f at %s=%s, below the %.2f target", b.kind.label,
+                            recall, b.param_name, b.param, recall_target)
+            self._recall = recall
+            log.info("%s: %s=%s gives recall@10 %.3f", b.kind.label, b.param_name, b.param, recall)
+            return recall
+
+    # ---- mutation
+
+    def add(self, vectors: np.ndarray, records: list[dict]) -> list[int]:
+        """Add marks without rebuilding; returns their new ids."""
+        x = _as_vectors(vectors, self.dim, "vectors", self._where())
+        if len(records) != len(x):
+            raise MarkguardError(f"{len(x):,} vectors but {len(records):,} records; give one record a vector")
+        with self._lock:
+            ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
+            rows = _record_rows(records, ids)
+            with self._db:  # rolls the metadata back if FAISS refuses the vectors
+                self._db.executemany("INSERT INTO marks VALUES (?,?,?,?,?)", rows)
+                if len(x):
+                    self._backend.add(x, ids)
+            self._next_id += len(x)
+            return ids.tolist()
+
+    def remove(self, *, brand: str | None = None, mark: str | None = None, ids=None) -> int:
+        """Remove the marks matching every filter given; returns how many were removed."""
+        if brand is None and mark is None and ids is None:
+            raise MarkguardError("remove needs a brand, a mark or ids; refusing to empty the whole index")
+        where, args = [], []
+        if brand is not None:
+            where.append("brand = ?")
+            args.append(brand)
+        if mark is not None:
+            where.append("mark = ?")
+            args.append(mark)
+        with self._lock:
+            found = []
+            if ids is None:
+                found = [r[0] for r in self._db.execute(f"SELECT id FROM marks WHERE {' AND '.join(where)}", args)]
+            else:
+                seq = ids if isinstance(ids, (np.ndarray, list, tuple)) else list(np.atleast_1d(ids)) if np.isscalar(ids) else list(ids)
+                wanted = [int(i) for i in np.asarray(seq, dtype=np.int64).ravel()]
+                for s in range(0, len(wanted), _SQL_CHUNK):
+                    part = wanted[s:s + _SQL_CHUNK]
+                    sql = " AND ".join([f"id IN ({','.join('?' * len(part))})"] + where)
+                    found += [r[0] for r in self._db.execute(f"SELECT id FROM marks WHERE {sql}", part + args)]
+            if not found:
+                return 0
+            with self._db:
+                for s in range(0, len(found), _SQL_CHUNK):
+                    part = found[s:s + _SQL_CHUNK]
+                    self._db.execute(f"DELETE FROM marks WHERE id IN ({','.join('?' * len(part))})", part)
+                self._backend.remove(np.array(found, np.int64))
+            return len(found)
+
+    # ---- queries
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k cosine scores and ids for each query; where fewer than k exist, ids are -1 and scores -inf."""
+        q = _as_vectors(queries, self.dim, "queries", self._where())
+        if k < 1:
+            raise MarkguardError(f"k must be at least 1, got {k}")
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        with self._lock:
+            if self._backend.live == 0:
+                return scores, ids
+            for s in range(0, len(q), SEARCH_BATCH):
+                d, i = self._backend.search(q[s:s + SEARCH_BATCH], k)
+                scores[s:s + SEARCH_BATCH], ids[s:s + SEARCH_BATCH] = np.where(i >= 0, d, -np.inf), i
+        return scores, ids
+
+    def get(self, ids) -> list[MarkRecord | None]:
+        """Records for ``ids`` in the same order; None for -1 and for removed or unknown ids."""
+        wanted = [int(i) for i in np.asarray(ids).ravel()]
+        found: dict[int, MarkRecord] = {}
+        uniq = sorted({i for i in wanted if i >= 0})
+        with self._lock:
+            for s in range(0, len(uniq), _SQL_CHUNK):
+                part = uniq[s:s + _SQL_CHUNK]
+                for row in self._db.execute(f"SELECT id, brand, mark, source, added FROM marks WHERE id IN "
+                                            f"({','.join('?' * len(part))})", part):
+                    found[row[0]] = MarkRecord(*row)
+        return [found.get(i) for i in wanted]
+
+    def records(self) -> Iterator[MarkRecord]:
+        """All records by id, read in pages so a concurrent add or remove cannot break the iteration."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute("SELECT id, brand, mark, source, added FROM marks WHERE id > ? "
+                                        "ORDER BY id LIMIT 1000", (last,)).fetchall()
+            if not rows:
+                return
+            yield from (MarkRecord(*r) for r in rows)
+            last = rows[-1][0]
+
+    def __len__(self) -> int:
+        return self._backend.live
+
+    def info(self) -> dict:
+        b = self._backend
+        with self._lock:
+            brands = self._db.execute("SELECT COUNT(DISTINCT brand) FROM marks").fetchone()[0]
+        return {
+            "kind": b.kind.label,
+            "factory": b.factory,
+            "params": {b.param_name: b.param} if b.param_name else {},
+            "ntotal": len(self),
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+            "brands": brands,
+            "memory_bytes": b.memory_bytes(),
+            "recall_at_10": self._recall,
+            "recall_target": self._recall_target,
+            "next_id": self._next_id,
+            "tombstones": len(b.tombstones()),
+            "settings": dataclasses.asdict(b.settings),
+            "path": str(self._path) if self._path else None,
+        }
+
+    def _where(self) -> str:
+        return str(self._path) if self._path else "index"
+
+    # ---- files
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index directory atomically: a killed save leaves the previous index in place."""
+        path = Path(path)
+        if path.exists() and not (path.is_dir() and ((path / META_FILE).exists() or not any(path.iterdir()))):
+            raise MarkguardError(f"{path}: exists and is not a markguard index; choose another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            if self._backend.should_compact():
+                log.info("compacting %s: %d tombstones", path, len(self._backend.tombstones()))
+                self._backend.compact()
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+            try:
+                files = self._backend.write(tmp)
+                self._write_db(tmp / MARKS_FILE)
+                files.append(MARKS_FILE)
+                meta = {
+                    "format": FORMAT_VERSION,
+                    "fingerprint": self.fingerprint,
+                    "dim": self.dim,
+                    "kind": self.kind.label,
+                    "factory": self._backend.factory,
+                    "settings": dataclasses.asdict(self._backend.settings),
+                    "params": {self._backend.param_name: self._backend.param} if self._backend.param_name else {},
+                    "count": len(self),
+                    "next_id": self._next_id,
+                    "recall_at_10": self._recall,
+                    "recall_target": self._recall_target,
+                    "saved": _now(),
+                    "sha256": {name: _sha256(tmp / name) for name in files},
+                }
+                _write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+                for name in files:
+                    _fsync(tmp / name)
+                _fsync(tmp)
+                _swap_in(tmp, path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._path = path
+
+    def _write_db(self, file: Path) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('next_id', ?)", (str(self._next_id),))
+            self._db.execute("DELETE FROM tombstones")
+            self._db.executemany("INSERT INTO tombstones VALUES (?)", [(int(i),) for i in self._backend.tombstones()])
+        out = sqlite3.connect(file)
+        try:
+            self._db.backup(out)
+        finally:
+            out.close()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, expect_fingerprint: str | None = None) -> MarkIndex:
+        """Read an index directory, verifying checksums, counts and (if given) the model fingerprint."""
+        path = _recover(Path(path))
+        meta_file = path / META_FILE
+        if not path.is_dir():
+            raise MarkguardError(f"{path}: no index here; build one with `markguard index build`")
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            kind = IndexKind.named(meta["kind"])
+            fingerprint, dim, count = str(meta["fingerprint"]), int(meta["dim"]), int(meta["count"])
+            sums = dict(meta["sha256"])
+        except FileNotFoundError:
+            raise MarkguardError(f"{meta_file}: missing, so {path} is not a complete index; {REBUILD}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise MarkguardError(f"{meta_file}: unreadable index metadata ({e}); {REBUILD}") from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise MarkguardError(f"{meta_file}: index format {meta.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
+        if expect_fingerprint is not None and expect_fingerprint != fingerprint:
+            raise MarkguardError(f"{path}: index was built by model {fingerprint} but this model is "
+                                 f"{expect_fingerprint}; rebuild with `markguard index build` using this "
+                                 f"model, or pass the model that built it")
+        for name in (INDEX_FILE, MARKS_FILE):
+            sums.setdefault(name, None)  # a metadata file listing neither is itself damaged
+        for name, want in sums.items():
+            file = path / name
+            if not file.is_file():
+                raise MarkguardError(f"{file}: missing from the index; restore it or {REBUILD}")
+            if want is None or _sha256(file) != want:
+                raise MarkguardError(f"{file}: checksum mismatch (corrupted or truncated); restore it or {REBUILD}")
+        settings = _settings_from_json(kind, meta.get("settings") or {})
+        db = _memory_db()
+        # copied into memory: later add/remove must not touch the saved file, which a save replaces whole
+        src = sqlite3.connect(f"file:{path / MARKS_FILE}?mode=ro", uri=True)
+        try:
+            src.backup(db)
+            n_marks = db.execute("SELECT COUNT(*) FROM marks").fetchone()[0]
+            max_id = db.execute("SELECT COALESCE(MAX(id), -1) FROM marks").fetchone()[0]
+            tomb = np.array([r[0] for r in db.execute("SELECT id FROM tombstones")], np.int64)
+            row = db.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise MarkguardError(f"{path / MARKS_FILE}: unreadable metadata ({e}); {REBUILD}") from None
+        finally:
+            src.close()
+        try:
+            backend = _BACKENDS[kind].read(path, settings, tomb)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise MarkguardError(f"{path / INDEX_FILE}: FAISS cannot read it ({first}); {REBUILD}") from None
+        if backend.index.d != dim:
+            raise MarkguardError(f"{path / INDEX_FILE}: holds {backend.index.d}-dim vectors but {META_FILE} says {dim}; {REBUILD}")
+        if not backend.live == n_marks == count:
+            raise MarkguardError(f"{path}: {INDEX_FILE} holds {backend.live:,} vectors, {MARKS_FILE} {n_marks:,} "
+                                 f"marks, {META_FILE} says {count:,}; the files are from different saves; {REBUILD}")
+        next_id = max(int(row[0]) if row else 0, int(meta.get("next_id", 0)), max_id + 1)
+        index = cls(fingerprint=fingerprint, dim=dim, backend=backend, db=db, next_id=next_id,
+                    recall=meta.get("recall_at_10"), recall_target=meta.get("recall_target"), path=path)
+        param = (meta.get("params") or {}).get(backend.param_name) if backend.param_name else None
+        if param is not None:
+            backend.set_param(param)
+        return index
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_vectors(v, dim: int | None, what: str, where: str = "index") -> np.ndarray:
+    x = np.asarray(v)
+    if x.ndim == 1 and dim is not None and x.shape[0] == dim:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise MarkguardError(f"{what} must be a 2-d array (n, dim), got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise MarkguardError(f"{where}: {what} have {x.shape[1]} dims but the index holds {dim}; embed with the "
+                             f"model that built the index, or {REBUILD} for this model")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise MarkguardError(f"{what}: row {int(np.argwhere(~np.isfinite(x))[0, 0])} has NaN or inf values")
+    if len(x):
+        norms = np.linalg.norm(x, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1) > NORM_TOLERANCE)
+        if len(bad):
+            raise MarkguardError(f"{what}: row {bad[0]} has L2 norm {norms[bad[0]]:.3f}; the index compares "
+                                 f"cosines, so L2-normalise embeddings first")
+    return x
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_text(file: Path, text: str) -> None:
+    with open(file, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _fsync(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _old_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:  # glibc < 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Make the complete directory ``tmp`` become ``path``; at no instant is ``path`` a half index."""
+    if not path.exists():
+        os.rename(tmp, path)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp)  # now holds the previous index
+    else:
+        # Two renames: a kill between them leaves no ``path`` but a complete ``.name.old``,
+        # which load() falls back to (see _recover).
+        old = _old_of(path)
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old)
+    _fsync(path.parent)
+
+
+def _recover(path: Path) -> Path:
+    if not path.exists() and (_old_of(path) / META_FILE).exists():
+        log.warning("%s: missing after an interrupted save; loading the previous index from %s", path, _old_of(path))
+        return _old_of(path)
+    return path

@@ -1,0 +1,161 @@
+"""Checkpoints: safetensors weights beside a JSON model card that carries the preprocessing.
+
+A checkpoint is a folder holding ``model.safetensors`` and ``model_card.json``. Loading never
+unpickles; the card's fingerprint (weights + preprocessing) must match the weights it sits beside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from markguard import __version__
+from markguard.errors import MarkguardError
+from markguard.model import EmbeddingModel
+
+WEIGHTS = "model.safetensors"
+CARD = "model_card.json"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass
+class ModelCard:
+    """What a scan needs to use a model the way it was trained, and what is known about it."""
+
+    backbone: str = "resnet18"
+    dim: int = 128
+    pooling: str = "gem"
+    output_stride: int = 16
+    roi_size: int = 3
+    input_size: int = 128  # training crops
+    scan_size: int = 320  # long side of a listing photo at scan time (letterboxed square)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize: str = "letterbox"  # long side to scan_size, padded bottom/right with the mean colour
+    regions: dict = field(default_factory=lambda: {"mode": "grid", "scales": [1.0, 0.6, 0.4, 0.25], "overlap": 0.5})
+    thresholds: dict = field(default_factory=lambda: {"flag": 0.6, "review": 0.5, "per_brand": {}})
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    fingerprint: str = ""
+    created: str = ""
+    markguard_version: str = __version__
+
+    def preprocessing(self) -> dict:
+        """The fields that change what the model computes for a given photo."""
+        keys = ("backbone", "dim", "pooling", "output_stride", "roi_size", "scan_size", "mean", "std", "resize")
+        return {k: getattr(self, k) for k in keys} | {"regions": self.regions}
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "model card") -> "ModelCard":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise MarkguardError(f"{source}: unknown key(s) {sorted(unknown)}; was it written by a newer markguard?")
+        d = dict(d)
+        for k in ("mean", "std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def create_model(card: ModelCard, *, pretrained: bool = False, weights: str | None = None) -> EmbeddingModel:
+    return EmbeddingModel(card.backbone, card.dim, card.pooling, pretrained=pretrained, weights=weights,
+                          output_stride=card.output_stride, roi_size=card.roi_size)
+
+
+def fingerprint(state: dict[str, torch.Tensor], card: ModelCard) -> str:
+    """sha256 over the weights (in name order) and the preprocessing, shortened to 16 hex digits."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous().reshape(-1)
+        h.update(name.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps(card.preprocessing(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(model: EmbeddingModel, card: ModelCard, out_dir: str | Path) -> ModelCard:
+    """Write weights and card; returns the card with its fingerprint and date filled in."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    card = dataclasses.replace(card, fingerprint=fingerprint(state, card),
+                               created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".weights.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"fingerprint": card.fingerprint})
+        os.replace(tmp, out_dir / WEIGHTS)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    atomic_write_text(out_dir / CARD, json.dumps(dataclasses.asdict(card), indent=2))
+    return card
+
+
+def load_card(path: str | Path) -> ModelCard:
+    path = Path(path)
+    card_path = path / CARD if path.is_dir() else path
+    if not card_path.exists():
+        raise MarkguardError(f"{card_path}: model card not found; a checkpoint folder holds {WEIGHTS} and {CARD}")
+    try:
+        return ModelCard.from_dict(json.loads(card_path.read_text(encoding="utf-8")), source=str(card_path))
+    except json.JSONDecodeError as e:
+        raise MarkguardError(f"{card_path}: not valid JSON ({e.msg}); re-export the checkpoint") from None
+
+
+def resolve_model_dir(path: str | Path | None) -> Path:
+    """The checkpoint to use: the one given, else the shipped default."""
+    if path is None:
+        if not (DEFAULT_MODEL_DIR / WEIGHTS).exists():
+            raise MarkguardError(f"no model given and no default model shipped in {DEFAULT_MODEL_DIR}; pass --model DIR (a folder from `markguard train`)")
+        return DEFAULT_MODEL_DIR
+    path = Path(path)
+    if not (path / WEIGHTS).exists():
+        raise MarkguardError(f"{path}: no {WEIGHTS} here; pass a checkpoint folder written by `markguard train`")
+    return path
+
+
+def load_checkpoint(path: str | Path | None = None, *, device: str = "cpu") -> tuple[EmbeddingModel, ModelCard]:
+    """Model and card from a checkpoint folder (default: the shipped model); never unpickles."""
+    path = resolve_model_dir(path)
+    card = load_card(path)
+    try:
+        state = load_file(path / WEIGHTS)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise MarkguardError(f"{path / WEIGHTS}: unreadable safetensors file ({e}); re-train or re-download it") from None
+    actual = fingerprint(state, card)
+    if card.fingerprint and actual != card.fingerprint:
+        raise MarkguardError(f"{path}: weights do not match the model card (fingerprint {actual} != {card.fingerprint}); the folder mixes two checkpoints")
+    model = create_model(card)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MarkguardError(f"{path / WEIGHTS}: weights do not fit backbone '{card.backbone}' (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    return model.to(device).eval(), card

@@ -1,0 +1,74 @@
+"""`markguard index build|add|remove|info`: the brand index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build, grow, shrink or inspect a brand index")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+
+    b = isub.add_parser("build", help="embed a gallery and write a FAISS index with its metadata")
+    b.add_argument("gallery", help="gallery folder (one folder per brand, optional brands.yaml)")
+    b.add_argument("--out", "-o", required=True, help="index folder to write")
+    b.add_argument("--model", "-m", help="checkpoint folder (default: the shipped model)")
+    b.add_argument("--kind", default="auto", help="flat | hnsw | ivfpq | auto (by size and memory budget)")
+    b.add_argument("--memory-budget-mb", type=float, help="memory the index may use")
+    b.add_argument("--recall", type=float, default=0.95, help="recall@10 target against exact search when tuning (default 0.95)")
+    b.add_argument("--device", default="auto")
+    b.set_defaults(func=run_build)
+
+    a = isub.add_parser("add", help="add a gallery's new brands and marks without a rebuild")
+    a.add_argument("index", help="index folder")
+    a.add_argument("gallery", help="gallery folder with the marks to add")
+    a.add_argument("--model", "-m", help="checkpoint folder (default: the one the index was built with)")
+    a.add_argument("--device", default="auto")
+    a.set_defaults(func=run_add)
+
+    r = isub.add_parser("remove", help="remove a brand, or one mark, without a rebuild")
+    r.add_argument("index", help="index folder")
+    r.add_argument("--brand")
+    r.add_argument("--mark")
+    r.set_defaults(func=run_remove)
+
+    i = isub.add_parser("info", help="print what an index holds and how it searches")
+    i.add_argument("index", help="index folder")
+    i.set_defaults(func=run_info)
+
+
+def run_build(args) -> int:
+    from markguard.infer.build import build_index
+
+    info = build_index(args.gallery, args.out, model=args.model, kind=args.kind, device=args.device,
+                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def run_add(args) -> int:
+    from markguard.infer.build import add_to_index
+
+    print(json.dumps(add_to_index(args.index, args.gallery, model=args.model, device=args.device), indent=2))
+    return 0
+
+
+def run_remove(args) -> int:
+    from markguard.infer.build import remove_from_index
+
+    print(json.dumps(remove_from_index(args.index, brand=args.brand, mark=args.mark), indent=2))
+    return 0
+
+
+def run_info(args) -> int:
+    from markguard.infer.build import read_index_meta
+    from markguard.infer.index import MarkIndex
+
+    index = MarkIndex.load(args.index)
+    info = index.info()
+    meta = read_index_meta(args.index)
+    info["model"] = meta.get("model") or "(shipped default)"
+    info["galleries"] = meta.get("galleries", [])
+    print(json.dumps(info, indent=2, default=str))
+    return 0

@@ -1,0 +1,51 @@
+"""`markguard scan`: flag listing photos that show protected marks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from markguard.errors import MarkguardError
+
+
+def parse_shard(text: str | None):
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise MarkguardError(f"--shard {text!r} must look like i/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise MarkguardError(f"--shard {text}: need 0 <= i < N")
+    return i, n
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scan", help="scan a listing dump against one or more brand indexes",
+                       description="Writes OUT/results.jsonl (one row per photo, input order) and OUT/summary.json.")
+    p.add_argument("input", help="a folder of images, a manifest (.csv/.jsonl/.parquet) or tar shards")
+    p.add_argument("--index", "-i", action="append", required=True, help="index folder; repeat to search several in one pass")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--model", "-m", help="checkpoint folder (default: the model each index was built with)")
+    p.add_argument("--regions", choices=["none", "grid", "tiles"], help="where to look in a photo (default: the model card's)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--flag-threshold", type=float, help="override the calibrated flag threshold")
+    p.add_argument("--review-threshold", type=float, help="override the calibrated review threshold")
+    p.add_argument("--shard", help="i/N: scan only every N-th photo starting at i")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted scan in OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from markguard.infer.scan import ScanOptions, run_scan
+
+    opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                       flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard))
+    summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet)
+    if "note" in summary:
+        print(f"{args.out}: {summary['note']}")
+    print(json.dumps({k: summary[k] for k in ("results", "images", "counts", "images_per_s")}, indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""Losses, samplers, the training loop, evaluation, calibration and export."""

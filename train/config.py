@@ -1,0 +1,87 @@
+"""The training configuration: defaults here, a YAML recipe on top, command-line overrides last."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from markguard.errors import MarkguardError
+from markguard.model import Pooling
+from markguard.train.losses import Loss
+
+OPTIMIZERS = ("adamw", "sgd")
+SAMPLERS = ("m_per_class", "random")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    gallery: str | None = None  # marks to learn, in the gallery layout (brand folders)
+    backgrounds: str | None = None  # a folder of photos to paste marks into; procedural when unset
+    holdout_brands: int = 0  # the last N brands (sorted) are kept out of training for open-set evaluation
+    # model
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    weights: str | None = None  # a local weights file for the backbone
+    dim: int = 128
+    pooling: str = "gem"
+    output_stride: int = 16
+    roi_size: int = 3
+    input_size: int = 128
+    scan_size: int = 320
+    # objective
+    loss: str = "cosface"
+    loss_kwargs: dict = field(default_factory=dict)
+    background_class: bool = True  # regions without a mark form one more class, pushed away from every mark
+    sampler: str = "m_per_class"
+    m_per_class: int = 4
+    # composites
+    p_clean: float = 0.3
+    p_background: float = 0.1
+    scale: tuple[float, float] = (0.3, 0.9)
+    strength: float = 1.0
+    # optimisation
+    batch_size: int = 64
+    grad_accum: int = 1
+    steps: int = 1000
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    loss_lr: float = 1e-2  # proxies learn faster than the backbone
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    clip_grad: float = 1.0
+    ema: float = 0.0  # EMA decay of the weights (0 = off); the EMA weights are the ones saved
+    precision: str = "auto"  # bf16 autocast on CUDA; fp32 on CPUs without fast bf16
+    channels_last: bool = True
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 20
+    checkpoint_every: int = 200
+    # calibration of the scan thresholds after training
+    calibrate: bool = True
+    calib_listings: int = 120
+    target_fpr: float = 0.01
+
+    def validate(self) -> None:
+        def one_of(key, allowed):
+            if getattr(self, key) not in allowed:
+                raise MarkguardError(f"{key}={getattr(self, key)!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+        one_of("loss", [m.name for m in Loss])
+        one_of("pooling", [m.name for m in Pooling])
+        one_of("optimizer", OPTIMIZERS)
+        one_of("sampler", SAMPLERS)
+        one_of("device", DEVICES)
+        one_of("precision", PRECISIONS)
+        for key in ("batch_size", "steps", "input_size", "scan_size", "dim", "m_per_class", "grad_accum", "checkpoint_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise MarkguardError(f"{key}={getattr(self, key)} must be at least 1")
+        if self.sampler == "m_per_class" and self.batch_size % self.m_per_class:
+            raise MarkguardError(f"batch_size={self.batch_size} must be a multiple of m_per_class={self.m_per_class}")
+        if not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise MarkguardError(f"scale={list(self.scale)} must be [low, high] with 0 < low <= high <= 1")
+        if not 0 <= self.ema < 1:
+            raise MarkguardError(f"ema={self.ema} must be in [0, 1)")
