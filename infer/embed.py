@@ -41,11 +41,18 @@ class RegionEmbeddings:
 
 
 @torch.no_grad()
-def embed_regions(model: EmbeddingModel, card: ModelCard, x: torch.Tensor, boxes: list[torch.Tensor], *,
-                  device: str = "cpu", precision: str = "auto") -> RegionEmbeddings:
-    """One backbone pass over the batch, then every image's regions pooled from its feature map."""
+def feature_maps(model: EmbeddingModel, x: torch.Tensor, *, device: str = "cpu", precision: str = "auto") -> torch.Tensor:
+    """The one backbone pass a batch of photos gets (channels-last: several times faster on CPU with oneDNN)."""
     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
-        fmap = model.forward_features(x)
-    vec = model.embed_regions(fmap, [b.to(device) for b in boxes], x.shape[-1])
+        return model.forward_features(x)
+
+
+@torch.no_grad()
+def embed_regions(model: EmbeddingModel, card: ModelCard, x: torch.Tensor, boxes: list[torch.Tensor], *,
+                  device: str = "cpu", precision: str = "auto", fmap: torch.Tensor | None = None) -> RegionEmbeddings:
+    """Every image's regions pooled from its feature map (computed here unless ``fmap`` is given)."""
+    if fmap is None:
+        fmap = feature_maps(model, x, device=device, precision=precision)
+    vec = model.embed_regions(fmap, [b.to(fmap.device) for b in boxes], x.shape[-1])
     return RegionEmbeddings(vec, [len(b) for b in boxes])

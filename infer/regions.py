@@ -41,3 +41,12 @@ def grid_boxes(width: int, height: int, scales=(1.0, 0.6, 0.4, 0.25), overlap: f
                 for x in _positions(width, w, w * (1 - overlap)):
                     boxes.append((x, y, min(x + w, width), min(y + h, height)))
     return torch.tensor(boxes, dtype=torch.float32)
+
+
+def select_regions(mode: RegionMode, model, card, fmap, valid: list[tuple[int, int]], input_size: int) -> list[torch.Tensor]:
+    """Boxes (in letterbox pixels) per image of a batch, chosen after the backbone pass so that a
+    learned head on ``fmap`` can propose them; ``valid`` is each image's content size."""
+    if mode in (RegionMode.none,):
+        return [torch.tensor([[0.0, 0.0, float(w), float(h)]]) for w, h in valid]
+    r = card.regions
+    return [grid_boxes(w, h, r.get("scales", (1.0, 0.6, 0.4, 0.25)), r.get("overlap", 0.5)) for w, h in valid]

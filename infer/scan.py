@@ -25,9 +25,9 @@ from markguard.checkpoint import ModelCard, atomic_write_text, load_checkpoint
 from markguard.datasets.listings import ListingItem, open_dump, shard
 from markguard.errors import MarkguardError
 from markguard.infer.decide import Match, Policy, resolve_policy
-from markguard.infer.embed import embed_regions
+from markguard.infer.embed import embed_regions, feature_maps
 from markguard.infer.loader import Batch, DecodedBatches, batch_loader
-from markguard.infer.regions import RegionMode, grid_boxes
+from markguard.infer.regions import RegionMode, grid_boxes, select_regions
 from markguard.infer.search import search_batch
 from markguard.infer.writer import RESULTS, ResultsWriter
 
@@ -79,11 +79,12 @@ class ScanOptions:
     flag: float | None = None
     review: float | None = None
     shard: tuple[int, int] | None = None
+    verify: bool = False  # geometric check of the best candidates (infer/verify.py)
 
 
 @dataclass
 class StageTimes:
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("decode", "regions", "embed", "search", "decide", "write"), 0.0))
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("decode", "regions", "embed", "search", "verify", "decide", "write"), 0.0))
 
     def add(self, stage: str, t0: float) -> float:
         now = time.perf_counter()
@@ -121,13 +122,6 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
     return searchers
 
 
-def _regions_for(mode: RegionMode, valid: tuple[int, int], card: ModelCard) -> torch.Tensor:
-    if mode is RegionMode.none:
-        return torch.tensor([[0.0, 0.0, float(valid[0]), float(valid[1])]])
-    r = card.regions
-    return grid_boxes(valid[0], valid[1], r.get("scales", (1.0, 0.6, 0.4, 0.25)), r.get("overlap", 0.5))
-
-
 def _embed_tiles(s: Searcher, x: torch.Tensor, boxes: list[torch.Tensor], device: str, precision: str):
     """The slow baseline: crop every region, resize it to the training input and run the backbone on it."""
     from torchvision.ops import roi_align
@@ -152,25 +146,36 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         if x.shape[-1] != s.card.scan_size and len(x):
             factor = s.card.scan_size / x.shape[-1]
             x = F.interpolate(x, size=(s.card.scan_size, s.card.scan_size), mode="bilinear", align_corners=False, antialias=True)
-        boxes = [_regions_for(mode, (max(1, int(w * factor)), max(1, int(h * factor))), s.card) for w, h in valid]
-        t = times.add("regions", t)
         if len(x) == 0:
             continue
+        valid_s = [(max(1, int(w * factor)), max(1, int(h * factor))) for w, h in valid]
         if mode is RegionMode.tiles:
+            boxes = select_regions(RegionMode.grid, s.model, s.card, None, valid_s, x.shape[-1])
+            t = times.add("regions", t)
             vec = _embed_tiles(s, x, boxes, opts.device, opts.precision)
             counts = [len(b) for b in boxes]
+            t = times.add("embed", t)
         else:
-            emb = embed_regions(s.model, s.card, x, boxes, device=opts.device, precision=opts.precision)
+            fmap = feature_maps(s.model, x, device=opts.device, precision=opts.precision)
+            t = times.add("embed", t)
+            boxes = select_regions(mode, s.model, s.card, fmap, valid_s, x.shape[-1])
+            t = times.add("regions", t)
+            emb = embed_regions(s.model, s.card, x, boxes, fmap=fmap)
             vec, counts = emb.vectors, emb.counts
-        t = times.add("embed", t)
+            t = times.add("embed", t)
         boxes_orig = [(b.numpy() / factor) * np.array([fx, fy, fx, fy], dtype=np.float32) for b, (fx, fy) in zip(boxes, batch.to_orig)]
         for i, (b, (w, h)) in enumerate(zip(boxes_orig, batch.orig_size)):
             np.clip(b, 0, [w, h, w, h], out=b)
         found = search_batch(s.index, vec.float().cpu().numpy(), counts, boxes_orig, k=opts.k, max_matches=opts.max_matches,
                              index_name=s.name or None)
+        t = times.add("search", t)
+        if opts.verify:
+            from markguard.infer.verify import verify_matches
+
+            found = verify_matches(x, found, s, batch.to_orig, factor)
+            t = times.add("verify", t)
         for i, matches in enumerate(found):
             per_image[i].extend(matches)
-        t = times.add("search", t)
     rows = []
     ok_pos = {pos: i for i, pos in enumerate(batch.ok)}
     for pos, item in enumerate(batch.items):

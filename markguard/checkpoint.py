@@ -42,6 +42,7 @@ class ModelCard:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     resize: str = "letterbox"  # long side to scan_size, padded bottom/right with the mean colour
     regions: dict = field(default_factory=lambda: {"mode": "grid", "scales": [1.0, 0.6, 0.4, 0.25], "overlap": 0.5})
+    proposals: dict = field(default_factory=dict)  # the learned proposal head's settings; empty when the model has none
     thresholds: dict = field(default_factory=lambda: {"flag": 0.6, "review": 0.5, "per_brand": {}})
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -52,7 +53,7 @@ class ModelCard:
     def preprocessing(self) -> dict:
         """The fields that change what the model computes for a given photo."""
         keys = ("backbone", "dim", "pooling", "output_stride", "roi_size", "scan_size", "mean", "std", "resize")
-        return {k: getattr(self, k) for k in keys} | {"regions": self.regions}
+        return {k: getattr(self, k) for k in keys} | {"regions": self.regions, "proposals": self.proposals}
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "model card") -> "ModelCard":
@@ -69,7 +70,7 @@ class ModelCard:
 
 def create_model(card: ModelCard, *, pretrained: bool = False, weights: str | None = None) -> EmbeddingModel:
     return EmbeddingModel(card.backbone, card.dim, card.pooling, pretrained=pretrained, weights=weights,
-                          output_stride=card.output_stride, roi_size=card.roi_size)
+                          output_stride=card.output_stride, roi_size=card.roi_size, proposals=card.proposals or None)
 
 
 def fingerprint(state: dict[str, torch.Tensor], card: ModelCard) -> str:

@@ -87,6 +87,7 @@ class EmbeddingModel(nn.Module):
         weights: str | None = None,
         output_stride: int = 32,
         roi_size: int = 3,
+        proposals: dict | None = None,
     ):
         super().__init__()
         self.backbone_name = backbone
@@ -97,6 +98,8 @@ class EmbeddingModel(nn.Module):
         self.head = nn.Linear(self.num_features, dim)
         self.dim = dim
         self.roi_size = roi_size
+        self.proposals = dict(proposals or {})
+        self.proposal_head = None  # a learned head on the feature map that predicts where marks are (when configured)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's last feature map, NCHW (token outputs of ViTs are folded back to a grid)."""
@@ -123,3 +126,7 @@ class EmbeddingModel(nn.Module):
         scale = fmap.shape[-1] / input_size
         crops = roi_align(fmap.float(), [b.float() for b in boxes], output_size=self.roi_size, spatial_scale=scale, sampling_ratio=2, aligned=True)
         return self.embed_pooled(self.pool(crops))
+
+    def proposal_loss(self, fmap: torch.Tensor, boxes: torch.Tensor, has_mark: torch.Tensor, input_size: int) -> torch.Tensor:
+        """Loss of the proposal head against one true box per image (``has_mark`` False: background only)."""
+        raise NotImplementedError("this model has no proposal head")

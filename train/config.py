@@ -34,6 +34,8 @@ class TrainConfig:
     loss: str = "cosface"
     loss_kwargs: dict = field(default_factory=dict)
     background_class: bool = True  # regions without a mark form one more class, pushed away from every mark
+    proposals: dict = field(default_factory=dict)  # settings of the learned proposal head; empty = no head
+    proposal_weight: float = 1.0
     sampler: str = "m_per_class"
     m_per_class: int = 4
     # composites

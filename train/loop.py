@@ -32,7 +32,7 @@ LOSS_WEIGHTS = "loss.safetensors"
 
 def card_from_config(cfg: TrainConfig) -> ModelCard:
     return ModelCard(backbone=cfg.backbone, dim=cfg.dim, pooling=cfg.pooling, output_stride=cfg.output_stride,
-                     roi_size=cfg.roi_size, input_size=cfg.input_size, scan_size=cfg.scan_size)
+                     roi_size=cfg.roi_size, input_size=cfg.input_size, scan_size=cfg.scan_size, proposals=dict(cfg.proposals))
 
 
 def split_brands(gallery, holdout: int) -> tuple[list, list[str]]:
@@ -206,7 +206,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, log=No
             with autocast(device, "bf16" if cfg.precision == "bf16" else ("fp32" if cfg.precision == "fp32" else "auto")):
                 fmap = model.forward_features(x)
             emb = model.embed_regions(fmap, list(boxes.unsqueeze(1)), cfg.input_size)
-            loss = loss_fn(emb, y) / cfg.grad_accum
+            loss = loss_fn(emb, y)
+            if model.proposal_head is not None:
+                has_mark = y != len(marks) if cfg.background_class else torch.ones_like(y, dtype=torch.bool)
+                loss = loss + cfg.proposal_weight * model.proposal_loss(fmap, boxes, has_mark, cfg.input_size)
+            loss = loss / cfg.grad_accum
             loss.backward()
             running.append(float(loss.detach()) * cfg.grad_accum)
             seen += len(x)
