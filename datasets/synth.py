@@ -207,6 +207,11 @@ class Backgrounds:
 
             self.paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
+    def warm(self, rng: np.random.Generator) -> None:
+        """Fill the procedural pool now from ``rng``, so every process and every resumed run sees the same pool."""
+        if self.pool and not self.paths:
+            self._cache = [procedural_background(self.pool_size, self.pool_size, rng) for _ in range(self.pool)]
+
     def sample(self, w: int, h: int, rng: np.random.Generator) -> Image.Image:
         if self.paths:
             from markguard.datasets.decode import decode_image

@@ -1,7 +1,8 @@
-"""Calibration: choose the scan's flag and review thresholds for a target false-positive rate."""
+"""Calibration: choose the scan's flag and review thresholds (globally and per brand) for a target FPR or precision."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 
 from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import load_gallery
+from markguard.errors import MarkguardError
 
 
 @dataclass
@@ -39,12 +41,7 @@ def thresholds_for(scored: list[Scored], target_fpr: float) -> dict:
     if len(neg) == 0 or len(pos) == 0:
         return {"flag": 0.6, "review": 0.5, "per_brand": {}, "metrics": {}}
 
-    def at(fpr):  # the smallest threshold whose false-positive rate is at most ``fpr``
-        srt = np.sort(neg)[::-1]
-        k = int(np.floor(fpr * len(neg)))
-        return float(srt[k] + 1e-4) if k < len(srt) else float(srt[-1])
-
-    flag, review = at(target_fpr), at(min(1.0, 5 * target_fpr))
+    flag, review = threshold_at_fpr(neg, target_fpr), threshold_at_fpr(neg, min(1.0, 5 * target_fpr))
     review = min(review, flag)
     correct = np.array([s.correct for s in scored if s.positive])
     tp = (pos >= flag) & correct
@@ -97,3 +94,170 @@ def calibrate_synthetic(model, card, cfg, *, device: str = "cpu", log=print) -> 
     result = thresholds_for(scored, cfg.target_fpr)
     log(f"calibrate: flag {result['flag']}, review {result['review']} ({result['metrics'].get('calibration', {})})")
     return result
+
+
+# --------------------------------------------------------------------------- calibration from a labelled scan
+
+def threshold_at_fpr(neg: np.ndarray, fpr: float) -> float:
+    """The smallest threshold whose false-positive rate on ``neg`` is at most ``fpr``."""
+    srt = np.sort(np.asarray(neg, dtype=np.float64))[::-1]
+    k = int(np.floor(fpr * len(srt)))
+    return float(srt[k] + 1e-4) if k < len(srt) else float(srt[-1])
+
+
+def threshold_at_precision(scores: np.ndarray, good: np.ndarray, precision: float) -> float | None:
+    """The smallest threshold at which at least ``precision`` of what scores at or above it is ``good``; None if none."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    s, g = np.asarray(scores, dtype=np.float64)[order], np.asarray(good, dtype=bool)[order]
+    prec = np.cumsum(g) / np.arange(1, len(g) + 1)
+    # a threshold can only cut between distinct scores: position i is a cut when the next score is lower
+    ok = [i for i in range(len(s)) if prec[i] >= precision and (i == len(s) - 1 or s[i + 1] < s[i])]
+    return float(s[max(ok)]) if ok else None
+
+
+@dataclass
+class Calibration:
+    """Thresholds chosen on a labelled scan, and what they give on it."""
+
+    flag: float
+    review: float
+    per_brand: dict[str, float]
+    report: dict
+
+    def thresholds(self) -> dict:
+        return {"flag": round(self.flag, 4), "review": round(self.review, 4), "per_brand": {b: round(t, 4) for b, t in self.per_brand.items()}}
+
+
+def _choose(scores, positive, good, target_fpr, target_precision) -> tuple[float | None, float | None]:
+    """(flag, review) for one score population: at the FPR target (review at 5x it) or the precision target
+    (review where precision is 1 - 5 x the allowed share of mistakes)."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    if target_fpr is not None:
+        neg = scores[~positive]
+        if len(neg) == 0:
+            return None, None
+        return threshold_at_fpr(neg, target_fpr), threshold_at_fpr(neg, min(1.0, 5 * target_fpr))
+    return (threshold_at_precision(scores, good, target_precision),
+            threshold_at_precision(scores, good, max(0.0, 1 - 5 * (1 - target_precision))))
+
+
+def listing_scores(rows, truth: dict, authorized: dict[str, list[str]]) -> list[dict]:
+    """Per listing: the best score for every brand searched, which brands it shows, and the seller's allowed brands."""
+    out = []
+    for row in rows:
+        t = truth.get((row.listing_id, row.image))
+        if t is None or row.status == "error":
+            continue
+        allowed = {b for b, sellers in authorized.items() if t.get("seller_id") in sellers}
+        shown = {m["brand"] for m in t["marks"] if m["registered"]} - allowed
+        best: dict[str, float] = {}
+        for m in row.matches:
+            if m.brand not in allowed:
+                best[m.brand] = max(best.get(m.brand, -1.0), float(m.score))
+        out.append({"listing": row.listing_id, "best": best, "shown": shown, "allowed": allowed})
+    return out
+
+
+def calibrate_listings(scored: list[dict], brands: list[str], *, target_fpr: float | None = None,
+                       target_precision: float | None = None, min_positives: int = 5) -> Calibration:
+    """Global and per-brand thresholds from :func:`listing_scores`.
+
+    Globally a listing scores its best match; it is a true detection when that match's brand is one
+    it shows. Per brand, a listing scores its best match of that brand, positive when it shows the
+    brand. A brand gets its own threshold only with ``min_positives`` positives and enough negatives
+    to resolve the FPR target; otherwise the global one applies (the report says which).
+    """
+    if (target_fpr is None) == (target_precision is None):
+        raise MarkguardError("give exactly one of --target-fpr and --target-precision")
+    if not scored:
+        raise MarkguardError("no scanned listing matches the truth file (listing_id + image); is it the truth of this scan?")
+    g_scores, g_pos, g_good = [], [], []
+    for s in scored:
+        best = {b: v for b, v in s["best"].items() if b not in s["allowed"]}  # an authorized seller's own brand is never flagged
+        top = max(best.items(), key=lambda kv: kv[1]) if best else (None, -1.0)
+        g_scores.append(top[1])
+        g_pos.append(bool(s["shown"]))
+        g_good.append(top[0] in s["shown"])
+    n_pos, n_neg = int(np.sum(g_pos)), int(len(g_pos) - np.sum(g_pos))
+    if n_pos == 0 or (target_fpr is not None and n_neg == 0):
+        raise MarkguardError(f"the labelled scan has {n_pos} positive and {n_neg} negative listings; calibration needs both")
+    flag, review = _choose(g_scores, g_pos, g_good, target_fpr, target_precision)
+    if flag is None:
+        raise MarkguardError(f"no threshold reaches precision {target_precision} on this scan; lower --target-precision or improve the model")
+    review = min(review if review is not None else flag, flag)
+    per_brand, brand_report = {}, {}
+    for b in brands:
+        rows = [s for s in scored if b not in s["allowed"]]
+        sc = [s["best"].get(b, -1.0) for s in rows]
+        pos = [b in s["shown"] for s in rows]
+        n_b, neg_b = int(np.sum(pos)), len(pos) - int(np.sum(pos))
+        enough_neg = target_fpr is None or neg_b * target_fpr >= 1
+        t = _choose(sc, pos, pos, target_fpr, target_precision)[0] if n_b >= min_positives and enough_neg else None
+        if t is not None:
+            per_brand[b] = t
+        used = t if t is not None else flag
+        arr, parr = np.asarray(sc), np.asarray(pos, dtype=bool)
+        brand_report[b] = {"positives": n_b, "negatives": neg_b, "threshold": round(used, 4), "own_threshold": t is not None,
+                           "tpr": round(float((arr[parr] >= used).mean()), 4) if n_b else None,
+                           "fpr": round(float((arr[~parr] >= used).mean()), 4) if neg_b else None}
+    gs, gp, gg = np.asarray(g_scores), np.asarray(g_pos), np.asarray(g_good)
+    hit = gs >= flag
+    report = {"listings": len(scored), "positives": n_pos, "negatives": n_neg,
+              "target": {"fpr": target_fpr} if target_fpr is not None else {"precision": target_precision},
+              "auc": round(roc_auc(gs[gp], gs[~gp]), 4) if n_neg else None,
+              "at_flag": {"tpr": round(float(hit[gp].mean()), 4), "tpr_right_brand": round(float((hit & gg)[gp].mean()), 4),
+                          "fpr": round(float(hit[~gp].mean()), 4) if n_neg else None,
+                          "precision": round(float((hit & gg).sum() / max(1, hit.sum())), 4)},
+              "per_brand": brand_report}
+    return Calibration(flag, review, per_brand, report)
+
+
+def calibrate_results(results_dir: str | Path, truth_path: str | Path, model_dir: str | Path, *, target_fpr: float | None = None,
+                      target_precision: float | None = None, device: str = "cpu", min_positives: int = 5,
+                      write: bool = True, log=print) -> Calibration:
+    """Choose thresholds from a finished scan in ``results_dir`` and its truth, and write them into the model card.
+
+    The scan's results keep only matches above its review threshold, which hides the scores that
+    calibration must see; so the scan's input is scanned again (same index, same model) with every
+    threshold at -1, and every brand's best score in each listing is kept.
+    """
+    from markguard.checkpoint import load_card
+    from markguard.infer.decide import Policy
+    from markguard.infer.scan import ScanOptions, load_searchers, scan_rows
+    from markguard.train.evaluate import read_jsonl
+
+    results_dir = Path(results_dir)
+    summary_path = results_dir / "summary.json"
+    if not summary_path.exists():
+        raise MarkguardError(f"{summary_path}: not found; give the output folder of a finished `markguard scan`")
+    summary = json.loads(summary_path.read_text())
+    card = load_card(model_dir)
+    if summary["model"]["fingerprint"] != card.fingerprint:
+        raise MarkguardError(f"{results_dir}: scanned with model {summary['model']['fingerprint']}, not {model_dir} ({card.fingerprint}); calibrate with the scan's model")
+    searchers = load_searchers([i["path"] for i in summary["indexes"]], model_dir, device)
+    authorized = {}
+    for s in searchers:
+        authorized |= {b: list(m.get("authorized_sellers") or []) for b, m in s.brands.items()}
+    brands = sorted({r.brand for s in searchers for r in s.index.records()})
+    truth = {(t["listing_id"], t["image"]): t for t in read_jsonl(truth_path)}
+    opts = ScanOptions(device=device, workers=0, k=10, max_matches=10_000, shard=tuple(summary["options"]["shard"]) if summary["options"].get("shard") else None)
+    rows = scan_rows(summary["input"], searchers, Policy(-1.0, -1.0), opts)
+    cal = calibrate_listings(listing_scores(rows, truth, authorized), brands, target_fpr=target_fpr,
+                             target_precision=target_precision, min_positives=min_positives)
+    log(f"calibrate: flag {cal.flag:.4f}, review {cal.review:.4f}, {len(cal.per_brand)} brand threshold(s); at flag {cal.report['at_flag']}")
+    if write:
+        write_thresholds(model_dir, cal, source=f"{results_dir} + {truth_path}")
+    return cal
+
+
+def write_thresholds(model_dir: str | Path, cal: Calibration, *, source: str) -> None:
+    """Put the thresholds into the model card beside the weights; they are not part of the fingerprint,
+    so indexes built with the model stay valid."""
+    import dataclasses
+
+    from markguard.checkpoint import CARD, atomic_write_text, load_card
+
+    card = load_card(model_dir)
+    card.thresholds = cal.thresholds()
+    card.metrics = {**card.metrics, "calibration": {**cal.report, "source": source}}
+    atomic_write_text(Path(model_dir) / CARD, json.dumps(dataclasses.asdict(card), indent=2))

@@ -20,6 +20,9 @@ class TrainConfig:
     gallery: str | None = None  # marks to learn, in the gallery layout (brand folders)
     backgrounds: str | None = None  # a folder of photos to paste marks into; procedural when unset
     holdout_brands: int = 0  # the last N brands (sorted) are kept out of training for open-set evaluation
+    trainset: str | None = None  # real labelled photos instead of a gallery (SOP, Products-10K, class folders)
+    trainset_format: str = "auto"  # a reader in markguard.datasets.trainsets.READERS, or auto
+    drop_small_classes: bool = False  # leave out trainset classes with fewer than m_per_class images instead of refusing
     # model
     backbone: str = "resnet18"
     pretrained: bool = False
@@ -61,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     # bookkeeping
     log_every: int = 20
+    tensorboard: bool = False  # also write scalars to OUT/tensorboard (needs the tensorboard package)
     checkpoint_every: int = 200
     # calibration of the scan thresholds after training
     calibrate: bool = True
@@ -78,6 +82,11 @@ class TrainConfig:
         one_of("sampler", SAMPLERS)
         one_of("device", DEVICES)
         one_of("precision", PRECISIONS)
+        from markguard.datasets.trainsets import READERS
+
+        one_of("trainset_format", ["auto", *READERS])
+        if self.gallery and self.trainset:
+            raise MarkguardError("gallery= and trainset= are both set; train on one: gallery (marks composited into photos) or trainset (labelled photos)")
         for key in ("batch_size", "steps", "input_size", "scan_size", "dim", "m_per_class", "grad_accum", "checkpoint_every", "log_every"):
             if getattr(self, key) < 1:
                 raise MarkguardError(f"{key}={getattr(self, key)} must be at least 1")

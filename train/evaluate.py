@@ -1,10 +1,13 @@
-"""Evaluation of a scan against ground truth: listing-level precision and recall, and whether the right mark was named."""
+"""Evaluation: a scan against ground truth (``score_scan``), and a model on held-out brands (``evaluate_model``: retrieval, detection, plots)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from markguard.errors import MarkguardError
 
@@ -65,3 +68,222 @@ def score_scan(results_path: str | Path, truth_path: str | Path, *, statuses=("f
                     boxed += max(_iou(row["box"], m["box"]) for m in hit) >= 0.5
     return ScanScore(n, pos, flagged, tp, tp / flagged if flagged else 0.0, tp / pos if pos else 0.0,
                      right / tp if tp else 0.0, boxed / right if right else 0.0, errors)
+
+
+# --------------------------------------------------------------------------- open-set evaluation of a model
+
+@dataclass
+class EvalConfig:
+    """What ``markguard eval`` measures on: synthetic listings of the held-out brands' marks."""
+
+    queries_per_mark: int = 4  # each mark pasted into this many photos, for retrieval
+    listings: int = 200  # labelled listing photos for detection
+    listing_size: tuple[int, int] = (480, 360)
+    scale: tuple[float, float] = (0.2, 0.6)  # mark long side over the photo's short side
+    backgrounds: str | None = None  # real photos to paste into; procedural when unset
+    seed: int = 0
+    plots: bool = True
+
+
+def heldout_marks(card, gallery: str | Path | None):
+    """The marks to evaluate on: all of ``gallery``, else the brands the card says were held out of training."""
+    from markguard.datasets.decode import load_mark
+    from markguard.datasets.registry import load_gallery
+    from markguard.datasets.synth import SynthMark
+
+    if gallery is None:
+        held = card.training.get("holdout_brands") or []
+        src = card.training.get("gallery")
+        if not held or not src:
+            raise MarkguardError("the model card names no held-out brands (train with holdout_brands=N); pass --gallery with brands the model never saw")
+        gallery, keep = src, set(held)
+    else:
+        keep = None
+    g = load_gallery(gallery)
+    marks = [SynthMark(r.brand, r.mark, load_mark(r.path), "mark") for r in g.marks if keep is None or r.brand in keep]
+    if len({m.brand for m in marks}) < 2:
+        raise MarkguardError(f"{gallery}: evaluation needs marks of at least 2 brands, found {len({m.brand for m in marks})}")
+    return marks, g
+
+
+@torch.no_grad()
+def _query_embeddings(model, card, marks, ec: EvalConfig, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each mark pasted into ``queries_per_mark`` photos, embedded by the region of its true box (as a scan pools it)."""
+    from markguard.datasets.synth import Backgrounds, paste_mark
+    from markguard.datasets.transforms import letterbox
+    from markguard.infer.embed import embed_regions
+
+    rng = np.random.default_rng((ec.seed, 1))
+    bgs = Backgrounds(ec.backgrounds)
+    xs, boxes, labels = [], [], []
+    for li, m in enumerate(marks):
+        for _ in range(ec.queries_per_mark):
+            w, h = ec.listing_size if rng.random() < 0.5 else ec.listing_size[::-1]
+            img = bgs.sample(w, h, rng)
+            box = paste_mark(img, m.image, rng, scale=float(rng.uniform(*ec.scale)))
+            if box is None:  # nothing visible to paste (a blank mark): no query for it
+                continue
+            lb = letterbox(img, card.scan_size, card.mean, card.std)
+            xs.append(lb.tensor)
+            boxes.append(torch.tensor([box], dtype=torch.float32) * lb.factor)
+            labels.append(li)
+    out = []
+    for i in range(0, len(xs), 16):
+        out.append(embed_regions(model, card, torch.stack(xs[i : i + 16]), boxes[i : i + 16], device=device).vectors.float().cpu().numpy())
+    return np.concatenate(out), np.asarray(labels)
+
+
+def retrieval_metrics(queries: np.ndarray, q_labels: np.ndarray, refs: np.ndarray, r_labels: np.ndarray) -> dict:
+    """Recall@1/5 by brute force, and MAP@R and precision@1 from pytorch-metric-learning's AccuracyCalculator."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    sims = queries @ refs.T
+    ranked = np.argsort(-sims, axis=1)
+    hits = r_labels[ranked] == q_labels[:, None]
+    acc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), k="max_bin_count", device=torch.device("cpu"))
+    pml = acc.get_accuracy(torch.from_numpy(queries), torch.from_numpy(q_labels), torch.from_numpy(refs), torch.from_numpy(r_labels),
+                           ref_includes_query=False)
+    return {"recall@1": float(hits[:, :1].any(1).mean()), "recall@5": float(hits[:, :5].any(1).mean()),
+            "map@r": float(pml["mean_average_precision_at_r"]), "precision@1": float(pml["precision_at_1"]), "_sims": sims, "_hits": hits}
+
+
+def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float) -> float:
+    from markguard.train.calibrate import threshold_at_fpr
+
+    return float((pos >= threshold_at_fpr(neg, fpr)).mean()) if len(pos) and len(neg) else float("nan")
+
+
+def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery: str | Path | None = None,
+                   ec: EvalConfig | None = None, device: str = "cpu", write_card: bool = False, log=print) -> dict:
+    """Open-set retrieval and listing-level detection on brands the model did not train on; writes ``metrics.json`` (+ PNG plots).
+
+    Retrieval: held-out marks pasted into photos, pooled by their true box, against the clean
+    references (mark-level labels). Detection: labelled synthetic listings (held-out marks,
+    unregistered distractors, nothing) scanned against an index of the references.
+    """
+    import tempfile
+
+    from markguard.checkpoint import CARD, atomic_write_text, load_checkpoint, resolve_model_dir
+    from markguard.datasets.synth import Backgrounds, SynthConfig, make_listing, make_marks
+    from markguard.infer.decide import Policy
+    from markguard.infer.embed import embed_references
+    from markguard.infer.index import MarkIndex
+    from markguard.infer.scan import ScanOptions, Searcher, scan_rows
+    from markguard.train.calibrate import roc_auc
+
+    ec = ec or EvalConfig()
+    model_dir = resolve_model_dir(model_dir)
+    model, card = load_checkpoint(model_dir, device=device)
+    marks, _ = heldout_marks(card, gallery)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"eval: {len(marks)} marks of {len({m.brand for m in marks})} held-out brands")
+
+    refs = embed_references(model, card, [m.image for m in marks], device=device)
+    r_labels = np.arange(len(marks))
+    q, q_labels = _query_embeddings(model, card, marks, ec, device)
+    ret = retrieval_metrics(q, q_labels, refs, r_labels)
+    sims, hits = ret.pop("_sims"), ret.pop("_hits")
+    same = q_labels[:, None] == r_labels[None, :]  # ``hits`` is in rank order; this is in reference order
+    genuine = sims[same].astype(np.float64)  # query vs its own mark
+    impostor = np.where(same, -np.inf, sims).max(1)  # query vs the closest other mark
+
+    # detection on labelled listings
+    index = MarkIndex.build(refs, [{"brand": m.brand, "mark": m.mark, "source": ""} for m in marks], fingerprint=card.fingerprint, kind="flat")
+    distractors = make_marks(6, 1, seed=ec.seed + 70_000, prefix="eval-other")
+    rng = np.random.default_rng((ec.seed, 2))
+    sc = SynthConfig(size=ec.listing_size, scale=ec.scale, p_near_match=0.0)
+    truth = {}
+    det_scores, det_pos, det_right, det_brand = [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="markguard-eval-") as tmp:
+        bgs = Backgrounds(ec.backgrounds)
+        for i in range(ec.listings):
+            lst = make_listing(rng, marks, distractors, bgs, sc)
+            lst.image.save(Path(tmp) / f"e{i:05d}.jpg", quality=90)
+            truth[f"e{i:05d}"] = {m.brand for m in lst.marks if m.registered}
+        searcher = Searcher("", Path(tmp), index, model, card, {})
+        for row in scan_rows(tmp, [searcher], Policy(-1.0, -1.0), ScanOptions(device=device, workers=0, batch_size=8)):
+            if row.status == "error":
+                continue
+            shown = truth[row.listing_id]
+            best = row.matches[0] if row.matches else None
+            det_scores.append(row.score if row.score is not None else -1.0)
+            det_pos.append(bool(shown))
+            det_right.append(best is not None and best.brand in shown)
+            det_brand.append(sorted(shown))
+    s, p, r = np.asarray(det_scores), np.asarray(det_pos, dtype=bool), np.asarray(det_right, dtype=bool)
+    detection = {"listings": int(len(s)), "positives": int(p.sum()), "negatives": int((~p).sum()),
+                 "roc_auc": roc_auc(s[p], s[~p]),
+                 "tpr@fpr1%": tpr_at_fpr(s[p], s[~p], 0.01), "tpr@fpr0.1%": tpr_at_fpr(s[p], s[~p], 0.001),
+                 # a detection that names a brand the photo does not show is not a hit for its owner
+                 "tpr_right_brand@fpr1%": tpr_at_fpr(np.where(r, s, -np.inf)[p], s[~p], 0.01),
+                 "note": "FPR 0.1% is resolved only with >= 1000 negatives" if (~p).sum() < 1000 else None}
+
+    per_brand = {}
+    brands = sorted({m.brand for m in marks})
+    from markguard.train.calibrate import threshold_at_fpr
+
+    t1 = threshold_at_fpr(s[~p], 0.01) if (~p).any() else float("inf")
+    for b in brands:
+        qi = np.isin(q_labels, [i for i, m in enumerate(marks) if m.brand == b])
+        bi = np.array([b in sb for sb in det_brand], dtype=bool)
+        per_brand[b] = {"queries": int(qi.sum()), "recall@1": float(hits[qi, :1].any(1).mean()),
+                        "listings": int(bi.sum()), "tpr@fpr1%": float((s[bi] >= t1).mean()) if bi.any() else None}
+    metrics = {"model": str(model_dir), "fingerprint": card.fingerprint, "marks": len(marks), "brands": brands,
+               "eval_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(ec).items()},
+               "retrieval": ret, "detection": detection, "per_brand": per_brand,
+               "scores": {"genuine_mean": float(genuine.mean()), "impostor_mean": float(impostor.mean())}}
+    metrics = _round(metrics)
+    if ec.plots:
+        metrics["plots"] = _plots(out_dir, s, p & r, ~p, genuine, impostor, log)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    if write_card:
+        import dataclasses
+
+        card.metrics = {**card.metrics, "heldout": {k: metrics[k] for k in ("retrieval", "detection", "marks", "brands")}}
+        atomic_write_text(Path(model_dir) / CARD, json.dumps(dataclasses.asdict(card), indent=2))
+    log(f"eval: recall@1 {ret['recall@1']:.3f}, recall@5 {ret['recall@5']:.3f}, MAP@R {ret['map@r']:.3f}; "
+        f"detection AUC {detection['roc_auc']:.3f}, TPR@FPR1% {detection['tpr@fpr1%']:.3f} -> {out_dir / 'metrics.json'}")
+    return metrics
+
+
+def _round(x):
+    if isinstance(x, float):
+        return None if x != x else round(x, 4)  # NaN (an empty population) is not JSON
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round(v) for v in x]
+    return x
+
+
+def _plots(out_dir: Path, scores, good, neg, genuine, impostor, log) -> list[str]:
+    """PR curve of listing detection and genuine/impostor histograms, as PNG (needs matplotlib: markguard[plots])."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("eval: no plots (pip install 'markguard[plots]' for matplotlib)")
+        return []
+    order = np.argsort(-scores)
+    tp = np.cumsum(good[order])
+    flagged = np.arange(1, len(order) + 1)
+    precision, recall = tp / flagged, tp / max(1, good.sum())
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(recall, precision)
+    ax.set(xlabel="recall (right brand)", ylabel="precision", title="listing detection", xlim=(0, 1), ylim=(0, 1.02))
+    fig.tight_layout()
+    fig.savefig(out_dir / "pr_curve.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = np.linspace(-1, 1, 81)
+    ax.hist(genuine, bins=bins, alpha=0.6, label="genuine (own mark)")
+    ax.hist(impostor, bins=bins, alpha=0.6, label="impostor (closest other mark)")
+    ax.set(xlabel="cosine similarity", ylabel="queries")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "score_histograms.png", dpi=100)
+    plt.close(fig)
+    return ["pr_curve.png", "score_histograms.png"]

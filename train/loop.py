@@ -1,14 +1,16 @@
-"""The training loop: composites → model → region-pooled embeddings → metric loss; checkpoints that resume exactly."""
+"""The training loop: samples (marks composited into photos, or labelled photos) → one backbone pass →
+region-pooled embeddings → metric loss; checkpoints that resume exactly; DDP under torchrun."""
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
 import json
 import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,7 @@ def split_brands(gallery, holdout: int) -> tuple[list, list[str]]:
 
 def load_training_marks(cfg: TrainConfig):
     if cfg.gallery is None:
-        raise MarkguardError("no training data: set gallery=PATH (a gallery folder of marks) in the recipe or on the command line")
+        raise MarkguardError("no training data: set gallery=PATH (a gallery folder of marks) or trainset=PATH (labelled photos) in the recipe or on the command line")
     gallery = load_gallery(cfg.gallery)
     refs, held = split_brands(gallery, cfg.holdout_brands)
     images, names, errors = [], [], []
@@ -80,11 +82,13 @@ def resolve_train_device(device: str) -> str:
     return device
 
 
-def batch_order(labels: list[int], cfg: TrainConfig) -> list[int]:
-    """The whole run's sample order, fixed by the seed, so a resume continues the same sequence."""
-    n = cfg.steps * cfg.batch_size * cfg.grad_accum
+def batch_order(labels: list[int], cfg: TrainConfig, n: int) -> list[int]:
+    """The first ``n`` indices of the run's sample order, fixed by the seed; a longer run extends it
+    without changing its start, so a resume (or more ranks) continues the same sequence."""
     if cfg.sampler == "random":
-        return np.random.default_rng(cfg.seed).permutation(len(labels))[:n].tolist()
+        rng = np.random.default_rng(cfg.seed)
+        reps = -(-n // len(labels))
+        return np.concatenate([rng.permutation(len(labels)) for _ in range(reps)])[:n].tolist()
     from pytorch_metric_learning import samplers
     from pytorch_metric_learning.utils import common_functions as c_f
 
@@ -121,12 +125,106 @@ class EMA:
         return m
 
 
-def _save_state(run: Path, step: int, model, loss_fn, opt, sched, ema, cfg: TrainConfig, card: ModelCard) -> None:
+class TrainStep(torch.nn.Module):
+    """One forward of a training step, model and loss together, so DDP sees (and syncs) every parameter."""
+
+    def __init__(self, model, loss_fn, cfg: TrainConfig, background_label: int | None):
+        super().__init__()
+        self.model, self.loss_fn, self.cfg, self.background_label = model, loss_fn, cfg, background_label
+        self.device = "cpu"
+
+    def forward(self, x, boxes, y):
+        cfg, model = self.cfg, self.model
+        with autocast(self.device, cfg.precision):
+            fmap = model.forward_features(x)
+        emb = model.embed_regions(fmap, list(boxes.unsqueeze(1)), cfg.input_size)
+        loss = self.loss_fn(emb, y)
+        if model.proposal_head is not None:
+            has_mark = y != self.background_label if self.background_label is not None else torch.ones_like(y, dtype=torch.bool)
+            loss = loss + cfg.proposal_weight * model.proposal_loss(fmap, boxes, has_mark, cfg.input_size)
+        return loss
+
+
+@dataclass
+class TrainData:
+    dataset: torch.utils.data.Dataset
+    order: list[int]  # dataset indices in the run's order (all ranks)
+    num_classes: int
+    background_label: int | None
+    summary: dict  # what the model card records about the data
+    held: list[str]
+
+
+def _warm_backgrounds(ds: CompositeDataset, seed: int) -> None:
+    """Fill the procedural background pool up front from its own seed.
+
+    The pool otherwise fills lazily from the first samples' generators, so a resumed run (or each
+    loader worker) would see different backgrounds than one straight run: exact resume needs this.
+    """
+    ds.backgrounds.warm(np.random.default_rng((seed, 104729)))
+
+
+def build_data(cfg: TrainConfig, n: int) -> TrainData:
+    """The training samples and the first ``n`` of their order: marks composited on the fly, or labelled photos."""
+    if cfg.trainset:
+        from markguard.train.products import PhotoDataset, load_photo_trainset
+
+        photos = load_photo_trainset(cfg.trainset, cfg.trainset_format, m=cfg.m_per_class if cfg.sampler == "m_per_class" else 1,
+                                     drop_small=cfg.drop_small_classes)
+        _check_classes(len(photos.classes), cfg, cfg.trainset)
+        ds = PhotoDataset(photos, cfg.input_size, ModelCard.mean, ModelCard.std, seed=cfg.seed)
+        n_img = len(photos.samples)
+        # each visit of a sample becomes a distinct index, so its augmentation differs per visit but not per run
+        order = [p * n_img + i for p, i in enumerate(batch_order(photos.labels, cfg, n))]
+        summary = {"trainset": cfg.trainset, "format": cfg.trainset_format, "images": n_img, "classes": len(photos.classes),
+                   "dropped_small_classes": photos.dropped}
+        return TrainData(ds, order, len(photos.classes), None, summary, [])
+    marks, names, held = load_training_marks(cfg)
+    _check_classes(len(marks), cfg, cfg.gallery)
+    ccfg = CompositeConfig(size=cfg.input_size, p_clean=cfg.p_clean, p_background=cfg.p_background, scale=tuple(cfg.scale), strength=cfg.strength)
+    ds = CompositeDataset(marks, n, ccfg, seed=cfg.seed, backgrounds=cfg.backgrounds, background_class=cfg.background_class)
+    _warm_backgrounds(ds, cfg.seed)
+    summary = {"marks": len(names), "classes": ds.num_classes, "gallery": cfg.gallery}
+    return TrainData(ds, batch_order(ds.labels, cfg, n), ds.num_classes, len(marks) if cfg.background_class else None, summary, held)
+
+
+def _check_classes(n_classes: int, cfg: TrainConfig, source) -> None:
+    if cfg.sampler == "m_per_class" and n_classes * cfg.m_per_class < cfg.batch_size:
+        raise MarkguardError(f"{source}: {n_classes} classes x m_per_class={cfg.m_per_class} cannot fill batch_size={cfg.batch_size}; "
+                             f"lower batch_size to at most {n_classes * cfg.m_per_class} or add classes")
+
+
+def _rng_state() -> dict:
+    return {"torch_rng": torch.get_rng_state(), "numpy_rng": json.dumps(_np_state()), "python_rng": json.dumps(_py_state())}
+
+
+def _np_state() -> list:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def _py_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if "numpy_rng" in state:
+        name, keys, pos, has_gauss, gauss = json.loads(state["numpy_rng"])
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "python_rng" in state:
+        version, internal, gauss = json.loads(state["python_rng"])
+        random.setstate((version, tuple(internal), gauss))
+
+
+def _save_state(run: Path, step: int, model, loss_fn, opt, sched, ema, cfg: TrainConfig, card: ModelCard, world: int, data: dict) -> None:
     last = run / LAST
     save_checkpoint(model, card, last)
     save_file({k: v.detach().cpu().contiguous() for k, v in loss_fn.state_dict().items()}, str(last / LOSS_WEIGHTS))
-    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "torch_rng": torch.get_rng_state(), "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)}
+    # plain tensors, numbers and strings only: resume loads it with weights_only=True
+    state = {"step": step, "world_size": world, "data": json.dumps(data, sort_keys=True), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str), **_rng_state()}
     if ema is not None:
         state["ema"] = ema.shadow
     tmp = last / (STATE + ".tmp")
@@ -134,39 +232,63 @@ def _save_state(run: Path, step: int, model, loss_fn, opt, sched, ema, cfg: Trai
     tmp.replace(last / STATE)
 
 
+# settings a resume may change: how long, how often to log, and where it runs
+RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "workers", "device", "calibrate", "calib_listings", "tensorboard")
+
+
 def _resume_config_key(cfg: TrainConfig) -> dict:
-    """The settings a resume must share with the run it continues (others, like steps, may change)."""
+    """The settings a resume must share with the run it continues."""
     d = dataclasses.asdict(cfg)
-    for k in ("steps", "log_every", "checkpoint_every", "workers", "device", "calibrate", "calib_listings"):
+    for k in RESUMABLE_CHANGES:
         d.pop(k)
     return d
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, log=None) -> ModelCard:
-    """Train, checkpointing into ``out_dir/last``; write the final checkpoint, config and metrics to ``out_dir``."""
+def _log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_at: int | None = None,
+          max_seconds: float | None = None, log=None) -> ModelCard:
+    """Train, checkpointing into ``out_dir/last``; write the final checkpoint, config and metrics to ``out_dir``.
+
+    ``stop_at`` (a step) or ``max_seconds`` end this session early with a resumable checkpoint, so a long
+    schedule can run over many sessions and still equal one straight run. Under torchrun each rank
+    takes whole batches of the shared order (the global batch is ``batch_size`` x ranks); rank 0 writes.
+    """
+    from markguard.train import ddp
+
     cfg.validate()
-    log = log or (lambda s: (sys.stderr.write(s + "\n"), sys.stderr.flush()))
     run = Path(out_dir)
     if not resume and (run / LAST / STATE).exists():
         raise MarkguardError(f"{run}: holds a training run already; pass --resume to continue it or choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
-    device = resolve_train_device(cfg.device)
+    dist = ddp.setup(resolve_train_device(cfg.device))
+    try:
+        return _train(cfg, run, dist, resume=resume, stop_at=stop_at, max_seconds=max_seconds,
+                      log=(log or _log) if dist.main else (lambda s: None))
+    finally:
+        ddp.teardown(dist)
+
+
+def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | None, max_seconds: float | None, log) -> ModelCard:
+    from markguard.train import ddp
+    from markguard.train.metrics import MetricsLog
+
+    device = dist.device
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-
-    marks, names, held = load_training_marks(cfg)
-    ccfg = CompositeConfig(size=cfg.input_size, p_clean=cfg.p_clean, p_background=cfg.p_background, scale=tuple(cfg.scale), strength=cfg.strength)
-    total = cfg.steps * cfg.batch_size * cfg.grad_accum
-    ds = CompositeDataset(marks, total, ccfg, seed=cfg.seed, backgrounds=cfg.backgrounds, background_class=cfg.background_class)
-    order = batch_order(ds.labels, cfg)
+    np.random.seed(cfg.seed)
+    per_step = cfg.batch_size * cfg.grad_accum  # samples a rank consumes a step
+    data = build_data(cfg, cfg.steps * per_step * dist.world)
 
     card = card_from_config(cfg)
-    card.training = {"marks": len(names), "classes": ds.num_classes, "holdout_brands": held, "gallery": cfg.gallery,
-                     "loss": cfg.loss, "steps": cfg.steps, "batch_size": cfg.batch_size, "input_size": cfg.input_size}
+    card.training = {**data.summary, "holdout_brands": data.held, "loss": cfg.loss, "steps": cfg.steps,
+                     "batch_size": cfg.batch_size * dist.world, "input_size": cfg.input_size}
     model = create_model(card, pretrained=cfg.pretrained, weights=cfg.weights).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = MetricLoss(cfg.loss, ds.num_classes, cfg.dim, **cfg.loss_kwargs).to(device)
+    loss_fn = MetricLoss(cfg.loss, data.num_classes, cfg.dim, **cfg.loss_kwargs).to(device)
     groups = [{"params": model.parameters(), "lr": cfg.lr}]
     if list(loss_fn.parameters()):
         groups.append({"params": loss_fn.parameters(), "lr": cfg.loss_lr, "weight_decay": 0.0})
@@ -175,74 +297,85 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, log=No
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [_lr_lambda(cfg)] * len(groups))
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
 
-    step = 0
+    step, rng_state = 0, None
     if resume:
-        step = _load_state(run, cfg, model, loss_fn, opt, sched, ema, device)
+        step, rng_state = _load_state(run, cfg, model, loss_fn, opt, sched, ema, dist.world, data.summary)
         log(f"train: resuming {run} at step {step}/{cfg.steps}")
-    save_config(cfg, run / "config.yaml", {"versions": versions(), "device": device})
+    if dist.main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml", {"versions": versions(), "device": device, "world_size": dist.world})
 
-    sampler = order[step * cfg.batch_size * cfg.grad_accum :]
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                                         drop_last=True, persistent_workers=False, pin_memory=device == "cuda",
+    step_fn = TrainStep(model, loss_fn, cfg, data.background_label)
+    step_fn.device = device
+    wrapped = ddp.wrap(step_fn, dist)
+    mine = ddp.shard_batches(data.order[step * per_step * dist.world :], cfg.batch_size, dist)
+    loader = torch.utils.data.DataLoader(data.dataset, batch_size=cfg.batch_size, sampler=mine, num_workers=cfg.workers,
+                                         drop_last=True, persistent_workers=False, pin_memory=device.startswith("cuda"),
                                          prefetch_factor=4 if cfg.workers else None)
-    metrics_path = run / "metrics.csv"
-    new_file = not metrics_path.exists() or not resume
-    mf = open(metrics_path, "w" if new_file else "a", newline="")
-    writer = csv.writer(mf)
-    if new_file:
-        writer.writerow(["step", "loss", "lr", "samples_per_s", "elapsed_s"])
+    batches = iter(loader)  # draws the loader's base seed from torch's RNG: restore the saved state after it
+    if rng_state is not None:
+        _set_rng_state(rng_state)
+    metrics = MetricsLog(run, append=resume, tensorboard=cfg.tensorboard) if dist.main else None
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    params = list(model.parameters()) + list(loss_fn.parameters())
     model.train()
     t0 = time.perf_counter()
-    t_log, seen, running = t0, 0, []
-    micro = 0
+    t_log, seen, running, micro = t0, 0, [], 0
     try:
-        for x, boxes, y in loader:
-            if step >= cfg.steps:
+        for x, boxes, y in batches:
+            if step >= end:
                 break
             x = x.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             boxes, y = boxes.to(device), y.to(device)
-            with autocast(device, "bf16" if cfg.precision == "bf16" else ("fp32" if cfg.precision == "fp32" else "auto")):
-                fmap = model.forward_features(x)
-            emb = model.embed_regions(fmap, list(boxes.unsqueeze(1)), cfg.input_size)
-            loss = loss_fn(emb, y)
-            if model.proposal_head is not None:
-                has_mark = y != len(marks) if cfg.background_class else torch.ones_like(y, dtype=torch.bool)
-                loss = loss + cfg.proposal_weight * model.proposal_loss(fmap, boxes, has_mark, cfg.input_size)
-            loss = loss / cfg.grad_accum
-            loss.backward()
-            running.append(float(loss.detach()) * cfg.grad_accum)
-            seen += len(x)
             micro += 1
-            if micro % cfg.grad_accum:
+            sync = micro % cfg.grad_accum == 0
+            # DDP all-reduces gradients on backward; between accumulation steps that is wasted traffic
+            with (wrapped.no_sync() if dist.active and not sync else contextlib.nullcontext()):
+                loss = wrapped(x, boxes, y) / cfg.grad_accum
+                loss.backward()
+            running.append(float(loss.detach()) * cfg.grad_accum)
+            seen += len(x) * dist.world
+            if not sync:
                 continue
             if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(loss_fn.parameters()), cfg.clip_grad)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
             if ema is not None:
                 ema.update(model)
             step += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if step % cfg.log_every == 0 or step == end:
                 now = time.perf_counter()
                 rate = seen / max(1e-9, now - t_log)
-                eta = (cfg.steps - step) * cfg.batch_size * cfg.grad_accum / max(rate, 1e-9)
+                eta = (end - step) * per_step * dist.world / max(rate, 1e-9)
                 mean_loss = sum(running) / len(running)
-                writer.writerow([step, f"{mean_loss:.5f}", f"{sched.get_last_lr()[0]:.3g}", f"{rate:.1f}", f"{now - t0:.1f}"])
-                mf.flush()
+                if metrics is not None:
+                    metrics.write(step, mean_loss, sched.get_last_lr()[0], rate, now - t0)
                 log(f"train: step {step}/{cfg.steps} loss {mean_loss:.4f} {rate:.0f} samples/s ETA {eta:.0f}s")
                 t_log, seen, running = now, 0, []
-            if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save_state(run, step, model, loss_fn, opt, sched, ema, cfg, card)
+            if dist.main and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                _save_state(run, step, model, loss_fn, opt, sched, ema, cfg, card, dist.world, data.summary)
+            if step >= end:
+                break
+            if max_seconds is not None and ddp.any_rank(time.perf_counter() - t0 >= max_seconds, dist):
+                log(f"train: time budget of {max_seconds:.0f}s spent at step {step}; continue with --resume")
+                break
     finally:
-        mf.close()
-    _save_state(run, step, model, loss_fn, opt, sched, ema, cfg, card)
+        if metrics is not None:
+            metrics.close()
+    if not dist.main:
+        return card
+    _save_state(run, step, model, loss_fn, opt, sched, ema, cfg, card, dist.world, data.summary)
     final = ema.copy_to(model) if ema is not None else model
     final = final.eval().to(memory_format=torch.contiguous_format)
+    if step < cfg.steps:  # a session of a longer run: resumable, usable, not yet calibrated
+        card.training["stopped_at"] = step
+        return save_checkpoint(final, card, run)
     card = save_checkpoint(final, card, run)
-    if cfg.calibrate:
+    if cfg.calibrate and cfg.gallery:
         from markguard.train.calibrate import calibrate_synthetic
 
         card.thresholds = calibrate_synthetic(final, card, cfg, device=device, log=log)
@@ -252,21 +385,32 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, log=No
     return card
 
 
-def _load_state(run: Path, cfg: TrainConfig, model, loss_fn, opt, sched, ema, device: str) -> int:
+def _load_state(run: Path, cfg: TrainConfig, model, loss_fn, opt, sched, ema, world: int, data: dict) -> tuple[int, dict]:
     last = run / LAST
     if not (last / STATE).exists():
         raise MarkguardError(f"{run}: no checkpoint to resume from ({last / STATE} missing); start without --resume")
     state = torch.load(last / STATE, map_location="cpu", weights_only=True)
     previous = json.loads(state["config"])
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(previous) - fields)
+    if unknown:
+        raise MarkguardError(f"{run}: the checkpoint's recipe has keys this markguard does not know ({', '.join(unknown)}); resume with the version that wrote it")
     prev_cfg = dataclasses.replace(cfg, **{k: (tuple(v) if isinstance(getattr(cfg, k), tuple) else v) for k, v in previous.items()})
     if _resume_config_key(prev_cfg) != _resume_config_key(cfg):
         diff = sorted(k for k, v in _resume_config_key(cfg).items() if _resume_config_key(prev_cfg)[k] != v)
-        raise MarkguardError(f"{run}: the checkpoint was trained with a different recipe (differs in {', '.join(diff)}); resume with the same settings or start a new --out")
+        shown = ", ".join(f"{k}: {_resume_config_key(prev_cfg)[k]!r} -> {_resume_config_key(cfg)[k]!r}" for k in diff)
+        raise MarkguardError(f"{run}: the checkpoint was trained with a different recipe ({shown}); resume with the same settings or start a new --out")
+    if int(state.get("world_size", 1)) != world:
+        raise MarkguardError(f"{run}: the checkpoint was written by {state.get('world_size', 1)} process(es), this run has {world}; "
+                             "resume with the same --nproc_per_node (the batch order is split per process)")
+    before = json.loads(state.get("data", "null") or "null")
+    if before is not None and before != json.loads(json.dumps(data)):
+        changed = ", ".join(f"{k}: {before.get(k)!r} -> {data.get(k)!r}" for k in sorted(set(before) | set(data)) if before.get(k) != data.get(k))
+        raise MarkguardError(f"{run}: the training data changed since the checkpoint ({changed}); the sample order would differ — restore the data or start a new --out")
     model.load_state_dict(load_file(last / "model.safetensors"))
     loss_fn.load_state_dict(load_file(last / LOSS_WEIGHTS))
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
     if ema is not None and "ema" in state:
         ema.shadow = state["ema"]
-    return int(state["step"])
+    return int(state["step"]), state

@@ -1,0 +1,98 @@
+"""Backends: the scan's model with its backbone run by PyTorch, ONNX Runtime or a TorchScript file.
+
+Only the backbone (``forward_features``, nearly all the compute) moves to the exported graph; the
+region pooling, projection and proposal head stay in PyTorch with the checkpoint's weights, so
+regions are pooled the same way whatever runs the backbone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from markguard.checkpoint import ModelCard, load_checkpoint, resolve_model_dir
+from markguard.errors import MarkguardError
+
+BACKENDS = ("torch", "onnx", "torchscript")
+EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # default names beside the weights
+FINGERPRINT_KEY = "markguard_fingerprint"
+
+
+class ExportedModel(torch.nn.Module):
+    """Looks like EmbeddingModel to the scan; ``forward_features`` runs the exported backbone."""
+
+    def __init__(self, model: torch.nn.Module, run_features, kind: str):
+        super().__init__()
+        model.backbone = torch.nn.Identity()  # the exported graph replaces it; free its weights
+        self.inner = model
+        self.run_features = run_features
+        self.kind = kind
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run_features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.embed_pooled(self.inner.pool(self.forward_features(x).float()))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # everything else (embed_regions, embed_pooled, proposal_head, propose, ...) is the PyTorch model's
+            return getattr(self._modules["inner"], name)
+
+
+class _OnnxRunner:
+    def __init__(self, path: Path, device: str):
+        import onnxruntime as ort  # optional: markguard[onnx]
+
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input: x.detach().float().contiguous().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def _onnx_fingerprint(path: Path) -> str | None:
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return meta.get(FINGERPRINT_KEY)
+
+
+def load_backend(model_dir: str | Path | None = None, backend: str = "torch", *, device: str = "cpu",
+                 path: str | Path | None = None) -> tuple[torch.nn.Module, ModelCard]:
+    """The scan's model and card; ``backend`` onnx/torchscript runs the backbone from ``path``
+    (default: the file ``markguard export`` wrote beside the weights), refused unless it was exported
+    from this very checkpoint (same fingerprint)."""
+    if backend not in BACKENDS:
+        raise MarkguardError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    model, card = load_checkpoint(model_dir, device=device)
+    if backend == "torch":
+        return model, card
+    file = Path(path) if path is not None else resolve_model_dir(model_dir) / EXPORT_FILES[backend]
+    if not file.exists():
+        raise MarkguardError(f"{file}: no exported model; run `markguard export --format {backend} --model DIR` first")
+    if backend == "onnx":
+        try:
+            found = _onnx_fingerprint(file)
+            runner = _OnnxRunner(file, device)
+        except ImportError:
+            raise MarkguardError("--backend onnx needs onnx and onnxruntime; pip install 'markguard[onnx]'") from None
+    else:
+        import warnings
+
+        extra = {"fingerprint": ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still the portable format
+            runner = torch.jit.load(str(file), map_location=device, _extra_files=extra)
+        found = json.loads(extra["fingerprint"] or "null")
+    if found != card.fingerprint:
+        raise MarkguardError(f"{file}: exported from model {found}, not from this checkpoint ({card.fingerprint}); export it again")
+    return ExportedModel(model, runner, backend).eval(), card
