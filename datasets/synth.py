@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from markguard.boxes import iou
+
 SYLLABLES = ["ka", "lo", "mi", "zu", "ra", "te", "no", "vi", "sa", "po", "qu", "xe", "bri", "tor", "den", "fal", "gor", "lux", "pex", "van", "zen", "ori", "ast", "kel"]
 SHAPES = ["circle", "ring", "triangle", "square", "diamond", "star", "hexagon", "chevron", "bars", "cross"]
 
@@ -309,7 +311,7 @@ def paste_mark(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, *, 
         x = int(rng.integers(0, W - m.width + 1))
         y = int(rng.integers(0, H - m.height + 1))
         box = (x, y, x + m.width, y + m.height)
-        if not occupied or all(_iou(box, o) == 0 for o in occupied):
+        if not occupied or all(iou(box, o) == 0 for o in occupied):
             break
     else:
         return None
@@ -323,12 +325,6 @@ def paste_mark(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, *, 
     return box
 
 
-def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:

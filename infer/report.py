@@ -7,9 +7,7 @@ import html
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Iterable
 
 from PIL import Image, ImageDraw
 
+from markguard.checkpoint import atomic_write_bytes
 from markguard.errors import DecodeError, MarkguardError
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ def write_report(
 
     notes: list[str] = []
     written = {PLACEHOLDER}
-    _write_atomic(thumbs_dir / PLACEHOLDER, _jpeg(_placeholder(thumb_size)))
+    atomic_write_bytes(thumbs_dir / PLACEHOLDER, _jpeg(_placeholder(thumb_size)))
     notes += _listing_thumbs(scan, thumbs_dir, thumb_size, written)
     notes += _reference_thumbs(scan, thumbs_dir, thumb_size, written)
     for stale in thumbs_dir.glob("*.jpg"):  # left by an earlier report of a different scan
@@ -106,11 +105,11 @@ def write_report(
     payload = {"rows": [r.to_js() for r in scan.rows]}
     # ensure_ascii keeps U+2028/2029 and any odd bytes out of the script; the file is never parsed as HTML
     js = "window.MARKGUARD_REPORT = " + json.dumps(payload, ensure_ascii=True, separators=(",", ":")) + ";\n"
-    _write_atomic(out_dir / "report" / "rows.js", js.encode("ascii"))
+    atomic_write_bytes(out_dir / "report" / "rows.js", js.encode("ascii"))
 
     page = _render_html(scan, statuses, page_size, notes)
     target = out_dir / "report.html"
-    _write_atomic(target, page.encode("utf-8"))
+    atomic_write_bytes(target, page.encode("utf-8"))
     return target
 
 
@@ -207,7 +206,7 @@ def _listing_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: set[
                 for row in rows:
                     name = "l-" + _digest(row.image, json.dumps(row.boxes)) + ".jpg"
                     if name not in written:
-                        _write_atomic(thumbs_dir / name, _jpeg(_listing_thumb(decoded.image, decoded.orig_size, row.boxes, size)))
+                        atomic_write_bytes(thumbs_dir / name, _jpeg(_listing_thumb(decoded.image, decoded.orig_size, row.boxes, size)))
                         written.add(name)
                     row.thumb = name
             for row in rows:
@@ -247,7 +246,7 @@ def _reference_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: se
                     mark = composite(load_mark(path, size=size))  # onto white, as the index saw it
                     name = "m-" + _digest(key) + ".jpg"
                     mark.thumbnail((size, size))
-                    _write_atomic(thumbs_dir / name, _jpeg(mark))
+                    atomic_write_bytes(thumbs_dir / name, _jpeg(mark))
                     written.add(name)
                     made[key] = name
                 except (DecodeError, OSError) as e:
@@ -342,17 +341,6 @@ def _render_html(scan: ScanOutput, statuses: tuple[str, ...], page_size: int, no
     return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m.group(1)], _PAGE)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and os.replace, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jpeg(img: Image.Image) -> bytes:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from markguard.errors import MarkguardError
+from markguard.boxes import iou
 
 
 @dataclass
@@ -28,12 +29,6 @@ class ScanScore:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -65,7 +60,7 @@ def score_scan(results_path: str | Path, truth_path: str | Path, *, statuses=("f
                 hit = [m for m in shown if m["mark"] == row["mark"]]
                 right += bool(hit)
                 if hit and row["box"]:
-                    boxed += max(_iou(row["box"], m["box"]) for m in hit) >= 0.5
+                    boxed += max(iou(row["box"], m["box"]) for m in hit) >= 0.5
     return ScanScore(n, pos, flagged, tp, tp / flagged if flagged else 0.0, tp / pos if pos else 0.0,
                      right / tp if tp else 0.0, boxed / right if right else 0.0, errors)
 
