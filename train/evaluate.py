@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from markguard.errors import MarkguardError
 from markguard.boxes import iou
+from markguard.errors import MarkguardError
 
 
 @dataclass
