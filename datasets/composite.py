@@ -24,6 +24,7 @@ class CompositeConfig:
     p_background: float = 0.1
     scale: tuple[float, float] = (0.3, 0.9)  # mark's long side over the photo's short side
     strength: float = 1.0  # of rotation/perspective/blur in pasting
+    loose_boxes: float = 0.5  # share of pasted marks pooled from a loose window around them, as a scan's grid sees them
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -71,6 +72,19 @@ class CompositeDataset(Dataset):
             box = paste_mark(img, mark, rng, scale=float(rng.uniform(*self.cfg.scale)), strength=self.cfg.strength)
             if box is None:
                 img, box = render_reference(self.marks[label], S)
+            elif rng.random() < self.cfg.loose_boxes:
+                box = loosen(box, S, rng)
             if rng.random() < 0.5:
                 img = jpeg_roundtrip(img, int(rng.integers(40, 95)))
         return to_tensor(img, self.cfg.mean, self.cfg.std), torch.tensor(box, dtype=torch.float32), label
+
+
+def loosen(box, size: int, rng: np.random.Generator, max_grow: float = 1.8) -> tuple[float, float, float, float]:
+    """A window up to ``max_grow`` times the box's sides, shifted but still holding its centre, clipped to the image."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    g = rng.uniform(1.0, max_grow)
+    nw, nh = w * g, h * g
+    cx = (x0 + x1) / 2 + rng.uniform(-0.5, 0.5) * (nw - w)
+    cy = (y0 + y1) / 2 + rng.uniform(-0.5, 0.5) * (nh - h)
+    return (max(0.0, cx - nw / 2), max(0.0, cy - nh / 2), min(float(size), cx + nw / 2), min(float(size), cy + nh / 2))

@@ -46,6 +46,7 @@ class TrainConfig:
     p_background: float = 0.1
     scale: tuple[float, float] = (0.3, 0.9)
     strength: float = 1.0
+    loose_boxes: float = 0.5  # share of pasted marks pooled from a loose window, as the scan's grid sees them
     # optimisation
     batch_size: int = 64
     grad_accum: int = 1

@@ -181,7 +181,8 @@ def build_data(cfg: TrainConfig, n: int) -> TrainData:
         return TrainData(ds, order, len(photos.classes), None, summary, [])
     marks, names, held = load_training_marks(cfg)
     _check_classes(len(marks), cfg, cfg.gallery)
-    ccfg = CompositeConfig(size=cfg.input_size, p_clean=cfg.p_clean, p_background=cfg.p_background, scale=tuple(cfg.scale), strength=cfg.strength)
+    ccfg = CompositeConfig(size=cfg.input_size, p_clean=cfg.p_clean, p_background=cfg.p_background, scale=tuple(cfg.scale), strength=cfg.strength,
+                           loose_boxes=cfg.loose_boxes)
     ds = CompositeDataset(marks, n, ccfg, seed=cfg.seed, backgrounds=cfg.backgrounds, background_class=cfg.background_class)
     _warm_backgrounds(ds, cfg.seed)
     summary = {"marks": len(names), "classes": ds.num_classes, "gallery": cfg.gallery}
