@@ -33,8 +33,11 @@ LOSS_WEIGHTS = "loss.safetensors"
 
 
 def card_from_config(cfg: TrainConfig) -> ModelCard:
-    return ModelCard(backbone=cfg.backbone, dim=cfg.dim, pooling=cfg.pooling, output_stride=cfg.output_stride,
+    card = ModelCard(backbone=cfg.backbone, dim=cfg.dim, pooling=cfg.pooling, output_stride=cfg.output_stride,
                      roi_size=cfg.roi_size, input_size=cfg.input_size, scan_size=cfg.scan_size, proposals=dict(cfg.proposals))
+    if cfg.proposals:  # a model that can find marks scans with its own proposals plus a coarse grid by default
+        card.regions = dict(card.regions, mode="learned+grid")
+    return card
 
 
 def split_brands(gallery, holdout: int) -> tuple[list, list[str]]:

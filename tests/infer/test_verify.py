@@ -1,0 +1,131 @@
+"""Geometric verification on synthetic photos where the truth is known: exact copies verify and get tight boxes, other marks do not."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("cv2")
+
+from markguard.checkpoint import ModelCard
+from markguard.datasets.synth import make_marks, paste_mark, procedural_background, write_gallery
+from markguard.datasets.transforms import letterbox
+from markguard.errors import MarkguardError
+from markguard.infer.decide import Match
+from markguard.infer.index import MarkIndex
+from markguard.infer.scan import Searcher
+from markguard.infer.verify import VerifyConfig, reference_features, verify_matches, verify_region
+
+SCAN = 320
+CARD = ModelCard(scan_size=SCAN, fingerprint="f" * 16)
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A gallery of four marks, an index over it, and photos with one known mark pasted in each."""
+    root = tmp_path_factory.mktemp("verify")
+    marks = make_marks(2, 2, seed=11)
+    gallery = write_gallery(marks, root / "gallery")
+    records = [{"brand": m.brand, "mark": m.mark, "source": str(gallery / m.brand / f"{m.mark}.png")} for m in marks]
+    vecs = np.eye(len(marks), 8, dtype=np.float32)
+    index = MarkIndex.build(vecs, records, fingerprint=CARD.fingerprint, kind="flat")
+    searcher = Searcher("", root, index, None, CARD, {})
+    rng = np.random.default_rng(5)
+    photos = []
+    for i, m in enumerate(marks):
+        img = procedural_background(480, 360, rng)
+        box = paste_mark(img, m.image, rng, scale=0.45, strength=0.4)
+        photos.append((img, box, m))
+    return marks, records, searcher, photos
+
+
+# photos[0] shows a flat, symmetric cross: its corners match each other as well as themselves, so
+# RANSAC cannot fix a homography; the other three (two wordmarks, a multi-shape logo) have texture.
+VERIFIABLE = slice(1, None)
+SYMMETRIC = 0
+
+
+def _batch(photos):
+    lbs = [letterbox(img, SCAN, CARD.mean, CARD.std) for img, _, _ in photos]
+    x = torch.stack([lb.tensor for lb in lbs])
+    return x, [(1 / lb.factor, 1 / lb.factor) for lb in lbs]
+
+
+def _loose(box, img, grow=0.3, shift=0.1):
+    """A region the way a scan finds one: larger than the mark and off-centre."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    return [max(0, int(x0 - grow * w + shift * w)), max(0, int(y0 - grow * h)),
+            min(img.width, int(x1 + grow * w + shift * w)), min(img.height, int(y1 + grow * h))]
+
+
+def test_exact_copy_verifies_and_tightens_box(scene):
+    marks, _, searcher, photos = scene
+    photos = photos[VERIFIABLE]
+    x, to_orig = _batch(photos)
+    found = [[Match(m.brand, m.mark, 0.5, _loose(box, img))] for img, box, m in photos]
+    before = [_iou(f[0].box, p[1]) for f, p in zip(found, photos)]
+    out = verify_matches(x, found, searcher, to_orig, 1.0)
+    for (img, box, m), matches, b in zip(photos, out, before):
+        assert len(matches) == 1 and matches[0].mark == m.mark
+        assert matches[0].score > 0.6, f"{m.mark}: exact copy not verified (score {matches[0].score})"
+        assert _iou(matches[0].box, box) >= 0.7, f"{m.mark}: box {matches[0].box} vs truth {box}"
+        assert _iou(matches[0].box, box) > b  # tighter than the region it started from
+
+
+def test_exact_copy_many_inliers_unrelated_mark_few(scene):
+    marks, records, _, photos = scene
+    img, box, m = photos[1]
+    image = np.asarray(img)
+    own = reference_features(records[1]["source"])
+    v = verify_region(image, _loose(box, img), own)
+    assert v.verified and v.inliers >= 1.5 * VerifyConfig().min_inliers, v
+    for rec in records[:1] + records[2:]:
+        other = verify_region(image, _loose(box, img), reference_features(rec["source"]))
+        assert not other.verified and other.inliers < VerifyConfig().min_inliers, (rec["mark"], other)
+
+
+def test_symmetric_mark_gets_no_wrong_box(scene):
+    """Where the geometry is ambiguous the match must stay as the embedding found it, never get a wrong box."""
+    marks, _, searcher, photos = scene
+    img, box, m = photos[SYMMETRIC]
+    x, to_orig = _batch([photos[SYMMETRIC]])
+    loose = _loose(box, img)
+    got = verify_matches(x, [[Match(m.brand, m.mark, 0.5, loose)]], searcher, to_orig, 1.0)[0][0]
+    assert got == Match(m.brand, m.mark, 0.5, loose) or _iou(got.box, box) >= 0.7
+
+
+def test_unverified_match_keeps_score_and_box(scene):
+    marks, _, searcher, photos = scene
+    x, to_orig = _batch(photos[:1])
+    img, box, m = photos[0]
+    wrong = next(o for o in marks if o.mark != m.mark)
+    loose = _loose(box, img)
+    out = verify_matches(x, [[Match(wrong.brand, wrong.mark, 0.42, loose)], []], searcher, to_orig + [(1.0, 1.0)], 1.0)
+    assert out[0] == [Match(wrong.brand, wrong.mark, 0.42, loose)]
+    assert out[1] == []
+
+
+def test_scan_size_factor_maps_boxes(scene):
+    """Boxes come back in original pixels when the scan rescaled the batch (factor != 1)."""
+    marks, _, searcher, photos = scene
+    x, to_orig = _batch(photos[1:2])
+    factor = 0.75
+    x = torch.nn.functional.interpolate(x, size=int(SCAN * factor), mode="bilinear", antialias=True)
+    img, box, m = photos[1]
+    out = verify_matches(x, [[Match(m.brand, m.mark, 0.5, _loose(box, img))]], searcher, to_orig, factor)
+    assert out[0][0].score > 0.6 and _iou(out[0][0].box, box) >= 0.7
+
+
+def test_bad_method_names_the_choices():
+    with pytest.raises(MarkguardError, match="sift, orb"):
+        VerifyConfig(method="surf")
