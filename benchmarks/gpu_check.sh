@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU check: on one CUDA machine, in under 8 minutes, install markguard, train briefly on the GPU
+# and scan a synthetic dump, printing training samples/s and end-to-end scan images/s.
+#
+#   bash benchmarks/gpu_check.sh [WORKDIR]        # WORKDIR defaults to /tmp/markguard-gpu-check
+#
+# Record what it prints in benchmarks/README.md with the machine, date and this command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-/tmp/markguard-gpu-check}
+rm -rf "$WORK" && mkdir -p "$WORK"
+
+python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+  || { echo "gpu_check: no CUDA GPU visible to torch; run this on a GPU machine" >&2; exit 1; }
+python3 -m pip install -q -e . 2>&1 | tail -1 || true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+set -x
+markguard synth --out "$WORK/data" --brands 50 --listings 2000 --seed 0
+time markguard train -r logo -o "$WORK/model" gallery="$WORK/data/gallery" device=cuda steps=600 \
+  batch_size=256 workers=12 log_every=100 checkpoint_every=300 holdout_brands=5 calib_listings=200
+markguard index build "$WORK/data/gallery" -o "$WORK/index" -m "$WORK/model" --device cuda
+# a large dump: the 2,000 photos listed 10 times over in one manifest
+python3 - "$WORK" <<'PY'
+import csv, sys
+from pathlib import Path
+work = Path(sys.argv[1])
+rows = list(csv.DictReader(open(work / "data/listings/manifest.csv")))
+with open(work / "data/listings/big.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=rows[0].keys())
+    w.writeheader()
+    for k in range(10):
+        for r in rows:
+            w.writerow(r | {"listing_id": f"{r['listing_id']}-{k}"})
+PY
+markguard scan "$WORK/data/listings/big.csv" -i "$WORK/index" -o "$WORK/scan" --device cuda --batch-size 256 --workers 14 --quiet
+set +x
+python3 - "$WORK" <<'PY'
+import json, sys
+s = json.load(open(f"{sys.argv[1]}/scan/summary.json"))
+print("scan images/s:", s["images_per_s"], "stage seconds:", s["stage_seconds"])
+PY
+grep -E "samples/s" "$WORK/model/metrics.csv" | tail -1 || tail -2 "$WORK/model/metrics.csv"
