@@ -39,7 +39,8 @@ def _brands_meta(gallery: Gallery) -> dict:
     return {b.id: {"name": b.name, "authorized_sellers": b.authorized_sellers, "threshold": b.threshold} for b in gallery.brands.values()}
 
 
-def _report_errors(errors, stream=sys.stderr) -> None:
+def _report_errors(errors, stream=None) -> None:
+    stream = stream or sys.stderr  # looked up now, so a redirected stderr gets the lines
     for path, reason in errors:
         stream.write(f"skipped mark {path}: {reason}\n")
 

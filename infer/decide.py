@@ -33,14 +33,22 @@ class Policy:
     per_brand: dict[str, float] = field(default_factory=dict)
     authorized: dict[str, list[str]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # where each threshold came from, for summary.json
+    # Scores of different models are not comparable: an index built with its own model brings its own
+    # calibrated (flag, review); its name → {"flag": .., "review": ..}. Empty when one model serves all.
+    per_index: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.review > self.flag:
-            raise MarkguardError(f"review threshold {self.review} is above the flag threshold {self.flag}; the review band lies below flag")
+        for name, (flag, review) in [("", (self.flag, self.review))] + [(n, (t["flag"], t["review"])) for n, t in self.per_index.items()]:
+            if review > flag:
+                where = f" of index {name}" if name else ""
+                raise MarkguardError(f"review threshold {review}{where} is above the flag threshold {flag}; the review band lies below flag")
 
-    def thresholds(self, brand: str) -> tuple[float, float]:
-        flag = self.per_brand.get(brand, self.flag)
-        return flag, flag - (self.flag - self.review)
+    def thresholds(self, brand: str, index: str | None = None) -> tuple[float, float]:
+        """(flag, review) for a match of ``brand`` found in ``index``; a brand's own flag keeps the review band's width."""
+        base = self.per_index.get(index) if index is not None else None
+        g_flag, g_review = (base["flag"], base["review"]) if base else (self.flag, self.review)
+        flag = self.per_brand.get(brand, g_flag)
+        return flag, flag - (g_flag - g_review)
 
     def decide(self, matches: list[Match], seller_id: str | None) -> tuple[str, Match | None]:
         """Status of a photo and the match that decided it (the best one when it passes)."""
@@ -48,7 +56,7 @@ class Policy:
         allowed = None
         for level in ("flag", "review"):
             for m in ranked:
-                flag, review = self.thresholds(m.brand)
+                flag, review = self.thresholds(m.brand, m.index)
                 if m.score >= (flag if level == "flag" else review):
                     if seller_id is not None and seller_id in self.authorized.get(m.brand, ()):
                         allowed = allowed or m
@@ -63,7 +71,7 @@ class Policy:
 
 
 def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: float | None = None,
-                   review: float | None = None) -> Policy:
+                   review: float | None = None, per_index_cards: dict[str, dict] | None = None) -> Policy:
     """Command line > model card (calibrated) for the global thresholds; brands.yaml > calibrated per brand."""
     sources = {"flag": "command line" if flag is not None else "model card",
                "review": "command line" if review is not None else "model card"}
@@ -80,4 +88,10 @@ def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: floa
             per_brand[b] = float(meta["threshold"])
             sources[f"brand:{b}"] = "brands.yaml"
     authorized = {b: list(meta.get("authorized_sellers") or []) for b, meta in brands.items() if meta.get("authorized_sellers")}
-    return Policy(g_flag, g_review, per_brand, authorized, sources)
+    per_index = {}
+    if flag is None and review is None:  # a command-line threshold applies to every index alike
+        for name, thr in (per_index_cards or {}).items():
+            i_flag = float(thr.get("flag", 0.6))
+            per_index[name] = {"flag": i_flag, "review": float(thr.get("review", i_flag - 0.1))}
+            sources[f"index:{name}"] = "its model's card"
+    return Policy(g_flag, g_review, per_brand, authorized, sources, per_index)

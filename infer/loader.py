@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from markguard.datasets.decode import DEFAULT_MAX_PIXELS, decode_image
 from markguard.datasets.listings import ListingItem
 from markguard.datasets.transforms import letterbox
-from markguard.errors import DecodeError
+from markguard.errors import DecodeError, MarkguardError
 
 MIN_SIDE = 16  # smaller photos cannot show a recognisable mark
 
@@ -26,6 +26,13 @@ class Batch:
     orig_size: list[tuple[int, int]]
     errors: dict[int, str] = field(default_factory=dict)  # position → reason
     decode_s: float = 0.0
+
+
+@dataclass
+class RunFailure:
+    """A problem with the dump as a whole met by a worker mid-stream (a bad manifest line): the scan stops with it."""
+
+    message: str
 
 
 class DecodedBatches(IterableDataset):
@@ -44,40 +51,48 @@ class DecodedBatches(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         items = itertools.islice(self.items_fn(), self.skip, None)
-        for b, chunk in enumerate(_chunks(items, self.batch_size)):
-            if b % nw != wid:
-                continue
-            t0 = time.perf_counter()
-            batch = self._decode(chunk)
-            batch.decode_s = time.perf_counter() - t0
-            yield batch
+        try:
+            for b, chunk in enumerate(_chunks(items, self.batch_size)):
+                if b % nw != wid:
+                    continue
+                t0 = time.perf_counter()
+                batch = self._decode(chunk)
+                batch.decode_s = time.perf_counter() - t0
+                yield batch
+        except MarkguardError as e:  # re-raised in the main process as itself, not as a worker traceback
+            yield RunFailure(str(e))
 
     def _decode(self, chunk: list[ListingItem]) -> Batch:
-        tensors, ok, valid, to_orig, orig, errors = [], [], [], [], [], {}
-        for pos, item in enumerate(chunk):
-            if item.error:
-                errors[pos] = item.error
-                continue
-            try:
-                dec = decode_image(item.read_bytes(), target_size=self.size, max_pixels=self.max_pixels)
-            except DecodeError as e:
-                errors[pos] = e.reason
-                continue
-            except OSError as e:  # the file vanished or is unreadable between listing and decoding
-                errors[pos] = f"cannot read file ({e.strerror or e})"
-                continue
-            if min(dec.orig_size) < MIN_SIDE:
-                errors[pos] = f"image too small ({dec.orig_size[0]}x{dec.orig_size[1]}; at least {MIN_SIDE} px a side)"
-                continue
-            lb = letterbox(dec.image, self.size, self.mean, self.std)
-            sx, sy = dec.scale
-            tensors.append(lb.tensor)
-            ok.append(pos)
-            valid.append(lb.valid)
-            to_orig.append((sx / lb.factor, sy / lb.factor))
-            orig.append(dec.orig_size)
-        x = torch.stack(tensors) if tensors else torch.zeros(0, 3, self.size, self.size)
-        return Batch(chunk, x, ok, valid, to_orig, orig, errors)
+        return decode_items(chunk, size=self.size, mean=self.mean, std=self.std, max_pixels=self.max_pixels)
+
+
+def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS) -> Batch:
+    """Decode and letterbox one batch of items; a photo that cannot be used becomes an error with its reason."""
+    tensors, ok, valid, to_orig, orig, errors = [], [], [], [], [], {}
+    for pos, item in enumerate(chunk):
+        if item.error:
+            errors[pos] = item.error
+            continue
+        try:
+            dec = decode_image(item.read_bytes(), target_size=size, max_pixels=max_pixels)
+        except DecodeError as e:
+            errors[pos] = e.reason
+            continue
+        except OSError as e:  # the file vanished or is unreadable between listing and decoding
+            errors[pos] = f"cannot read file ({e.strerror or e})"
+            continue
+        if min(dec.orig_size) < MIN_SIDE:
+            errors[pos] = f"image too small ({dec.orig_size[0]}x{dec.orig_size[1]}; at least {MIN_SIDE} px a side)"
+            continue
+        lb = letterbox(dec.image, size, mean, std)
+        sx, sy = dec.scale
+        tensors.append(lb.tensor)
+        ok.append(pos)
+        valid.append(lb.valid)
+        to_orig.append((sx / lb.factor, sy / lb.factor))
+        orig.append(dec.orig_size)
+    x = torch.stack(tensors) if tensors else torch.zeros(0, 3, size, size)
+    return Batch(chunk, x, ok, valid, to_orig, orig, errors)
 
 
 def _chunks(it, n):
@@ -85,9 +100,24 @@ def _chunks(it, n):
         yield chunk
 
 
+DECODE_NICE = 10  # decode workers yield the CPU to the model's threads (see _lower_priority)
+
+
+def _lower_priority(worker_id: int) -> None:
+    # On a box with as many torch threads as cores, a decode worker that preempts one of them stalls the whole
+    # parallel op at its barrier; at a lower priority it decodes in the gaps (Python between ops, search,
+    # writing), which with batches prefetched ahead is enough, as decoding is a few percent of the model's work.
+    import os
+
+    try:
+        os.nice(DECODE_NICE)
+    except OSError:  # not permitted on this platform: decode at normal priority
+        pass
+
+
 def batch_loader(dataset: DecodedBatches, workers: int) -> DataLoader:
     return DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
-                      persistent_workers=False, collate_fn=_identity)
+                      persistent_workers=False, collate_fn=_identity, worker_init_fn=_lower_priority if workers else None)
 
 
 def _identity(batch):

@@ -26,10 +26,10 @@ from markguard.datasets.listings import ListingItem, open_dump, shard
 from markguard.errors import MarkguardError
 from markguard.infer.decide import Match, Policy, resolve_policy
 from markguard.infer.embed import embed_regions, feature_maps
-from markguard.infer.loader import Batch, DecodedBatches, batch_loader
+from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_loader
 from markguard.infer.regions import RegionMode, grid_boxes, select_regions
 from markguard.infer.search import search_batch
-from markguard.infer.writer import RESULTS, ResultsWriter
+from markguard.infer.writer import PARQUET, RESULTS, BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
 
 STATE = "scan.json"
 SUMMARY = "summary.json"
@@ -65,6 +65,7 @@ class Searcher:
     model: torch.nn.Module
     card: ModelCard
     brands: dict[str, dict]
+    model_dir: Path | None = None  # where the model was loaded from (None: the shipped default); engines reload it
 
 
 @dataclass
@@ -80,6 +81,10 @@ class ScanOptions:
     review: float | None = None
     shard: tuple[int, int] | None = None
     verify: bool = False  # geometric check of the best candidates (infer/verify.py)
+    backend: str = "torch"  # torch | onnx | torchscript (infer/backends.py)
+    engine: str = "local"  # local | ray (infer/ray_engine.py)
+    address: str | None = None  # Ray cluster address; None starts a local instance
+    actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)
 
 
 @dataclass
@@ -100,25 +105,40 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str) -> list[Searcher]:
+def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = "torch") -> list[Searcher]:
     """Open each index with its model; the model's fingerprint must be the one the index was built with."""
     from markguard.infer.index import MarkIndex
 
     searchers, models = [], {}
-    for p in index_paths:
+    names = [Path(p).name if len(index_paths) > 1 else "" for p in index_paths]
+    for name in set(names):
+        if names.count(name) > 1:
+            raise MarkguardError(f"two indexes are named {name!r}; matches say which index they came from by folder name, so give them different folder names")
+    for p, name in zip(index_paths, names):
         p = Path(p)
         meta_path = p / INDEX_META
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        except (OSError, json.JSONDecodeError) as e:
+            raise MarkguardError(f"{meta_path}: unreadable ({e}); rebuild the index with `markguard index build`") from None
         mpath = model_path if model_path is not None else meta.get("model")
         if mpath is not None and not Path(mpath).exists() and model_path is None:
             mpath = None  # the recorded model moved: fall back to the shipped default, the fingerprint check decides
         key = str(mpath)
         if key not in models:
-            models[key] = load_checkpoint(mpath, device=device)
+            if backend == "torch":
+                models[key] = load_checkpoint(mpath, device=device)
+            else:
+                from markguard.infer.backends import load_backend
+
+                models[key] = load_backend(mpath, backend, device=device)
         model, card = models[key]
-        index = MarkIndex.load(p, expect_fingerprint=card.fingerprint)
-        name = p.name if len(index_paths) > 1 else None
-        searchers.append(Searcher(name or "", p, index, model, card, meta.get("brands", {})))
+        try:
+            index = MarkIndex.load(p, expect_fingerprint=card.fingerprint)
+        except MarkguardError as e:
+            hint = "" if model_path is None else f" (model given with -m {model_path})"
+            raise MarkguardError(f"{e}{hint}") from None
+        searchers.append(Searcher(name, p, index, model, card, meta.get("brands", {}), None if mpath is None else Path(mpath)))
     return searchers
 
 
@@ -173,6 +193,10 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
             from markguard.infer.verify import verify_matches
 
             found = verify_matches(x, found, s, batch.to_orig, factor)
+            for matches, (w, h) in zip(found, batch.orig_size):  # a tightened box may reach past the photo
+                for m in matches:
+                    if m.box is not None:
+                        m.box = [min(max(0, v), lim) for v, lim in zip(m.box, (w, h, w, h))]
             t = times.add("verify", t)
         for i, matches in enumerate(found):
             per_image[i].extend(matches)
@@ -185,7 +209,7 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         matches = sorted(per_image[ok_pos[pos]], key=lambda m: -m.score)
         status, decider = policy.decide(matches, item.seller_id)
         best = matches[0].score if matches else None
-        shown = [m for m in matches if m.score >= policy.thresholds(m.brand)[1]][: opts.max_matches]
+        shown = [m for m in matches if m.score >= policy.thresholds(m.brand, m.index)[1]][: opts.max_matches]
         if status == "pass":
             rows.append(ScanRow(item.listing_id, item.image, item.seller_id, "pass", best, None, None, None, shown))
         else:
@@ -203,6 +227,13 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
               times: StageTimes | None = None, full_matches: bool = False) -> Iterator[ScanRow]:
     """The pipeline as a generator of rows, in input order, after skipping ``skip`` inputs."""
     times = times or StageTimes()
+    if opts.engine == "ray":
+        from markguard.infer.ray_engine import ray_rows
+
+        yield from ray_rows(source, searchers, policy, opts, skip=skip, times=times)
+        return
+    if opts.engine != "local":
+        raise MarkguardError(f"unknown engine {opts.engine!r}; choose local or ray")
     size = max(s.card.scan_size for s in searchers)
     card = searchers[0].card
     open_dump(source)  # fail here, in the main process, on a missing or unreadable dump
@@ -210,6 +241,8 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
                         batch_size=opts.batch_size, skip=skip)
     t = time.perf_counter()
     for batch in batch_loader(ds, opts.workers):
+        if isinstance(batch, RunFailure):
+            raise MarkguardError(batch.message)
         times.seconds["decode"] += batch.decode_s
         yield from process_batch(batch, searchers, policy, opts, times)
 
@@ -223,18 +256,19 @@ def _state(source, searchers: list[Searcher], opts: ScanOptions) -> dict:
 class Progress:
     """A progress bar on a terminal, a log line every few seconds elsewhere: done, images/s, ETA, flagged."""
 
-    def __init__(self, total: int | None, done: int, stream=sys.stderr, every_s: float = 10.0, enabled: bool = True):
+    def __init__(self, total: int | None, done: int, stream=None, every_s: float = 10.0, enabled: bool = True):
         self.total, self.done, self.flagged = total, done, 0
         self.start_done = done
         self.t0 = time.monotonic()
         self.last = self.t0
-        self.stream, self.every_s = stream, every_s
+        self.stream = stream if stream is not None else sys.stderr  # looked up now, so redirected stderr is honoured
+        self.every_s = every_s
         self.enabled = enabled
         self.bar = None
-        if enabled and stream.isatty():
+        if enabled and self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="img", file=stream, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=done, unit="img", file=self.stream, dynamic_ncols=True)
 
     def update(self, n: int, flagged: int) -> None:
         self.done += n
@@ -248,8 +282,11 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
+            self._log()
+
+    def _log(self) -> None:
+        self.stream.write(self.line() + "\n")
+        self.stream.flush()
 
     def line(self) -> str:
         rate = (self.done - self.start_done) / max(1e-9, time.monotonic() - self.t0)
@@ -260,35 +297,77 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.enabled:
+            self._log()  # a log always ends with where the scan stopped
+
+
+FORMATS = ("jsonl", "parquet")
+
+
+def _total(source, shard_spec) -> int | None:
+    """How many rows the scan will write (for the ETA), or None when the dump cannot be counted cheaply."""
+    from markguard.datasets.listings import count_dump
+
+    try:
+        total = count_dump(source)
+    except (ImportError, OSError, MarkguardError):
+        return None
+    if shard_spec:
+        i, n = shard_spec
+        total = len(range(i, total, n))
+    return total
+
+
+def _policy(searchers: list[Searcher], opts: ScanOptions) -> Policy:
+    brands: dict[str, dict] = {}
+    for s in searchers:
+        brands.update(s.brands)
+    per_index = None
+    if len({s.card.fingerprint for s in searchers}) > 1:  # several models: each index is judged by its own calibration
+        per_index = {s.name: s.card.thresholds for s in searchers}
+    return resolve_policy(searchers[0].card.thresholds, brands, flag=opts.flag, review=opts.review, per_index_cards=per_index)
 
 
 def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | Path, *, model: str | Path | None = None,
-             opts: ScanOptions | None = None, resume: bool = False, progress: bool = True) -> dict:
+             opts: ScanOptions | None = None, resume: bool = False, progress: bool = True, formats: tuple[str, ...] = ("jsonl",),
+             progress_stream=None, progress_every_s: float = 10.0) -> dict:
     """Scan a dump into ``out_dir``; returns the summary. Resumable; a finished scan is not redone."""
     from markguard.config import versions
 
     opts = opts or ScanOptions()
     opts = dataclasses.replace(opts, device=resolve_device(opts.device))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise MarkguardError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    if "parquet" in formats:
+        require_pyarrow()
+    if opts.engine not in ("local", "ray"):
+        raise MarkguardError(f"unknown engine {opts.engine!r}; choose local or ray")
     out_dir = Path(out_dir)
     if not index_paths:
         raise MarkguardError("no index given; pass -i INDEX (built with `markguard index build GALLERY -o INDEX`)")
-    searchers = load_searchers(index_paths, model, opts.device)
+    searchers = load_searchers(index_paths, model, opts.device, opts.backend)
     open_dump(source)
-    brands: dict[str, dict] = {}
-    for s in searchers:
-        brands.update(s.brands)
     card = searchers[0].card
-    policy = resolve_policy(card.thresholds, brands, flag=opts.flag, review=opts.review)
+    policy = _policy(searchers, opts)
     state = _state(source, searchers, opts)
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MarkguardError(f"{out_dir}: is a file; -o names the output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / STATE
     if state_path.exists():
-        previous = json.loads(state_path.read_text())
+        try:
+            previous = json.loads(state_path.read_text())
+        except json.JSONDecodeError:
+            previous = {}
         if previous != state:
             raise MarkguardError(f"{out_dir}: holds the output of another scan ({previous.get('input')}); choose a new -o folder or delete it")
         if (out_dir / RESULTS).exists() and (out_dir / SUMMARY).exists():
             summary = json.loads((out_dir / SUMMARY).read_text())
+            if "parquet" in formats and not (out_dir / PARQUET).exists():
+                summary["parquet"] = str(write_parquet(out_dir / RESULTS, out_dir / PARQUET))
+                atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
             summary["note"] = "already finished; nothing to do"
             return summary
         if (out_dir / "results.jsonl.partial").exists() and not resume:
@@ -297,48 +376,43 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         raise MarkguardError(f"{out_dir}: folder is not empty and holds no markguard scan; choose a new -o folder")
     atomic_write_text(state_path, json.dumps(state, indent=2))
 
-    writer = ResultsWriter(out_dir, resume=resume)
+    writer = ResultsWriter(out_dir, resume=resume or (out_dir / RESULTS).exists())
     skipped = writer.rows
     counts: Counter = Counter()
     if skipped:  # counts of the rows already written, so the summary covers the whole scan
         with open(writer.path, encoding="utf-8") as f:
             counts.update(json.loads(line)["status"] for line in f)
-    total = None
-    try:
-        from markguard.datasets.listings import count_dump
-
-        total = count_dump(source)
-        if opts.shard:
-            i, n = opts.shard
-            total = len(range(i, total, n))
-    except (ImportError, OSError, MarkguardError):
-        total = None
-    bar = Progress(total, skipped, enabled=progress)
+    total = _total(source, opts.shard)
+    bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress)
     times = StageTimes()
     t_start = time.perf_counter()
     done = 0
+    bg = BackgroundWriter(writer)
     try:
         pending: list[dict] = []
         for row in scan_rows(source, searchers, policy, opts, skip=skipped, times=times):
             pending.append(row.to_json())
             counts[row.status] += 1
             if len(pending) >= opts.batch_size:
-                t = time.perf_counter()
-                writer.write(pending)
-                times.add("write", t)
+                bg.write(pending)
                 bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
                 done += len(pending)
                 pending = []
-        t = time.perf_counter()
-        writer.write(pending)
+        bg.write(pending)
         done += len(pending)
         bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
-        results = writer.finish()
-        times.add("write", t)
+        t = time.perf_counter()
+        results = bg.finish()
+        times.seconds["write"] += bg.seconds + (time.perf_counter() - t)
     finally:
-        writer.close()
+        bg.close()
         bar.close()
     elapsed = time.perf_counter() - t_start
+    extra = {}
+    if "parquet" in formats:
+        t = time.perf_counter()
+        extra["parquet"] = str(write_parquet(results, out_dir / PARQUET))
+        times.seconds["write"] += time.perf_counter() - t
     references = {}
     for s in searchers:
         for rec in s.index.records():
@@ -346,6 +420,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     summary = {
         "input": str(Path(source).resolve()),
         "results": str(results),
+        **extra,
         "images": sum(counts.values()),
         "images_this_run": done,
         "counts": {k: counts.get(k, 0) for k in ("flag", "review", "pass", "allowed", "error")},
@@ -354,7 +429,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         "stage_seconds": {k: round(v, 3) for k, v in times.seconds.items()},
         "model": {"fingerprint": card.fingerprint, "backbone": card.backbone, "scan_size": card.scan_size},
         "indexes": [{"path": str(s.path.resolve()), "name": s.name or None, "fingerprint": s.card.fingerprint,
-                     "vectors": len(s.index)} for s in searchers],
+                     "model": str(s.model_dir.resolve()) if s.model_dir else None, "vectors": len(s.index)} for s in searchers],
+        "shard": list(opts.shard) if opts.shard else None,
         "policy": policy.to_json(),
         "options": dataclasses.asdict(opts),
         "versions": versions(),

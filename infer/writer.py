@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +45,10 @@ class ResultsWriter:
     def __init__(self, out_dir: Path, *, resume: bool, fsync_every_s: float = 2.0):
         self.out_dir = out_dir
         self.path = out_dir / PARTIAL
+        final = out_dir / RESULTS
+        if resume and final.exists() and not self.path.exists():
+            # killed between the rename and summary.json: the finished rows continue as the partial file
+            os.replace(final, self.path)
         self.rows = recover_partial(self.path) if resume else 0
         if not resume:
             self.path.unlink(missing_ok=True)
@@ -72,6 +78,55 @@ class ResultsWriter:
             self.f.close()
 
 
+class BackgroundWriter:
+    """A :class:`ResultsWriter` fed through a short queue from a thread, so encoding and writing overlap the model.
+
+    A row counts as written only once its line is in the file; rows still queued when the process
+    dies are simply scanned again by ``--resume``.
+    """
+
+    def __init__(self, writer: ResultsWriter, depth: int = 4):
+        self.writer = writer
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.seconds = 0.0  # time spent writing, in the thread
+        self.thread = threading.Thread(target=self._run, name="markguard-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (rows := self.q.get()) is not None:
+            if self.error is None:
+                t = time.perf_counter()
+                try:
+                    self.writer.write(rows)
+                except BaseException as e:  # handed to the main thread at its next call
+                    self.error = e
+                self.seconds += time.perf_counter() - t
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self, rows: list[dict]) -> None:
+        self._check()
+        self.q.put(rows)
+
+    def drain(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        self._check()
+
+    def finish(self) -> Path:
+        self.drain()
+        return self.writer.finish()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.q.put(None)
+            self.thread.join()
+        self.writer.close()
+
+
 def check_rows(path: Path) -> None:
     """Refuse a results file whose rows do not follow the contract (used by tests and ``merge``)."""
     with open(path, encoding="utf-8") as f:
@@ -79,3 +134,45 @@ def check_rows(path: Path) -> None:
             row = json.loads(line)
             if tuple(row) != ROW_KEYS:
                 raise MarkguardError(f"{path}:{n}: keys {list(row)} differ from the results.jsonl contract {list(ROW_KEYS)}")
+
+
+PARQUET = "results.parquet"
+
+
+def parquet_schema():
+    import pyarrow as pa
+
+    box = pa.list_(pa.int32())
+    match = pa.struct([("brand", pa.string()), ("mark", pa.string()), ("score", pa.float64()), ("box", box), ("index", pa.string())])
+    return pa.schema([("listing_id", pa.string()), ("image", pa.string()), ("seller_id", pa.string()), ("status", pa.string()),
+                      ("score", pa.float64()), ("brand", pa.string()), ("mark", pa.string()), ("box", box),
+                      ("matches", pa.list_(match)), ("error", pa.string())])
+
+
+def require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise MarkguardError("--format parquet needs pyarrow: pip install 'markguard[parquet]'") from None
+
+
+def write_parquet(results: Path, out: Path, *, rows_per_group: int = 65_536) -> Path:
+    """``results.jsonl`` → ``results.parquet`` (same rows, same order), streamed a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = parquet_schema()
+    tmp = out.with_name(out.name + ".partial")
+    with open(results, encoding="utf-8") as f, pq.ParquetWriter(tmp, schema) as pw:
+        chunk = []
+        for line in f:
+            row = json.loads(line)
+            row["matches"] = [{k: m.get(k) for k in ("brand", "mark", "score", "box", "index")} for m in row["matches"]]
+            chunk.append(row)
+            if len(chunk) >= rows_per_group:
+                pw.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                chunk = []
+        if chunk:
+            pw.write_table(pa.Table.from_pylist(chunk, schema=schema))
+    os.replace(tmp, out)
+    return out

@@ -27,7 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", "-i", action="append", required=True, help="index folder; repeat to search several in one pass")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--model", "-m", help="checkpoint folder (default: the model each index was built with)")
-    p.add_argument("--regions", choices=["none", "grid", "tiles"], help="where to look in a photo (default: the model card's)")
+    p.add_argument("--regions", choices=["none", "grid", "learned", "learned+grid", "tiles"],
+                   help="where to look in a photo: the whole photo, a pooled grid, the model's proposals (alone or with a coarse grid), "
+                        "or cropped tiles (the slow baseline); default: the model card's")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
+                   help="re-score the best candidates with a keypoint + RANSAC check and tighten their boxes (needs markguard[verify])")
+    p.add_argument("--backend", choices=["torch", "onnx", "torchscript"], default="torch",
+                   help="run the backbone in PyTorch, or the file `markguard export` wrote beside the weights")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -35,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--review-threshold", type=float, help="override the calibrated review threshold")
     p.add_argument("--shard", help="i/N: scan only every N-th photo starting at i")
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan in OUT")
+    p.add_argument("--format", action="append", choices=["jsonl", "parquet"],
+                   help="extra output formats; results.jsonl is always written (parquet: OUT/results.parquet, needs pyarrow)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="local processes, or Ray Data (needs markguard[ray])")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--actors", type=int, help="Ray: model-holding actors (default: one per GPU, or per 2 CPUs)")
+    p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines when not on a terminal")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -42,9 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     from markguard.infer.scan import ScanOptions, run_scan
 
+    if args.batch_size < 1 or args.workers < 0 or (args.actors is not None and args.actors < 1):
+        raise MarkguardError("--batch-size and --actors must be at least 1, --workers at least 0")
+    if args.address and args.engine != "ray":
+        raise MarkguardError("--address is for --engine ray")
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                       flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard))
-    summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet)
+                       flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard),
+                       engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, backend=args.backend)
+    formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
+    summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
+                       formats=formats, progress_every_s=args.log_every)
     if "note" in summary:
         print(f"{args.out}: {summary['note']}")
     print(json.dumps({k: summary[k] for k in ("results", "images", "counts", "images_per_s")}, indent=2))

@@ -1,0 +1,185 @@
+"""Scan throughput against the model alone, and scan memory against dump size.
+
+Throughput: the end-to-end scan (read, decode in worker processes, regions, embed, search, decide,
+write) against the model-only rate, the same forward pass plus region pooling on tensors decoded
+beforehand, at the same resolution and batch size, in one run (measured alternately, model-only
+before, between and after the scans, medians compared, as a shared machine's load drifts).
+Target: e2e >= 90% of model-only.
+
+Memory: peak RSS of a `markguard scan` subprocess (the main process and, separately, its largest
+decode worker) for a small and a large dump; the manifest points many rows at a few photo files, since
+flat memory is about the pipeline, not the pixels. Target: the large within 10% of the small.
+
+    python benchmarks/bench_scan.py              # resnet18 at 320 px; memory for 1,000 vs 100,000 rows
+    python benchmarks/bench_scan.py --quick      # tiny model and dumps, seconds (the test suite runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), platform.processor())
+    except OSError:
+        model = platform.processor()
+    return f"{model}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+
+
+def make_setup(root: Path, *, backbone: str, scan_size: int, photos: int, photo_size: tuple[int, int], output_stride: int = 16) -> dict:
+    """A synthetic gallery and a few listing photos, a randomly initialised checkpoint and its index."""
+    from markguard.checkpoint import ModelCard, create_model, save_checkpoint
+    from markguard.datasets.synth import SynthConfig, synth_dataset
+    from markguard.infer.build import build_index
+
+    synth_dataset(root / "synth", brands=4, marks_per_brand=2, distractor_brands=1, listings=photos, seed=0,
+                  cfg=SynthConfig(size=photo_size))
+    torch.manual_seed(0)
+    card = ModelCard(backbone=backbone, dim=128, input_size=min(128, scan_size), scan_size=scan_size, output_stride=output_stride)
+    save_checkpoint(create_model(card), card, root / "model")
+    build_index(root / "synth" / "gallery", root / "index", model=root / "model", device="cpu")
+    return {"listings": root / "synth" / "listings", "model": root / "model", "index": root / "index"}
+
+
+def write_manifest(listings: Path, rows: int, name: str) -> Path:
+    """A manifest of ``rows`` rows cycling over the photos already in ``listings``."""
+    photos = sorted(p.name for p in listings.glob("*.jpg"))
+    path = listings / name
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["listing_id", "image_path", "seller_id"])
+        for i in range(rows):
+            w.writerow([f"R{i:07d}", photos[i % len(photos)], f"S{i % 50:04d}"])
+    return path
+
+
+def model_only(setup: dict, manifest: Path, *, batch_size: int, batches: int, regions: str | None) -> float:
+    """Images/s of the model forward + region pooling on batches decoded beforehand (what the scan cannot beat)."""
+    import itertools
+
+    from markguard.datasets.listings import open_dump
+    from markguard.infer.embed import embed_regions, feature_maps
+    from markguard.infer.loader import decode_items
+    from markguard.infer.regions import RegionMode, select_regions
+    from markguard.infer.scan import load_searchers
+
+    s = load_searchers([setup["index"]], None, "cpu")[0]
+    items = list(itertools.islice(open_dump(manifest), batch_size * batches))
+    decoded = [decode_items(items[i : i + batch_size], size=s.card.scan_size, mean=s.card.mean, std=s.card.std)
+               for i in range(0, len(items), batch_size)]
+    mode = RegionMode(regions or s.card.regions.get("mode", "grid"))
+
+    def one(b):
+        fmap = feature_maps(s.model, b.x)
+        boxes = select_regions(mode, s.model, s.card, fmap, b.valid, b.x.shape[-1])
+        embed_regions(s.model, s.card, b.x, boxes, fmap=fmap)
+
+    one(decoded[0])  # warm-up: oneDNN picks its kernels on the first call
+    t = time.perf_counter()
+    for b in decoded:
+        one(b)
+    return sum(len(b.ok) for b in decoded) / (time.perf_counter() - t)
+
+
+def throughput(setup: dict, *, images: int, batch_size: int, workers: int, regions: str | None, rounds: int = 2) -> dict:
+    """Model-only and end-to-end rates measured alternately (A B A B A), medians compared: on a shared
+    machine the load drifts within minutes, and alternating keeps both sides under the same drift."""
+    import statistics
+
+    from markguard.infer.scan import ScanOptions, run_scan
+
+    manifest = write_manifest(setup["listings"], images, f"throughput-{images}.csv")
+    batches = max(2, images // batch_size // 2)
+    model_rates, scans = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
+        for r in range(rounds + 1):
+            model_rates.append(model_only(setup, manifest, batch_size=batch_size, batches=batches, regions=regions))
+            if r < rounds:
+                scans.append(run_scan(manifest, [setup["index"]], Path(tmp) / f"out{r}", progress=False,
+                                      opts=ScanOptions(batch_size=batch_size, workers=workers, device="cpu", regions=regions)))
+    model = statistics.median(model_rates)
+    e2e = statistics.median(s["images_per_s"] for s in scans)
+    return {"images_per_scan": images, "batch_size": batch_size, "workers": workers, "regions": regions or "card",
+            "model_only_img_s": round(model, 2), "model_only_rounds": [round(x, 2) for x in model_rates],
+            "e2e_img_s": round(e2e, 2), "e2e_rounds": [s["images_per_s"] for s in scans], "e2e_over_model": round(e2e / model, 3),
+            "stage_seconds_last_scan": scans[-1]["stage_seconds"], "scan_seconds": [s["seconds"] for s in scans]}
+
+
+RUSAGE_WRAPPER = """
+import json, os, resource, sys
+from markguard.cli import main
+rc = main(sys.argv[2:])
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(json.dumps({"rc": rc, "main_kb": me.ru_maxrss, "worker_kb": kids.ru_maxrss}))
+"""
+
+
+def memory(setup: dict, rows: int, *, batch_size: int, workers: int) -> dict:
+    """Peak RSS of a scan subprocess over a ``rows``-row manifest (main process; largest child separately)."""
+    manifest = write_manifest(setup["listings"], rows, f"memory-{rows}.csv")
+    with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
+        stats = Path(tmp) / "rusage.json"
+        cmd = [sys.executable, "-c", RUSAGE_WRAPPER, str(stats), "scan", str(manifest), "-i", str(setup["index"]),
+               "-o", str(Path(tmp) / "out"), "--regions", "none", "--batch-size", str(batch_size), "--workers", str(workers),
+               "--device", "cpu", "--quiet"]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t
+        r = json.loads(stats.read_text())
+        summary = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+    return {"rows": rows, "main_peak_rss_mb": round(r["main_kb"] / 1024, 1), "worker_peak_rss_mb": round(r["worker_kb"] / 1024, 1),
+            "scan_img_s": summary["images_per_s"], "wall_s": round(wall, 1), "command": " ".join(cmd[3:])}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny model and dumps, for the test suite")
+    ap.add_argument("--images", type=int, help="photos per end-to-end scan (default 96, two scans; quick 32, one)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=1, help="decode workers of the scan")
+    ap.add_argument("--memory-rows", type=int, nargs=2, help="small and large dump for the memory check (default 1000 100000)")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    args = ap.parse_args(argv)
+
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+              "command": " ".join(["python", "benchmarks/bench_scan.py", *(argv if argv is not None else sys.argv[1:])])}
+    with tempfile.TemporaryDirectory(prefix="bench-scan-setup-") as tmp:
+        root = Path(tmp)
+        if not args.skip_throughput:
+            if args.quick:
+                big = make_setup(root / "tp", backbone="test_resnet", scan_size=64, photos=8, photo_size=(320, 240), output_stride=32)
+            else:
+                big = make_setup(root / "tp", backbone="resnet18", scan_size=320, photos=64, photo_size=(480, 360))
+            result["throughput"] = throughput(big, images=args.images or (32 if args.quick else 96), batch_size=args.batch_size,
+                                              workers=args.workers, regions=None, rounds=1 if args.quick else 2)
+            result["throughput"]["model"] = "timm test_resnet @ 64 px" if args.quick else "resnet18 @ 320 px (random weights), grid regions"
+        if not args.skip_memory:
+            # timm's smallest test network: the pipeline around the model, not the model, must stay flat
+            tiny = make_setup(root / "mem", backbone="test_resnet", scan_size=64, photos=8, photo_size=(160, 120), output_stride=32)
+            small, large = args.memory_rows or ((50, 200) if args.quick else (1000, 100_000))
+            a = memory(tiny, small, batch_size=64, workers=args.workers)
+            b = memory(tiny, large, batch_size=64, workers=args.workers)
+            result["memory"] = {"small": a, "large": b, "model": "timm test_resnet @ 64 px, --regions none",
+                                "main_growth": round(b["main_peak_rss_mb"] / a["main_peak_rss_mb"] - 1, 3),
+                                "worker_growth": round(b["worker_peak_rss_mb"] / a["worker_peak_rss_mb"] - 1, 3)}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
