@@ -4,7 +4,8 @@ Layout of a saved index (a directory)::
 
     index.faiss    the FAISS index; ids inside it are the stable mark ids
     refine.faiss   ivfpq only: 8-bit copies of the vectors, to re-rank PQ candidates with near-exact scores
-    marks.sqlite   marks(id, brand, mark, source, added), meta(next_id), tombstones(id) (hnsw removals)
+    marks.sqlite   marks(id, brand, mark, source, added), meta(next_id), tombstones(id) (removed ids still
+                   in a graph or fast-scan lists, filtered at search until a save compacts them)
     index.json     fingerprint, dim, kind, settings, search params, count, sha256 of every file above
 
 Vectors are L2-normalised, so inner product is cosine similarity and a score is comparable with the
@@ -50,9 +51,6 @@ AUTO_FLAT_BELOW = 50_000  # exact search stays fast (< 1 ms a query on 2 cores) 
 RECALL_K = 10  # recall@10 is what the tuner and the benchmark measure
 SEARCH_BATCH = 4096  # queries per FAISS call: bounds the distance and re-rank buffers
 TUNE_QUERIES = 500
-# Tuning queries are indexed vectors plus isotropic noise of this norm (cosine ~0.9 to their source):
-# near-duplicates of genuine marks, which is what a counterfeit photo looks like to the model.
-TUNE_NOISE = 0.5
 NORM_TOLERANCE = 1e-2  # bf16 embeddings cast back to float32 land within ~1e-3 of unit norm
 IDMAP2_REVERSE_BYTES = 40  # IndexIDMap2's unordered_map<id, slot>: node + bucket per entry
 
@@ -67,10 +65,13 @@ class FlatSettings:
 
 @dataclass(frozen=True)
 class HNSWSettings:
-    """Graph search over full vectors: fast and accurate, memory ~1.3x the raw vectors."""
+    """Graph search: fast and accurate; memory ~1.3x the raw vectors (Flat) or ~0.55x (SQ8)."""
 
     m: int = 32  # neighbours a node; 2*m on the base layer
-    ef_construction: int = 80
+    ef_construction: int = 40  # faiss's default; the tuned efSearch makes up for a sparser graph
+    # "Flat" keeps float32 vectors; "SQ8" keeps 8-bit ones (a quarter of the memory, cosines within ~1e-3)
+    storage: str = "Flat"
+    train_size: int = 65_536  # SQ8: vectors sampled to fit its per-dimension ranges
     ef_search_sweep: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
     compact_above: float = 0.2  # HNSW cannot delete: rebuild on save once this share is tombstones
 
@@ -80,21 +81,24 @@ class IVFPQSettings:
     """OPQ rotation + inverted lists + product quantisation: the kind that fits large indexes in little memory."""
 
     opq: bool = True
-    dims_per_code: int = 4  # PQ sub-vector width: dim/4 sub-quantisers, one byte each at 8 bits
-    nbits: int = 8
+    dims_per_code: int = 4  # PQ sub-vector width: dim/4 sub-quantisers
+    # 4-bit codes scanned with SIMD (faiss "fast scan"): ~2.5x the queries/s of 8-bit PQ at the same
+    # nprobe, and with SQ8 re-ranking the same recall (measured at 100k; recall is set by nprobe)
+    fast_scan: bool = True
+    nbits: int = 8  # without fast_scan
     nlist: int | None = None  # None: about 4*sqrt(n), a power of two
     # "SQ8" keeps an 8-bit copy of each vector (dim bytes) to re-rank k*k_factor PQ candidates, so
     # scores are near-exact cosines (PQ scores are off by ~0.05, too much for calibrated thresholds)
     # and recall@10 is not capped by the PQ code. None saves the memory and returns PQ scores.
     refine: str | None = "SQ8"
-    k_factor: int = 4
+    k_factor: int = 10  # candidates re-ranked: max(k, 10) * k_factor
     # Training budget. faiss k-means on 4-dim PQ sub-spaces is slow (tiny GEMMs), and OPQ repeats
     # PQ training every iteration; these bounds keep a 1M build to minutes on 2 cores, and the SQ8
     # re-ranking makes up for the slightly coarser codebooks.
     train_size: int = 131_072  # vectors sampled to train the coarse quantiser (>= 32 a list at 4096 lists)
     kmeans_iters: int = 10
-    pq_points_per_centroid: int = 64
-    opq_iters: int = 8
+    pq_train_points: int = 16_384
+    opq_iters: int = 4  # no recall gain measured from more on our benchmark; real embeddings are more anisotropic
     nprobe_sweep: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024)
 
 
@@ -103,6 +107,7 @@ class IndexKind(Enum):
 
     FLAT = FlatSettings()
     HNSW = HNSWSettings()
+    HNSW_SQ8 = HNSWSettings(storage="SQ8")
     IVFPQ = IVFPQSettings()
 
     @property
@@ -139,9 +144,9 @@ def _settings_from_json(kind: IndexKind, doc: dict):
 
 
 def _pq_m(dim: int, dims_per_code: int) -> int:
-    """Largest sub-quantiser count dividing dim with sub-vectors at least dims_per_code wide."""
-    cap = max(1, dim // dims_per_code)
-    return max(m for m in range(1, cap + 1) if dim % m == 0)
+    """Largest sub-quantiser count dividing dim with sub-vectors at least dims_per_code wide (even: fast scan packs pairs)."""
+    cap = max(2, dim // dims_per_code)
+    return max([m for m in range(2, cap + 1, 2) if dim % m == 0] or [1])
 
 
 IVFPQ_MIN_VECTORS = 1_000
@@ -165,30 +170,35 @@ def estimate_bytes(kind: IndexKind | str, n: int, dim: int, settings=None) -> in
     settings = settings or kind.value
     if kind is IndexKind.FLAT:
         return n * (dim * 4 + 8 + IDMAP2_REVERSE_BYTES)
-    if kind is IndexKind.HNSW:
-        links = (2 * settings.m + settings.m // max(1, settings.m - 1) + 1) * 4  # base layer + upper layers
-        return n * (dim * 4 + links + 12 + 8 + IDMAP2_REVERSE_BYTES)
+    if isinstance(settings, HNSWSettings):
+        links = (2 * settings.m + 1) * 4  # 2m links on the base layer; the upper layers add ~1 a node
+        vector = dim if settings.storage == "SQ8" else dim * 4
+        return n * (vector + links + 12 + 8 + IDMAP2_REVERSE_BYTES)
     m = _pq_m(dim, settings.dims_per_code)
     nlist = _nlist(max(n, 1), settings)
-    per_vector = m + 8 + (dim + 8 + 8 if settings.refine else 0)  # PQ code + id, SQ8 copy + id + slot map
+    code = m // 2 if settings.fast_scan else m * settings.nbits // 8
+    per_vector = code + 8 + (dim + 8 + 8 if settings.refine else 0)  # PQ code + id, SQ8 copy + id + slot map
     return n * per_vector + nlist * dim * 4 + dim * dim * 4 + 256 * dim * 4
 
 
 def choose_kind(n: int, dim: int, memory_budget_mb: float | None = None, *,
                 flat_below: int = AUTO_FLAT_BELOW) -> IndexKind:
-    """Like autofaiss: exact while small, HNSW when the full vectors fit the budget, else IVF-PQ."""
+    """Like autofaiss: exact while small, HNSW when its vectors fit the budget (float32, else 8-bit), else IVF-PQ."""
     budget = None if memory_budget_mb is None else memory_budget_mb * 2**20
     fits = lambda kind: budget is None or estimate_bytes(kind, n, dim) <= budget  # noqa: E731
     if n < IVFPQ_MIN_VECTORS or (n < flat_below and fits(IndexKind.FLAT)):
         return IndexKind.FLAT  # too few vectors to train a quantiser: flat, whatever the budget
     if fits(IndexKind.HNSW):
         return IndexKind.HNSW
+    if fits(IndexKind.HNSW_SQ8):
+        return IndexKind.HNSW_SQ8
     if fits(IndexKind.IVFPQ):
         return IndexKind.IVFPQ
     need = estimate_bytes(IndexKind.IVFPQ, n, dim) / 2**20
+    bare = estimate_bytes(IndexKind.IVFPQ, n, dim, dataclasses.replace(IndexKind.IVFPQ.value, refine=None)) / 2**20
     raise MarkguardError(f"{n:,} vectors of {dim} dims need ~{need:,.0f} MB even as ivfpq, over the "
-                         f"{memory_budget_mb:,.0f} MB budget; raise --memory-budget-mb or pass "
-                         f"ivfpq option refine: null (PQ scores only)")
+                         f"{memory_budget_mb:,.0f} MB budget; raise --memory-budget-mb, or build kind ivfpq "
+                         f"with option refine: null (~{bare:,.0f} MB, approximate PQ scores)")
 
 
 # --------------------------------------------------------------------------- records
@@ -240,6 +250,25 @@ def _record_rows(records: list[dict], ids: np.ndarray) -> list[tuple]:
 
 
 # --------------------------------------------------------------------------- backends
+
+
+def _sq8(dim: int) -> faiss.IndexScalarQuantizer:
+    sq = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    _widen(sq.sq)
+    return sq
+
+
+def _widen(sq: faiss.ScalarQuantizer) -> None:
+    # widen the trained per-dimension range by 10% each side: marks added later may fall outside the
+    # training sample's range and would otherwise be clipped
+    sq.rangestat = faiss.ScalarQuantizer.RS_minmax
+    sq.rangestat_arg = 0.1
+
+
+def _codes_view(flat_codes) -> np.ndarray:
+    # a view of an IndexFlatCodes' codes (no copy); valid until the index is next mutated
+    return faiss.rev_swig_ptr(flat_codes.codes.data(), flat_codes.ntotal * flat_codes.code_size).reshape(
+        flat_codes.ntotal, flat_codes.code_size)
 # One class a kind, each owning its FAISS objects; MarkIndex holds ids, metadata, tuning and files.
 
 
@@ -253,8 +282,8 @@ def _ids_of(idmap) -> np.ndarray:
 
 
 class _Flat:
-    kind = IndexKind.FLAT
     param_name = None
+    kind = IndexKind.FLAT
 
     def __init__(self, index, settings=FlatSettings()):
         self.index, self.settings = index, settings
@@ -308,31 +337,84 @@ class _Flat:
         return cls(faiss.read_index(str(folder / INDEX_FILE)), settings)
 
 
-class _HNSW(_Flat):
-    kind = IndexKind.HNSW
+class _Tombstones:
+    """Removal by filtering, for indexes that cannot delete (HNSW) or cannot add after deleting (IVF fast scan).
+
+    Removed ids are skipped inside the search (an IDSelector), so a search still returns k live
+    results rather than k minus the dead ones; a save rebuilds the index once they pass compact_above.
+    """
+
+    compact_above = 0.2
+
+    def _init_dead(self, tombstones):
+        self._dead = set(int(i) for i in tombstones)
+        self._sel = None  # (IDSelectorBatch, IDSelectorNot), rebuilt after removals
+
+    def _bury(self, ids):
+        self._dead.update(int(i) for i in ids)
+        self._sel = None
+
+    def _selector(self):
+        if not self._dead:
+            return None
+        if self._sel is None:
+            batch = faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64, len(self._dead)))
+            self._sel = (batch, faiss.IDSelectorNot(batch))  # keep batch alive: Not holds a raw pointer
+        return self._sel[1]
+
+    def tombstones(self) -> np.ndarray:
+        return np.array(sorted(self._dead), np.int64)
+
+    @property
+    def live(self) -> int:
+        return self.index.ntotal - len(self._dead)
+
+    def should_compact(self) -> bool:
+        return len(self._dead) > self.compact_above * max(1, self.index.ntotal)
+
+
+class _HNSW(_Tombstones, _Flat):
     param_name = "efSearch"
+
+    @property
+    def kind(self) -> IndexKind:
+        return IndexKind.HNSW_SQ8 if self.settings.storage == "SQ8" else IndexKind.HNSW
 
     def __init__(self, index, settings: HNSWSettings, tombstones=()):
         super().__init__(index, settings)
         self.param = 64
-        self._dead = set(int(i) for i in tombstones)
-        self._sel = None  # IDSelectorNot(IDSelectorBatch(dead)), rebuilt after removals
+        self.compact_above = settings.compact_above
+        self._init_dead(tombstones)
 
     @classmethod
-    def create(cls, dim, n, settings: HNSWSettings, train, seed):
-        hnsw = faiss.IndexHNSWFlat(dim, settings.m, faiss.METRIC_INNER_PRODUCT)
+    def create(cls, dim, n, settings: HNSWSettings, train, seed, trained_like=None):
+        if settings.storage == "Flat":
+            hnsw = faiss.IndexHNSWFlat(dim, settings.m, faiss.METRIC_INNER_PRODUCT)
+        elif settings.storage == "SQ8":
+            hnsw = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, settings.m, faiss.METRIC_INNER_PRODUCT)
+            storage = faiss.downcast_index(hnsw.storage)
+            if trained_like is not None:  # compaction: the same quantiser, so codes carry over exactly
+                faiss.copy_array_to_vector(faiss.vector_to_array(trained_like.sq.trained), storage.sq.trained)
+                storage.is_trained = hnsw.is_trained = True
+            else:
+                if len(train) == 0:
+                    raise MarkguardError("hnsw_sq8 needs vectors to fit its quantiser; build kind flat for an empty index")
+                _widen(storage.sq)
+                hnsw.train(train)
+        else:
+            raise MarkguardError(f"unknown hnsw storage {settings.storage!r}; choose Flat or SQ8")
         hnsw.hnsw.efConstruction = settings.ef_construction
         return cls(faiss.IndexIDMap2(hnsw), settings)
 
     @property
     def factory(self) -> str:
-        return f"IDMap2,HNSW{self.settings.m},Flat"
+        return f"IDMap2,HNSW{self.settings.m},{self.settings.storage}"
+
+    def _storage(self):
+        return faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
 
     def remove(self, ids):
-        # HNSW cannot unlink a node; the ids are filtered inside the graph walk (IDSelector), so a
-        # search still returns k live results instead of k minus the dead ones.
-        self._dead.update(int(i) for i in ids)
-        self._sel = None
+        self._bury(ids)  # HNSW cannot unlink a node
 
     def set_param(self, value):
         self.param = int(value)
@@ -340,39 +422,29 @@ class _HNSW(_Flat):
     def search(self, q, k):
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self.param, k)
-        if self._dead:
-            if self._sel is None:
-                batch = faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64, len(self._dead)))
-                self._sel = (batch, faiss.IDSelectorNot(batch))  # keep batch alive: Not holds a raw pointer
-            params.sel = self._sel[1]
+        sel = self._selector()
+        if sel is not None:
+            params.sel = sel
         return self.index.search(q, k, params=params)
 
-    @property
-    def live(self) -> int:
-        return self.index.ntotal - len(self._dead)
-
-    def tombstones(self) -> np.ndarray:
-        return np.array(sorted(self._dead), np.int64)
-
     def iter_live(self, chunk=65_536):
-        storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
-        xb, ids = _xb_view(storage), _ids_of(self.index)
+        storage = self._storage()
+        codes, ids = _codes_view(storage), _ids_of(self.index)
         dead = self.tombstones()
         for s in range(0, len(ids), chunk):
             keep = ~np.isin(ids[s:s + chunk], dead)
-            yield np.array(xb[s:s + chunk][keep]), ids[s:s + chunk][keep]
+            yield storage.sa_decode(np.ascontiguousarray(codes[s:s + chunk][keep])), ids[s:s + chunk][keep]
 
     def memory_bytes(self) -> int:
         g = faiss.downcast_index(self.index.index).hnsw
         graph = g.neighbors.size() * 4 + g.offsets.size() * 8 + g.levels.size() * 4
-        return graph + self.index.ntotal * (self.index.d * 4 + 8 + IDMAP2_REVERSE_BYTES)
-
-    def should_compact(self) -> bool:
-        return len(self._dead) > self.settings.compact_above * max(1, self.index.ntotal)
+        return graph + self.index.ntotal * (self._storage().code_size + 8 + IDMAP2_REVERSE_BYTES)
 
     def compact(self):
         """Rebuild the graph from the live vectors, dropping the tombstones (minutes at 1M vectors)."""
-        fresh = _HNSW.create(self.index.d, self.live, self.settings, None, 0)
+        storage = self._storage()
+        fresh = _HNSW.create(self.index.d, self.live, self.settings, None, 0,
+                             trained_like=storage if self.settings.storage == "SQ8" else None)
         for x, ids in self.iter_live():
             fresh.add(x, ids)
         self.index, self._dead, self._sel = fresh.index, set(), None
@@ -382,45 +454,57 @@ class _HNSW(_Flat):
         return cls(faiss.read_index(str(folder / INDEX_FILE)), settings, tombstones)
 
 
-class _IVFPQ(_Flat):
-    kind = IndexKind.IVFPQ
+class _IVFPQ(_Tombstones, _Flat):
     param_name = "nprobe"
+    kind = IndexKind.IVFPQ
 
-    def __init__(self, index, refine, settings: IVFPQSettings):
+    def __init__(self, index, refine, settings: IVFPQSettings, tombstones=()):
         super().__init__(index, settings)
         self.refine = refine  # IndexIDMap(IndexScalarQuantizer) or None
         self.param = faiss.extract_index_ivf(index).nprobe
         self._slots = None  # (slot_of_id, codes view), rebuilt lazily after a mutation
+        self._init_dead(tombstones)
 
     @classmethod
     def create(cls, dim, n, settings: IVFPQSettings, train, seed):
         if n < IVFPQ_MIN_VECTORS:
             raise MarkguardError(f"ivfpq needs at least {IVFPQ_MIN_VECTORS:,} vectors to train its quantisers, "
                                  f"got {n:,}; use kind flat (exact) for an index this small")
-        m, nlist, nbits = _pq_m(dim, settings.dims_per_code), _nlist(n, settings), _nbits(n, settings)
-        factory = (f"OPQ{m}," if settings.opq else "") + f"IVF{nlist},PQ{m}x{nbits}"
+        m, nlist = _pq_m(dim, settings.dims_per_code), _nlist(n, settings)
+        nbits = 4 if settings.fast_scan else _nbits(n, settings)
+        factory = (f"OPQ{m}," if settings.opq else "") + f"IVF{nlist},PQ{m}x{nbits}" + ("fs" if settings.fast_scan else "")
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         ivf = faiss.extract_index_ivf(index)
         ivf.cp.seed = seed
         ivf.cp.niter = settings.kmeans_iters
-        pq = faiss.downcast_index(ivf).pq
+        # the factory turns on polysemous training (code reordering for Hamming pre-filtering); we never
+        # filter by Hamming distance, and its annealing dominates the training time
+        ivf = faiss.downcast_index(ivf)
+        if hasattr(ivf, "do_polysemous_training"):
+            ivf.do_polysemous_training = False
+        pq = ivf.pq
         pq.cp.seed = seed
-        pq.cp.max_points_per_centroid = settings.pq_points_per_centroid
+        pq.cp.niter = settings.kmeans_iters
+        pq.cp.max_points_per_centroid = max(39, settings.pq_train_points // 2**nbits)
+        opq_pq = None
         if settings.opq:
             opq = faiss.downcast_VectorTransform(index.chain.at(0))
             opq.niter, opq.niter_pq_0 = settings.opq_iters, settings.opq_iters
-            opq.max_train_points = settings.pq_points_per_centroid * 256
+            opq.max_train_points = settings.pq_train_points
+            # OPQ trains its own 8-bit PQ unless given one: give it the codebook size the index uses
+            opq_pq = faiss.ProductQuantizer(dim, m, nbits)
+            opq_pq.cp.max_points_per_centroid = pq.cp.max_points_per_centroid
+            opq.pq = opq_pq
         index.train(train)
+        if opq_pq is not None:
+            opq.pq = None  # a raw pointer to our Python-owned PQ: don't leave it dangling
         refine = None
         if settings.refine:
             qtype = {"SQ8": faiss.ScalarQuantizer.QT_8bit, "SQfp16": faiss.ScalarQuantizer.QT_fp16}.get(settings.refine)
             if qtype is None:
                 raise MarkguardError(f"unknown ivfpq refine {settings.refine!r}; choose SQ8, SQfp16 or null")
             sq = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
-            # widen the trained per-dimension range by 10% each side: marks added later may fall
-            # outside the training sample's range and would otherwise be clipped
-            sq.sq.rangestat = faiss.ScalarQuantizer.RS_minmax
-            sq.sq.rangestat_arg = 0.1
+            _widen(sq.sq)
             sq.train(train)
             refine = faiss.IndexIDMap(sq)
         return cls(index, refine, settings)
@@ -430,6 +514,7 @@ class _IVFPQ(_Flat):
         ivf = faiss.extract_index_ivf(self.index)
         pq = faiss.downcast_index(ivf).pq
         s = (f"OPQ{pq.M}," if self.settings.opq else "") + f"IVF{ivf.nlist},PQ{pq.M}x{pq.nbits}"
+        s += "fs" if self.settings.fast_scan else ""
         return s + (f",Refine({self.settings.refine})" if self.refine is not None else "")
 
     def add(self, x, ids):
@@ -439,14 +524,45 @@ class _IVFPQ(_Flat):
         self._slots = None
 
     def remove(self, ids):
+        if self.settings.fast_scan:
+            # faiss 1.15: adding to an IVF fast-scan index after remove_ids corrupts its packed lists
+            # (the new vectors come back under wrong ids), so fast-scan removals are tombstones
+            self._bury(ids)
+            return
         self.index.remove_ids(ids)
         if self.refine is not None:
             self.refine.remove_ids(ids)
         self._slots = None
 
+    def should_compact(self) -> bool:
+        return self.refine is not None and super().should_compact()
+
+    def compact(self):
+        """Re-add the live vectors (from the 8-bit store) to an emptied copy of the trained index."""
+        chunks = list(self.iter_live())
+        index = faiss.clone_index(self.index)
+        index.reset()
+        refine = faiss.clone_index(self.refine)
+        refine.reset()
+        self.index, self.refine, self._slots = index, refine, None
+        self._init_dead(())
+        for x, ids in chunks:
+            self.add(x, ids)
+
     def set_param(self, value):
         self.param = int(value)
-        faiss.extract_index_ivf(self.index).nprobe = self.param
+
+    def _search_ivf(self, q, k):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = self.param
+        sel = self._selector()
+        if sel is not None:
+            params.sel = sel
+        if self.settings.opq:  # IndexPreTransform takes the IVF's parameters wrapped
+            outer = faiss.SearchParametersPreTransform()
+            outer.index_params = params
+            return self.index.search(q, k, params=outer)
+        return self.index.search(q, k, params=params)
 
     def _refine_arrays(self):
         if self._slots is None:
@@ -454,15 +570,15 @@ class _IVFPQ(_Flat):
             ids = _ids_of(self.refine)
             slot_of = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, np.int64)
             slot_of[ids] = np.arange(len(ids))
-            codes = faiss.rev_swig_ptr(sq.codes.data(), sq.ntotal * sq.code_size).reshape(sq.ntotal, sq.code_size)
-            self._slots = (slot_of, codes, sq)
+            self._slots = (slot_of, _codes_view(sq), sq)
         return self._slots
 
     def search(self, q, k):
         if self.refine is None:
-            return self.index.search(q, k)
-        kk = k * self.settings.k_factor
-        _, cand = self.index.search(q, kk)
+            return self._search_ivf(q, k)
+        # never fewer candidates than the tuner measured recall@10 with: a k=1 search is as good
+        kk = max(k, RECALL_K) * self.settings.k_factor
+        _, cand = self._search_ivf(q, kk)
         slot_of, codes, sq = self._refine_arrays()
         ok = cand >= 0
         slots = slot_of[np.where(ok, cand, 0)]
@@ -473,23 +589,22 @@ class _IVFPQ(_Flat):
         return np.take_along_axis(scores, top, 1), np.where(np.take_along_axis(ok, top, 1),
                                                            np.take_along_axis(cand, top, 1), -1)
 
-    @property
-    def live(self) -> int:
-        return self.index.ntotal
-
     def iter_live(self, chunk=65_536):
         if self.refine is None:
             raise MarkguardError("an ivfpq index without refine keeps no vectors to re-tune on; "
                                  "pass the vectors, or rebuild with `markguard index build`")
         _, codes, sq = self._refine_arrays()
         ids = _ids_of(self.refine)
+        dead = self.tombstones()
         for s in range(0, len(ids), chunk):
-            yield sq.sa_decode(np.ascontiguousarray(codes[s:s + chunk])), ids[s:s + chunk]
+            keep = ~np.isin(ids[s:s + chunk], dead)
+            yield sq.sa_decode(np.ascontiguousarray(codes[s:s + chunk][keep])), ids[s:s + chunk][keep]
 
     def memory_bytes(self) -> int:
         ivf = faiss.extract_index_ivf(self.index)
         pq = faiss.downcast_index(ivf).pq
-        total = ivf.ntotal * (ivf.code_size + 8) + ivf.nlist * ivf.d * 4 + pq.M * pq.ksub * pq.dsub * 4
+        code = pq.M * pq.nbits / 8  # fast scan packs 4-bit codes in blocks; IndexIVF.code_size says otherwise
+        total = int(ivf.ntotal * (code + 8)) + ivf.nlist * ivf.d * 4 + pq.M * pq.ksub * pq.dsub * 4
         total += ivf.d * ivf.d * 4 if self.settings.opq else 0
         if self.refine is not None:
             sq = faiss.downcast_index(self.refine.index)
@@ -506,10 +621,10 @@ class _IVFPQ(_Flat):
     @classmethod
     def read(cls, folder, settings, tombstones):
         refine = faiss.read_index(str(folder / REFINE_FILE)) if settings.refine else None
-        return cls(faiss.read_index(str(folder / INDEX_FILE)), refine, settings)
+        return cls(faiss.read_index(str(folder / INDEX_FILE)), refine, settings, tombstones)
 
 
-_BACKENDS = {IndexKind.FLAT: _Flat, IndexKind.HNSW: _HNSW, IndexKind.IVFPQ: _IVFPQ}
+_BACKENDS = {IndexKind.FLAT: _Flat, IndexKind.HNSW: _HNSW, IndexKind.HNSW_SQ8: _HNSW, IndexKind.IVFPQ: _IVFPQ}
 
 
 # --------------------------------------------------------------------------- the index
@@ -517,9 +632,19 @@ _BACKENDS = {IndexKind.FLAT: _Flat, IndexKind.HNSW: _HNSW, IndexKind.IVFPQ: _IVF
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each query's true top-k (ids >= 0) that ``found`` returned, any order."""
+    return float(_recalls(found, truth).mean())
+
+
+def _recalls(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     hit = (found[:, :, None] == truth[:, None, :]) & (truth[:, None, :] >= 0)
     wanted = np.maximum((truth >= 0).sum(1), 1)
-    return float((hit.any(1).sum(1) / wanted).mean())
+    return hit.any(1).sum(1) / wanted
+
+
+def _drop_self(ids: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first k ids other than its own (leave-one-out)."""
+    order = np.argsort(ids == self_ids[:, None], axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, 1)
 
 
 def exact_search(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int):
@@ -584,41 +709,57 @@ class MarkIndex:
             db.executemany("INSERT INTO marks VALUES (?,?,?,?,?)", _record_rows(records, ids))
         rng = np.random.default_rng(seed)
         train = x
-        if chosen is IndexKind.IVFPQ and n > settings.train_size:
+        if n > getattr(settings, "train_size", n):  # quantisers train on a sample
             train = x[np.sort(rng.choice(n, settings.train_size, replace=False))]
         backend = _BACKENDS[chosen].create(dim, n, settings, train, seed)
-        for s in range(0, n, 262_144):  # chunks bound the transient copies faiss makes while adding
-            backend.add(x[s:s + 262_144], ids[s:s + 262_144])
         index = cls(fingerprint=fingerprint, dim=dim, backend=backend, db=db, next_id=n)
-        index.tune(recall_target, vectors=(x, ids), seed=seed)
+        # Hold back a sample of the marks, tune with them as queries against the rest, then add them:
+        # held-out queries are distributed like the marks without being in the index, as photos are.
+        held = np.zeros(n, bool)
+        if backend.param_name is not None and n > 5 * RECALL_K:
+            held[rng.choice(n, min(TUNE_QUERIES, n // 5), replace=False)] = True
+        for part in (~held, held):
+            xs, ids_part = x[part], ids[part]
+            for s in range(0, len(xs), 262_144):  # chunks bound the transient copies faiss makes while adding
+                backend.add(xs[s:s + 262_144], ids_part[s:s + 262_144])
+            if part is not held:
+                index.tune(recall_target, queries=x[held] if held.any() else None, vectors=(xs, ids_part), seed=seed)
         return index
 
-    def tune(self, recall_target: float = 0.95, *, vectors: tuple[np.ndarray, np.ndarray] | None = None,
-             n_queries: int = TUNE_QUERIES, seed: int = 0) -> float:
+    def tune(self, recall_target: float = 0.95, *, queries: np.ndarray | None = None,
+             vectors: tuple[np.ndarray, np.ndarray] | None = None, n_queries: int = TUNE_QUERIES,
+             seed: int = 0) -> float:
         """Pick the smallest efSearch/nprobe reaching ``recall_target`` recall@10 against exact search.
 
-        Queries are indexed vectors plus noise; ``vectors`` = (x, ids) spares reading them back from the
-        index (exact for flat/hnsw, 8-bit for ivfpq). Returns the recall measured at the chosen setting.
+        ``queries`` should be held out: vectors like the indexed ones but not in the index (build
+        holds back a sample of the marks for this, then adds them). Without them, a sample of the
+        indexed vectors is searched leave-one-out (itself excluded from both top-10s), which flatters
+        HNSW a little: a node's graph links are its neighbours. ``vectors`` = (x, ids) of the index
+        spares reading them back (exact for flat/hnsw, 8-bit otherwise). Returns the measured recall.
         """
         with self._lock:
             b = self._backend
             self._recall_target = recall_target
-            if b.param_name is None or b.live == 0:
-                self._recall = 1.0  # exact search
+            if b.param_name is None or b.live <= RECALL_K:
+                self._recall = 1.0  # exact search, or so few vectors that every search returns all of them
                 return self._recall
             chunks = (lambda: iter([vectors])) if vectors is not None else b.iter_live
-            rng = np.random.default_rng(seed)
-            total = sum(len(ids) for _, ids in chunks())
-            picks = np.sort(rng.choice(total, min(n_queries, total), replace=False))
-            queries, start = [], 0
-            for x, _ in chunks():
-                sel = picks[(picks >= start) & (picks < start + len(x))] - start
-                queries.append(x[sel])
-                start += len(x)
-            q = np.concatenate(queries)
-            q = q + rng.standard_normal(q.shape).astype(np.float32) * (TUNE_NOISE / math.sqrt(self.dim))
-            q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
-            _, truth = exact_search(chunks(), q, RECALL_K)
+            if queries is not None:
+                q = _as_vectors(queries, self.dim, "queries", self._where(), unit=False)
+                qids = np.full(len(q), -2, np.int64)  # matches no id: nothing to leave out
+            else:
+                rng = np.random.default_rng(seed)
+                total = sum(len(ids) for _, ids in chunks())
+                picks = np.sort(rng.choice(total, min(n_queries, total), replace=False))
+                parts, id_parts, start = [], [], 0
+                for x, ids in chunks():
+                    sel = picks[(picks >= start) & (picks < start + len(x))] - start
+                    parts.append(x[sel])
+                    id_parts.append(ids[sel])
+                    start += len(x)
+                q = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+                qids = np.concatenate(id_parts)
+            truth = _drop_self(exact_search(chunks(), q, RECALL_K + 1)[1], qids, RECALL_K)
             sweep = getattr(b.settings, "ef_search_sweep", None) or b.settings.nprobe_sweep
             if b.kind is IndexKind.IVFPQ:
                 nlist = faiss.extract_index_ivf(b.index).nlist
@@ -626,8 +767,10 @@ class MarkIndex:
             recall = 0.0
             for value in sweep:
                 b.set_param(value)
-                recall = recall_at_k(b.search(q, RECALL_K)[1], truth)
-                if recall >= recall_target:
+                per_query = _recalls(_drop_self(b.search(q, RECALL_K + 1)[1], qids, RECALL_K), truth)
+                recall = float(per_query.mean())
+                # the target must hold for the population, not just this sample: a one-sided 95% bound
+                if recall - 1.645 * per_query.std() / math.sqrt(len(per_query)) >= recall_target:
                     break
             else:
                 log.warning("%s index reaches recall@10 %.3f at %s=%s, below the %.2f target", b.kind.label,
@@ -688,7 +831,9 @@ class MarkIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k cosine scores and ids for each query; where fewer than k exist, ids are -1 and scores -inf."""
-        q = _as_vectors(queries, self.dim, "queries", self._where())
+        # queries are not held to unit norm: one odd region must not fail a scan's whole batch,
+        # and a query's norm only scales its scores
+        q = _as_vectors(queries, self.dim, "queries", self._where(), unit=False)
         if k < 1:
             raise MarkguardError(f"k must be at least 1, got {k}")
         scores = np.full((len(q), k), -np.inf, np.float32)
@@ -839,7 +984,7 @@ class MarkIndex:
         settings = _settings_from_json(kind, meta.get("settings") or {})
         db = _memory_db()
         # copied into memory: later add/remove must not touch the saved file, which a save replaces whole
-        src = sqlite3.connect(f"file:{path / MARKS_FILE}?mode=ro", uri=True)
+        src = sqlite3.connect((path / MARKS_FILE).resolve().as_uri() + "?mode=ro", uri=True)
         try:
             src.backup(db)
             n_marks = db.execute("SELECT COUNT(*) FROM marks").fetchone()[0]
@@ -872,7 +1017,7 @@ class MarkIndex:
 # --------------------------------------------------------------------------- helpers
 
 
-def _as_vectors(v, dim: int | None, what: str, where: str = "index") -> np.ndarray:
+def _as_vectors(v, dim: int | None, what: str, where: str = "index", *, unit: bool = True) -> np.ndarray:
     x = np.asarray(v)
     if x.ndim == 1 and dim is not None and x.shape[0] == dim:
         x = x[None, :]
@@ -884,7 +1029,7 @@ def _as_vectors(v, dim: int | None, what: str, where: str = "index") -> np.ndarr
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise MarkguardError(f"{what}: row {int(np.argwhere(~np.isfinite(x))[0, 0])} has NaN or inf values")
-    if len(x):
+    if unit and len(x):
         norms = np.linalg.norm(x, axis=1)
         bad = np.flatnonzero(np.abs(norms - 1) > NORM_TOLERANCE)
         if len(bad):
