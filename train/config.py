@@ -62,6 +62,7 @@ class TrainConfig:
     channels_last: bool = True
     device: str = "auto"
     workers: int = 2
+    threads: int = 0  # torch threads on CPU; 0 = the cores the loader workers leave free
     seed: int = 0
     # bookkeeping
     log_every: int = 20

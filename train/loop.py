@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -275,11 +276,26 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
         ddp.teardown(dist)
 
 
+def cpu_threads(cfg: TrainConfig, processes: int = 1) -> int:
+    """Torch threads for CPU training: ``cfg.threads``, else the cores the loader workers leave free
+    (never more than the process already allows, so a caller that set fewer keeps them).
+
+    OpenMP waits for its slowest thread at every op: with a loader worker sharing a core, two torch
+    threads on 2 cores ran a ResNet-10t step 7x slower than one (benchmarks/results/train.md).
+    """
+    if cfg.threads > 0:
+        return cfg.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), cores // max(1, processes) - cfg.workers))
+
+
 def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | None, max_seconds: float | None, log) -> ModelCard:
     from markguard.train import ddp
     from markguard.train.metrics import MetricsLog
 
     device = dist.device
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads(cfg, dist.world))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
