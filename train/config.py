@@ -62,7 +62,7 @@ class TrainConfig:
     channels_last: bool = True
     device: str = "auto"
     workers: int = 2
-    threads: int = 0  # torch threads on CPU; 0 = the cores the loader workers leave free
+    threads: int = 0  # torch threads on CPU; 0 = torch's default (all cores); 1 on a machine shared with other jobs
     seed: int = 0
     # bookkeeping
     log_every: int = 20

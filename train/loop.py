@@ -276,17 +276,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
         ddp.teardown(dist)
 
 
-def cpu_threads(cfg: TrainConfig, processes: int = 1) -> int:
-    """Torch threads for CPU training: ``cfg.threads``, else the cores the loader workers leave free
-    (never more than the process already allows, so a caller that set fewer keeps them).
+def cpu_threads(cfg: TrainConfig) -> int:
+    """Torch threads for CPU training: ``cfg.threads`` when set, else what the process already has.
 
-    OpenMP waits for its slowest thread at every op: with a loader worker sharing a core, two torch
-    threads on 2 cores ran a ResNet-10t step 7x slower than one (benchmarks/results/train.md).
+    On an idle 2-core machine two threads beside one loader worker ran the demo recipe at 74
+    samples/s against 57 for one; when another job holds a core, OpenMP waits on the straggling
+    thread at every op and one thread ran the step ~7x faster (benchmarks/results/train.md):
+    set ``threads=1`` on a shared machine.
     """
-    if cfg.threads > 0:
-        return cfg.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(torch.get_num_threads(), cores // max(1, processes) - cfg.workers))
+    return cfg.threads if cfg.threads > 0 else torch.get_num_threads()
 
 
 def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | None, max_seconds: float | None, log) -> ModelCard:
@@ -295,7 +293,7 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
 
     device = dist.device
     if device == "cpu":
-        torch.set_num_threads(cpu_threads(cfg, dist.world))
+        torch.set_num_threads(cpu_threads(cfg))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
