@@ -84,11 +84,13 @@ def bench_size(n: int, args) -> list[dict]:
         index = MarkIndex.build(x, recs, fingerprint="bench", kind=kind, recall_target=args.recall_target, seed=0)
         build_s = time.perf_counter() - t0
         info = index.info()
+        load_before = os.getloadavg()[0]  # other work on the machine skews queries/s: record it
         qps, ids = timed_search(index, q, min_s=args.min_search_s)
         row = {"n": n, "dim": args.dim, "kind": kind, "factory": info["factory"], "params": info["params"],
                "build_s": round(build_s, 2), "memory_mb": round(info["memory_bytes"] / 2**20, 1),
                "qps": round(qps), "recall_at_10": round(recall_at_k(ids, truth_pos), 4),
-               "tuned_recall_at_10": round(info["recall_at_10"], 4), "exact_reference_s": round(exact_s, 2)}
+               "tuned_recall_at_10": round(info["recall_at_10"], 4), "exact_reference_s": round(exact_s, 2),
+               "load_avg_1min": round(load_before, 2)}
         if n == max(args.sizes):
             new = gen.sample(args.add, seed=3)
             t0 = time.perf_counter()

@@ -6,13 +6,19 @@ code that tests call too. Expected failures (MarkguardError) print one line and 
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import pkgutil
-import sys
+import os
 
-from markguard import __version__
-from markguard.errors import MarkguardError
+# Idle OpenMP threads sleep rather than spin: on a machine shared with other jobs (or with our own
+# decode workers) spinning threads cost faiss 5-10x its queries/s. Set before torch or faiss loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+import sys  # noqa: E402
+
+from markguard import __version__  # noqa: E402
+from markguard.errors import MarkguardError  # noqa: E402
 
 ORDER = ["demo", "synth", "data", "train", "eval", "calibrate", "export", "index", "scan", "merge", "report"]
 

@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("gallery", help="gallery folder (one folder per brand, optional brands.yaml)")
     b.add_argument("--out", "-o", required=True, help="index folder to write")
     b.add_argument("--model", "-m", help="checkpoint folder (default: the shipped model)")
-    b.add_argument("--kind", default="auto", help="flat | hnsw | ivfpq | auto (by size and memory budget)")
+    b.add_argument("--kind", default="auto", help="flat | hnsw | hnsw_sq8 | ivfpq | auto (by size and memory budget; "
+                   "give --memory-budget-mb for a large registry)")
     b.add_argument("--memory-budget-mb", type=float, help="memory the index may use")
     b.add_argument("--recall", type=float, default=0.95, help="recall@10 target against exact search when tuning (default 0.95)")
     b.add_argument("--device", default="auto")
