@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from markguard.boxes import iou
 from markguard.checkpoint import ModelCard, create_model, fingerprint, load_checkpoint
 from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import load_gallery
@@ -53,12 +54,6 @@ class Truth:
     size: str | None
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def size_of(box, w: int, h: int) -> str:
@@ -101,7 +96,7 @@ def score_mode(rows, truth: dict[str, Truth], fpr: float = 0.01) -> dict:
         pos = [(k, t) for k, t in truth.items() if t.mark is not None and k in best and (name == "all" or t.size == name)]
         hit = [(k, t) for k, t in pos if (best[k].score or -1.0) >= thr]
         right = [(k, t) for k, t in hit if best[k].matches and best[k].matches[0].mark == t.mark]
-        boxed = [1 for k, t in right if best[k].matches[0].box and _iou(best[k].matches[0].box, t.box) >= 0.5]
+        boxed = [1 for k, t in right if best[k].matches[0].box and iou(best[k].matches[0].box, t.box) >= 0.5]
         out[name] = {"n": len(pos), "tpr": len(hit) / len(pos) if pos else float("nan"),
                      "right_mark": len(right) / len(hit) if hit else float("nan"),
                      "box_iou50": len(boxed) / len(right) if right else float("nan")}
@@ -127,7 +122,7 @@ def region_recall(model, card, dump: Path, truth: dict[str, Truth], mode: str) -
         boxes = select_regions(m, model, card, fmap, [lb.valid], card.scan_size)[0] / lb.factor
         counts.append(len(boxes))
         if t.mark is not None:
-            hits[t.size].append(max(_iou(b.tolist(), t.box) for b in boxes) >= 0.5)
+            hits[t.size].append(max(iou(b.tolist(), t.box) for b in boxes) >= 0.5)
     out = {k: (sum(v) / len(v) if v else float("nan")) for k, v in hits.items()}
     allv = [h for v in hits.values() for h in v]
     return out | {"all": sum(allv) / len(allv) if allv else float("nan"), "regions_per_image": float(np.mean(counts))}

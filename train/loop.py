@@ -281,7 +281,7 @@ def cpu_threads(cfg: TrainConfig) -> int:
 
     On an idle 2-core machine two threads beside one loader worker ran the demo recipe at 74
     samples/s against 57 for one; when another job holds a core, OpenMP waits on the straggling
-    thread at every op and one thread ran the step ~7x faster (benchmarks/results/train.md):
+    thread at every op and one thread ran the step several times faster (benchmarks/results/train.md):
     set ``threads=1`` on a shared machine.
     """
     return cfg.threads if cfg.threads > 0 else torch.get_num_threads()
