@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -129,6 +131,14 @@ def render_wordmark(text: str, font: Path | str = DEFAULT_FONT, *, size: int = 9
     return img
 
 
+def _fonts_for(brand: str, font_ids: dict, k: int | None) -> list:
+    items = list(font_ids.items())
+    if not k or k >= len(items):
+        return items
+    seed = int.from_bytes(hashlib.blake2b(brand.encode(), digest_size=8).digest(), "little")
+    return sorted(random.Random(seed).sample(items, k), key=lambda it: items.index(it))
+
+
 def render_wordmarks(
     names: Iterable[str] | Mapping[str, str | tuple[str, str | None]],
     out_dir: str | Path,
@@ -136,6 +146,7 @@ def render_wordmarks(
     fonts: Sequence[str | Path] | None = None,
     size: int = 96,
     color: str | None = None,
+    fonts_per_brand: int | None = None,
 ) -> WordmarkRun:
     """Write ``out_dir/<brand>/<brand>-wm-<font>.png`` for every (name, font): a gallery any reader can take.
 
@@ -143,6 +154,10 @@ def render_wordmarks(
     brand id -> name or (name, hex colour). ``fonts`` defaults to every font ``find_fonts`` sees,
     and to Pillow's built-in font when there are none. Text is in the brand's colour when it has
     one, else ``color``, else black; the background stays transparent.
+
+    ``fonts_per_brand`` draws each brand in only that many of the fonts, chosen per brand
+    (deterministically, from a hash of its id): many fonts across the gallery at a fraction of
+    the images, so a model learns that a name stays the same mark in any typeface.
     """
     out_dir = Path(out_dir)
     if color is not None and not HEX_RE.match(color):
@@ -163,7 +178,7 @@ def render_wordmarks(
             font_id, n = f"{stem}-{n}", n + 1
         font_ids[font] = font_id
     for brand, (name, hex_) in entries.items():
-        for font, font_id in font_ids.items():
+        for font, font_id in _fonts_for(brand, font_ids, fonts_per_brand):
             try:
                 img = render_wordmark(name, font, size=size, color=hex_ or color)
             except (OSError, ValueError) as e:  # an unreadable font file, or one without these glyphs

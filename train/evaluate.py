@@ -74,7 +74,8 @@ class EvalConfig:
     queries_per_mark: int = 4  # each mark pasted into this many photos, for retrieval
     listings: int = 200  # labelled listing photos for detection
     listing_size: tuple[int, int] = (480, 360)
-    scale: tuple[float, float] = (0.2, 0.6)  # mark long side over the photo's short side
+    scale: tuple[float, float] = (0.2, 0.6)  # retrieval queries: mark long side over the photo's short side
+    listing_scale: tuple[float, float] = (0.08, 0.7)  # detection listings: small, medium and large marks
     backgrounds: str | None = None  # real photos to paste into; procedural when unset
     seed: int = 0
     plots: bool = True
@@ -142,6 +143,56 @@ def retrieval_metrics(queries: np.ndarray, q_labels: np.ndarray, refs: np.ndarra
             "map@r": float(pml["mean_average_precision_at_r"]), "precision@1": float(pml["precision_at_1"]), "_sims": sims, "_hits": hits}
 
 
+# mark size: its box's long side over the photo's short side
+SIZE_BUCKETS = (("small", 0.0, 0.15), ("medium", 0.15, 0.4), ("large", 0.4, float("inf")))
+
+
+def size_bucket(box, image_size: tuple[int, int]) -> str:
+    rel = max(box[2] - box[0], box[3] - box[1]) / min(image_size)
+    return next(name for name, lo, hi in SIZE_BUCKETS if lo <= rel < hi)
+
+
+def localisation_metrics(listings: list[dict], threshold: float) -> dict:
+    """Box quality and detection by mark size, at the operating ``threshold`` (the score at FPR 1%).
+
+    ``listings``: one dict per scanned photo, ``{"size": (w, h), "marks": [(brand, box), ...]
+    (registered marks shown), "matches": [Match, ...], "score": float}``. Per size bucket:
+
+    - ``marks``: registered marks of that size shown;
+    - ``hit_rate``: share of them matched by a candidate of the right brand scoring >= threshold
+      whose box has IoU >= 0.5 with the mark's box;
+    - ``box_iou50``: among marks identified (right brand, >= threshold), the share with IoU >= 0.5;
+    - ``mean_iou``: their mean IoU;
+    - ``tpr@fpr1%``: positive listings whose largest shown mark is of that size, scoring >= threshold.
+    """
+    out = {name: {"marks": 0, "identified": 0, "boxed": 0, "iou_sum": 0.0, "listings": 0, "detected": 0} for name, _, _ in SIZE_BUCKETS}
+    for lst in listings:
+        if not lst["marks"]:
+            continue
+        largest = max(lst["marks"], key=lambda m: max(m[1][2] - m[1][0], m[1][3] - m[1][1]))
+        b = out[size_bucket(largest[1], lst["size"])]
+        b["listings"] += 1
+        b["detected"] += lst["score"] is not None and lst["score"] >= threshold
+        for brand, box in lst["marks"]:
+            c = out[size_bucket(box, lst["size"])]
+            c["marks"] += 1
+            ious = [iou(m.box, box) for m in lst["matches"] if m.brand == brand and m.score >= threshold and m.box]
+            if ious:
+                c["identified"] += 1
+                c["iou_sum"] += max(ious)
+                c["boxed"] += max(ious) >= 0.5
+    result = {}
+    for name, b in out.items():
+        result[name] = {"marks": b["marks"], "identified": b["identified"],
+                        "hit_rate": b["boxed"] / b["marks"] if b["marks"] else None,
+                        "box_iou50": b["boxed"] / b["identified"] if b["identified"] else None,
+                        "mean_iou": b["iou_sum"] / b["identified"] if b["identified"] else None,
+                        "listings": b["listings"], "tpr@fpr1%": b["detected"] / b["listings"] if b["listings"] else None}
+    ident = sum(b["identified"] for b in out.values())
+    result["all"] = {"identified": ident, "box_iou50": sum(b["boxed"] for b in out.values()) / ident if ident else None}
+    return result
+
+
 def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float) -> float:
     from markguard.train.calibrate import threshold_at_fpr
 
@@ -187,15 +238,16 @@ def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery
     index = MarkIndex.build(refs, [{"brand": m.brand, "mark": m.mark, "source": ""} for m in marks], fingerprint=card.fingerprint, kind="flat")
     distractors = make_marks(6, 1, seed=ec.seed + 70_000, prefix="eval-other")
     rng = np.random.default_rng((ec.seed, 2))
-    sc = SynthConfig(size=ec.listing_size, scale=ec.scale, p_near_match=0.0)
-    truth = {}
-    det_scores, det_pos, det_right, det_brand = [], [], [], []
+    sc = SynthConfig(size=ec.listing_size, scale=ec.listing_scale, p_near_match=0.0)
+    truth, placed = {}, {}
+    det_scores, det_pos, det_right, det_brand, det_rows = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="markguard-eval-") as tmp:
         bgs = Backgrounds(ec.backgrounds)
         for i in range(ec.listings):
             lst = make_listing(rng, marks, distractors, bgs, sc)
             lst.image.save(Path(tmp) / f"e{i:05d}.jpg", quality=90)
             truth[f"e{i:05d}"] = {m.brand for m in lst.marks if m.registered}
+            placed[f"e{i:05d}"] = (lst.image.size, [(m.brand, m.box) for m in lst.marks if m.registered])
         searcher = Searcher("", Path(tmp), index, model, card, {})
         for row in scan_rows(tmp, [searcher], Policy(-1.0, -1.0), ScanOptions(device=device, workers=0, batch_size=8)):
             if row.status == "error":
@@ -206,6 +258,8 @@ def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery
             det_pos.append(bool(shown))
             det_right.append(best is not None and best.brand in shown)
             det_brand.append(sorted(shown))
+            size, shown_marks = placed[row.listing_id]
+            det_rows.append({"size": size, "marks": shown_marks, "matches": row.matches, "score": row.score})
     s, p, r = np.asarray(det_scores), np.asarray(det_pos, dtype=bool), np.asarray(det_right, dtype=bool)
     detection = {"listings": int(len(s)), "positives": int(p.sum()), "negatives": int((~p).sum()),
                  "roc_auc": roc_auc(s[p], s[~p]),
@@ -224,9 +278,10 @@ def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery
         bi = np.array([b in sb for sb in det_brand], dtype=bool)
         per_brand[b] = {"queries": int(qi.sum()), "recall@1": float(hits[qi, :1].any(1).mean()),
                         "listings": int(bi.sum()), "tpr@fpr1%": float((s[bi] >= t1).mean()) if bi.any() else None}
+    localisation = localisation_metrics(det_rows, t1)
     metrics = {"model": str(model_dir), "fingerprint": card.fingerprint, "marks": len(marks), "brands": brands,
                "eval_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(ec).items()},
-               "retrieval": ret, "detection": detection, "per_brand": per_brand,
+               "retrieval": ret, "detection": detection, "localisation": localisation, "per_brand": per_brand,
                "scores": {"genuine_mean": float(genuine.mean()), "impostor_mean": float(impostor.mean())}}
     metrics = _round(metrics)
     if ec.plots:
@@ -235,11 +290,17 @@ def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery
     if write_card:
         import dataclasses
 
-        card.metrics = {**card.metrics, "heldout": {k: metrics[k] for k in ("retrieval", "detection", "marks", "brands")}}
+        card.metrics = {**card.metrics, "heldout": {k: metrics[k] for k in ("retrieval", "detection", "localisation", "marks", "brands")}}
         atomic_write_text(Path(model_dir) / CARD, json.dumps(dataclasses.asdict(card), indent=2))
     log(f"eval: recall@1 {ret['recall@1']:.3f}, recall@5 {ret['recall@5']:.3f}, MAP@R {ret['map@r']:.3f}; "
-        f"detection AUC {detection['roc_auc']:.3f}, TPR@FPR1% {detection['tpr@fpr1%']:.3f} -> {out_dir / 'metrics.json'}")
+        f"detection AUC {detection['roc_auc']:.3f}, TPR@FPR1% {detection['tpr@fpr1%']:.3f}; "
+        f"boxes IoU>=0.5 {_fmt(localisation['all']['box_iou50'])}, TPR@FPR1% small/large "
+        f"{_fmt(localisation['small']['tpr@fpr1%'])}/{_fmt(localisation['large']['tpr@fpr1%'])} -> {out_dir / 'metrics.json'}")
     return metrics
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def _round(x):

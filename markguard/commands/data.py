@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=_positive, default=96, metavar="PX", help="font size in pixels (default 96)")
     p.add_argument("--color", metavar="#RRGGBB", help="text colour for names without one (default black)")
     p.add_argument("--max-fonts", type=_positive, metavar="N", help="use only the first N fonts found (sorted by path)")
+    p.add_argument("--fonts-per-brand", type=_positive, metavar="K", help="draw each brand in K of the fonts, chosen per brand: many typefaces, fewer images")
     p.set_defaults(func=run_wordmarks)
 
     p = sub.add_parser(
@@ -86,7 +87,7 @@ def run_wordmarks(args: argparse.Namespace) -> int:
     fonts = find_fonts()
     if args.max_fonts:
         fonts = fonts[: args.max_fonts]
-    run = render_wordmarks(names, args.out, fonts=fonts or None, size=args.size, color=args.color)
+    run = render_wordmarks(names, args.out, fonts=fonts or None, size=args.size, color=args.color, fonts_per_brand=args.fonts_per_brand)
     merge_brand_names(args.out, {b: (v if isinstance(v, str) else v[0]) for b, v in names.items()})
     for name, font, reason in run.skipped:
         print(f"skipped {name!r} in {font}: {reason}")

@@ -87,6 +87,25 @@ def test_same_font_stem_twice_does_not_overwrite(tmp_path):
     assert sorted(w.path.name for w in run.written) == [f"acme-wm-{font.stem}-2.png", f"acme-wm-{font.stem}.png"]
 
 
+def test_fonts_per_brand_picks_a_deterministic_subset_per_brand(tmp_path):
+    font = _system_font()
+    fonts = []
+    for i in range(6):  # six copies of one real font under distinct names
+        copy = tmp_path / "fonts" / f"Face{i}{font.suffix}"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(font.read_bytes())
+        fonts.append(copy)
+    brands = [f"Brand {i}" for i in range(8)]
+    run = render_wordmarks(brands, tmp_path / "a", fonts=fonts, size=20, fonts_per_brand=2)
+    again = render_wordmarks(brands, tmp_path / "b", fonts=fonts, size=20, fonts_per_brand=2)
+    per_brand: dict[str, list[str]] = {}
+    for w in run.written:
+        per_brand.setdefault(w.brand, []).append(w.font)
+    assert all(len(v) == 2 for v in per_brand.values()) and len(per_brand) == 8
+    assert [(w.brand, w.font) for w in again.written] == [(w.brand, w.font) for w in run.written]
+    assert len({f for v in per_brand.values() for f in v}) > 2  # brands do not all share the same two fonts
+
+
 def test_read_names(tmp_path):
     path = tmp_path / "names.txt"
     path.write_text("# brands to protect\nAcme Corp #e4002b\n\nGlobex\nCafé Noir\n")

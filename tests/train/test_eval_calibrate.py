@@ -11,7 +11,8 @@ from markguard.checkpoint import load_card, load_checkpoint
 from markguard.cli import main
 from markguard.errors import MarkguardError
 from markguard.train.calibrate import calibrate_listings, roc_auc, threshold_at_fpr, threshold_at_precision
-from markguard.train.evaluate import EvalConfig, evaluate_model, retrieval_metrics
+from markguard.infer.decide import Match
+from markguard.train.evaluate import EvalConfig, evaluate_model, localisation_metrics, retrieval_metrics, size_bucket
 
 
 def test_threshold_at_precision_matches_brute_force():
@@ -82,11 +83,43 @@ def test_eval_writes_metrics_and_plots(tiny_model, tmp_path):
     d = saved["detection"]
     assert d["listings"] == 24 and d["positives"] + d["negatives"] == 24 and 0 <= d["roc_auc"] <= 1
     assert set(saved["per_brand"]) == set(card.training["holdout_brands"])
+    loc = saved["localisation"]
+    assert sum(loc[b]["listings"] for b in ("small", "medium", "large")) == d["positives"]
+    assert loc["all"]["identified"] == sum(loc[b]["identified"] for b in ("small", "medium", "large"))
     for png in m["plots"]:
         assert (tmp_path / "ev" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     after = load_card(tiny_model)
     assert after.metrics["heldout"]["retrieval"] == saved["retrieval"]
     load_checkpoint(tiny_model)  # the card edit left the fingerprint valid
+
+
+def test_size_buckets_follow_the_short_side():
+    assert size_bucket((0, 0, 14, 5), (400, 100)) == "small"  # 14 / 100
+    assert size_bucket((0, 0, 5, 15), (100, 400)) == "medium"
+    assert size_bucket((0, 0, 60, 40), (200, 100)) == "large"
+
+
+def test_localisation_metrics_by_hand():
+    small, large = (10, 10, 20, 20), (0, 0, 60, 60)  # on a 100x100 photo: 10% and 60% of the short side
+    listings = [
+        # small mark found, box IoU 1
+        {"size": (100, 100), "marks": [("a", small)], "score": 0.9, "matches": [Match("a", "a1", 0.9, list(small))]},
+        # small mark: right brand, but the box is elsewhere (IoU 0)
+        {"size": (100, 100), "marks": [("a", small)], "score": 0.8, "matches": [Match("a", "a1", 0.8, [50, 50, 60, 60])]},
+        # large mark: the wrong brand above threshold, the right one below it -> not identified, but the listing is detected
+        {"size": (100, 100), "marks": [("b", large)], "score": 0.9,
+         "matches": [Match("c", "c1", 0.9, list(large)), Match("b", "b1", 0.3, list(large))]},
+        # large mark missed entirely
+        {"size": (100, 100), "marks": [("b", large)], "score": 0.2, "matches": []},
+        # no registered mark: counts nowhere
+        {"size": (100, 100), "marks": [], "score": 0.95, "matches": [Match("a", "a1", 0.95, [0, 0, 5, 5])]},
+    ]
+    m = localisation_metrics(listings, threshold=0.5)
+    assert m["small"] == {"marks": 2, "identified": 2, "hit_rate": 0.5, "box_iou50": 0.5, "mean_iou": 0.5, "listings": 2, "tpr@fpr1%": 1.0}
+    assert m["large"]["marks"] == 2 and m["large"]["identified"] == 0 and m["large"]["hit_rate"] == 0.0
+    assert m["large"]["box_iou50"] is None and m["large"]["tpr@fpr1%"] == 0.5
+    assert m["medium"]["marks"] == 0 and m["medium"]["tpr@fpr1%"] is None
+    assert m["all"] == {"identified": 2, "box_iou50": 0.5}
 
 
 def test_eval_without_holdout_refused(tmp_path, gallery):
