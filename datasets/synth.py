@@ -23,6 +23,15 @@ SYLLABLES = ["ka", "lo", "mi", "zu", "ra", "te", "no", "vi", "sa", "po", "qu", "
 SHAPES = ["circle", "ring", "triangle", "square", "diamond", "star", "hexagon", "chevron", "bars", "cross"]
 
 
+@dataclass(frozen=True)
+class WordmarkSpec:
+    text: str
+    font: str | None
+    size: int
+    colours: tuple[tuple[int, int, int], tuple[int, int, int]]
+    underline: bool
+
+
 @dataclass
 class SynthMark:
     """A generated mark: ``image`` is RGBA on a transparent background."""
@@ -31,6 +40,7 @@ class SynthMark:
     mark: str
     image: Image.Image
     kind: str  # "logo" | "wordmark"
+    wordmark: WordmarkSpec | None = None  # how a wordmark was drawn: counterfeits redraw it with letters swapped
 
 
 @dataclass
@@ -39,7 +49,7 @@ class PlacedMark:
     mark: str
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the listing photo's pixels
     registered: bool  # False for distractor marks of brands not in the gallery
-    variant: str = "exact"  # exact | recolour | mirror | stretch | crop | occluded
+    variant: str = "exact"  # exact | recolour | mirror | stretch | crop | occluded | letters
 
 
 @dataclass
@@ -133,19 +143,50 @@ def render_logo(rng: np.random.Generator, size: int = 192) -> Image.Image:
     return _trim(img)
 
 
-def render_wordmark(text: str, rng: np.random.Generator, fonts: list[str], size: int = 96) -> Image.Image:
-    """A brand name set in one of the installed fonts, in a brand colour, sometimes with an underline bar."""
-    font = _font(fonts[int(rng.integers(len(fonts)))] if fonts else None, size)
+def wordmark_spec(text: str, rng: np.random.Generator, fonts: list[str], size: int = 96) -> WordmarkSpec:
+    """A brand name's look: one of the installed fonts, brand colours, sometimes an underline bar."""
+    font = fonts[int(rng.integers(len(fonts)))] if fonts else None
+    cols = _brand_colours(rng)
+    return WordmarkSpec(text, font, size, (cols[0], cols[1]), bool(rng.random() < 0.5))
+
+
+def draw_wordmark(spec: WordmarkSpec, text: str | None = None) -> Image.Image:
+    """The wordmark of ``spec`` as RGBA, trimmed; ``text`` redraws it with other letters in the same style."""
+    text = spec.text if text is None else text
+    font = _font(spec.font, spec.size)
     probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
     x0, y0, x1, y1 = probe.textbbox((0, 0), text, font=font)
-    pad = size // 4
+    pad = spec.size // 4
     img = Image.new("RGBA", (x1 - x0 + 2 * pad, y1 - y0 + 2 * pad), (0, 0, 0, 0))
     d = ImageDraw.Draw(img)
-    cols = _brand_colours(rng)
-    d.text((pad - x0, pad - y0), text, font=font, fill=cols[0])
-    if rng.random() < 0.5:
-        d.rectangle([pad, img.height - pad // 2 - 4, img.width - pad, img.height - pad // 2 + 2], fill=cols[1])
+    d.text((pad - x0, pad - y0), text, font=font, fill=spec.colours[0])
+    if spec.underline:
+        d.rectangle([pad, img.height - pad // 2 - 4, img.width - pad, img.height - pad // 2 + 2], fill=spec.colours[1])
     return _trim(img)
+
+
+def render_wordmark(text: str, rng: np.random.Generator, fonts: list[str], size: int = 96) -> Image.Image:
+    """A brand name set in one of the installed fonts, in a brand colour, sometimes with an underline bar."""
+    return draw_wordmark(wordmark_spec(text, rng, fonts, size))
+
+
+# look-alikes a counterfeiter swaps in: the name still reads as the brand at a glance
+LOOKALIKES = {"o": "0", "0": "o", "l": "I", "I": "l", "i": "l", "e": "c", "c": "e", "a": "o", "n": "m", "m": "n",
+              "u": "v", "v": "u", "s": "5", "S": "5", "B": "8", "O": "Q", "E": "F", "b": "d", "d": "b", "p": "q", "q": "p",
+              "t": "f", "r": "n", "h": "n", "g": "q", "k": "x", "z": "s", "x": "k"}
+
+
+def swap_letters(text: str, rng: np.random.Generator) -> str:
+    """``text`` with one look-alike letter substituted, or two neighbouring letters transposed; never ``text`` itself."""
+    subs = [i for i, c in enumerate(text) if c in LOOKALIKES]
+    swaps = [i for i in range(len(text) - 1) if text[i] != text[i + 1] and not text[i].isspace() and not text[i + 1].isspace()]
+    if subs and (not swaps or rng.random() < 0.6):
+        i = subs[int(rng.integers(len(subs)))]
+        return text[:i] + LOOKALIKES[text[i]] + text[i + 1 :]
+    if swaps:
+        i = swaps[int(rng.integers(len(swaps)))]
+        return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+    return text + text[-1:] if text else "x"  # one letter or all alike: a doubled letter
 
 
 def make_marks(n_brands: int, marks_per_brand: int = 2, *, seed: int = 0, prefix: str = "brand") -> list[SynthMark]:
@@ -158,7 +199,8 @@ def make_marks(n_brands: int, marks_per_brand: int = 2, *, seed: int = 0, prefix
         name = _word(rng)
         for m in range(marks_per_brand):
             if m == 1:
-                marks.append(SynthMark(brand, f"{brand}-wordmark", render_wordmark(name, rng, fonts), "wordmark"))
+                spec = wordmark_spec(name, rng, fonts)
+                marks.append(SynthMark(brand, f"{brand}-wordmark", draw_wordmark(spec), "wordmark", spec))
             else:
                 marks.append(SynthMark(brand, f"{brand}-logo{m}", render_logo(rng), "logo"))
     return marks
@@ -166,14 +208,31 @@ def make_marks(n_brands: int, marks_per_brand: int = 2, *, seed: int = 0, prefix
 
 # --- backgrounds -------------------------------------------------------------------------------
 
+_NOISE_BANK: np.ndarray | None = None
+
+
+def _sensor_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` standard-normal float32 values: a window of a fixed noise bank at an offset drawn from ``rng``.
+
+    Drawing fresh Gaussians costs more than the rest of a background; a window of a 4M-value bank
+    (fixed seed, so the same everywhere) is as good as sensor noise and deterministic by ``rng``.
+    """
+    global _NOISE_BANK
+    if _NOISE_BANK is None:
+        _NOISE_BANK = np.random.default_rng(20261130).standard_normal(1 << 22, dtype=np.float32)
+    if n > len(_NOISE_BANK) // 2:
+        return rng.standard_normal(n, dtype=np.float32)
+    off = int(rng.integers(0, len(_NOISE_BANK) - n))
+    return _NOISE_BANK[off : off + n].copy()
+
+
 def procedural_background(w: int, h: int, rng: np.random.Generator) -> Image.Image:
     """A product-photo-like scene: a lit gradient, a textured object or two, noise."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = rng.integers(40, 230, size=3).astype(np.float32)
-    tilt = rng.normal(0, 0.25, size=3).astype(np.float32)
-    grad = (xx / w - 0.5)[..., None] * tilt * 255 + (yy / h - 0.5)[..., None] * tilt[::-1] * 255
-    arr = np.clip(base + grad, 0, 255)
-    img = Image.fromarray(arr.astype(np.uint8))
+    tilt = rng.normal(0, 0.25, size=3).astype(np.float32) * 255
+    gx = np.linspace(-0.5, 0.5, w, endpoint=False, dtype=np.float32)[None, :, None] * tilt
+    gy = np.linspace(-0.5, 0.5, h, endpoint=False, dtype=np.float32)[:, None, None] * tilt[::-1]
+    img = Image.fromarray(np.clip(base + gx + gy, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(1, 4))):
         col = tuple(int(c) for c in rng.integers(0, 255, size=3))
@@ -188,8 +247,11 @@ def procedural_background(w: int, h: int, rng: np.random.Generator) -> Image.Ima
             stripe = tuple(max(0, c - 30) for c in col)
             for x in range(int(x0), int(x1), step):
                 d.line([(x, y0), (x, y1)], fill=stripe, width=1)
-    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, rng.uniform(1, 8), size=(h, w, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    arr = _sensor_noise(h * w * 3, rng).reshape(h, w, 3)
+    arr *= rng.uniform(1, 8)
+    arr += np.asarray(img, dtype=np.float32)
+    np.clip(arr, 0, 255, out=arr)
+    return Image.fromarray(arr.astype(np.uint8))
 
 
 class Backgrounds:
@@ -254,8 +316,16 @@ def _perspective_coeffs(src, dst):
     return np.linalg.solve(np.array(a, dtype=np.float64), b).tolist()
 
 
-def near_match(mark: Image.Image, variant: str, rng: np.random.Generator) -> Image.Image:
-    """A counterfeit-style variation of a mark: recoloured, mirrored, stretched, cropped or occluded."""
+NEAR_MATCHES = ("recolour", "mirror", "stretch", "crop", "occluded")
+
+
+def near_match(mark: Image.Image, variant: str, rng: np.random.Generator, wordmark: WordmarkSpec | None = None) -> Image.Image:
+    """A counterfeit-style variation of a mark: recoloured, mirrored, stretched, cropped, occluded, or
+    (``letters``, for a wordmark given its ``wordmark`` spec) redrawn with look-alike or swapped letters."""
+    if variant == "letters":
+        if wordmark is None:
+            raise ValueError("the 'letters' near-match needs the wordmark's spec")
+        return draw_wordmark(wordmark, swap_letters(wordmark.text, rng))
     if variant == "recolour":
         r, g, b, a = mark.split()
         return Image.merge("RGBA", (b, r, g, a))
@@ -275,11 +345,33 @@ def near_match(mark: Image.Image, variant: str, rng: np.random.Generator) -> Ima
     return mark
 
 
+def bend(img: Image.Image, amount: float, strips: int = 8) -> Image.Image:
+    """``img`` arched as if printed on a curved surface: the middle moves ``amount`` x its height
+    (down when positive, up when negative) relative to the ends, along a parabola. Grows the canvas
+    to hold it; uncovered pixels are transparent."""
+    w, h = img.size
+    sag = amount * h
+    H = h + math.ceil(abs(sag))
+
+    def dy(x: float) -> float:
+        t = 2 * x / w - 1
+        return sag * (1 - t * t) + (abs(sag) if sag < 0 else 0.0)
+
+    mesh = []
+    for i in range(strips):
+        xa, xb = w * i // strips, w * (i + 1) // strips
+        if xb <= xa:
+            continue
+        da, db = dy(xa), dy(xb)
+        mesh.append(((xa, 0, xb, H), (xa, -da, xa, H - da, xb, H - db, xb, -db)))  # source quad: NW, SW, SE, NE
+    return img.transform((w, H), Image.MESH, mesh, Image.BICUBIC)
+
+
 def paste_mark(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, *, scale: float,
                occupied: list[tuple[int, int, int, int]] | None = None, strength: float = 1.0) -> tuple[int, int, int, int] | None:
     """Paste ``mark`` into ``bg`` in place: ``scale`` is its long side over bg's short side.
 
-    Applies rotation, perspective, shading and blur (``strength`` 0..1 scales them); returns the
+    Applies rotation, perspective, mild bending, shading and blur (``strength`` 0..1 scales them); returns the
     box of the pasted pixels, or None when no free spot was found.
     """
     W, H = bg.size
@@ -296,6 +388,8 @@ def paste_mark(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, *, 
         dst = [(x - min(xs), y - min(ys)) for x, y in dst]
         size = (max(2, int(max(xs) - min(xs))), max(2, int(max(ys) - min(ys))))
         m = m.transform(size, Image.PERSPECTIVE, _perspective_coeffs(src, dst), Image.BICUBIC)
+        if rng.random() < 0.35 * strength:  # printed on a curved surface: a bottle, a bag's fold
+            m = bend(m, float(rng.uniform(-0.3, 0.3)) * strength)
         if rng.random() < 0.5:  # shading across the printed surface
             shade = np.linspace(rng.uniform(0.6, 1.0), rng.uniform(0.8, 1.1), m.width, dtype=np.float32)
             arr = np.asarray(m, dtype=np.float32)
@@ -368,8 +462,9 @@ def make_listing(rng: np.random.Generator, marks: list[SynthMark], distractors: 
         variant = "exact"
         image = mark.image
         if registered and rng.random() < cfg.p_near_match:
-            variant = ["recolour", "mirror", "stretch", "crop", "occluded"][int(rng.integers(5))]
-            image = near_match(image, variant, rng)
+            variants = NEAR_MATCHES + (("letters",) if mark.wordmark is not None else ())
+            variant = variants[int(rng.integers(len(variants)))]
+            image = near_match(image, variant, rng, mark.wordmark)
         box = paste_mark(img, image, rng, scale=float(rng.uniform(*cfg.scale)), occupied=occupied, strength=cfg.strength)
         if box is not None:
             occupied.append(box)
@@ -396,8 +491,12 @@ def write_gallery(marks: list[SynthMark], root: str | Path, *, authorized: dict[
 
 def synth_dataset(out: str | Path, *, brands: int = 12, marks_per_brand: int = 2, distractor_brands: int = 6,
                   listings: int = 200, seed: int = 0, backgrounds: str | Path | None = None,
-                  cfg: SynthConfig | None = None, sellers: int = 20) -> dict:
-    """Write ``out/gallery``, ``out/listings`` (JPEGs + manifest.csv) and ``out/truth.jsonl``; returns paths."""
+                  cfg: SynthConfig | None = None, sellers: int = 20, workers: int = 0) -> dict:
+    """Write ``out/gallery``, ``out/listings`` (JPEGs + manifest.csv) and ``out/truth.jsonl``; returns paths.
+
+    Listing i is drawn from its own generator (``seed``, i), so the output is the same with any
+    number of ``workers`` (processes; 0 = this one).
+    """
     out = Path(out)
     cfg = cfg or SynthConfig()
     marks = make_marks(brands, marks_per_brand, seed=seed)
@@ -406,19 +505,48 @@ def synth_dataset(out: str | Path, *, brands: int = 12, marks_per_brand: int = 2
     gallery = write_gallery(marks, out / "gallery", authorized=authorized)
     listings_dir = out / "listings"
     listings_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed + 1)
-    bgs = Backgrounds(backgrounds)
+    job = _ListingJob(marks, distractors, backgrounds, cfg, seed, sellers, listings_dir)
     with open(out / "truth.jsonl", "w") as truth, open(listings_dir / "manifest.csv", "w", newline="") as mf:
         writer = csv.writer(mf)
         writer.writerow(["listing_id", "image_path", "seller_id", "title"])
-        for i in range(listings):
-            lst = make_listing(rng, marks, distractors, bgs, cfg)
-            lid = f"L{i:05d}"
-            name = f"{lid}.jpg"
-            lst.image.save(listings_dir / name, quality=95)
-            seller = f"S{int(rng.integers(sellers)):04d}"
-            writer.writerow([lid, name, seller, f"listing {i}"])
-            truth.write(json.dumps({"listing_id": lid, "image": name, "seller_id": seller,
-                                    "marks": [m.__dict__ | {"box": list(m.box)} for m in lst.marks]}) + "\n")
+        if workers > 0 and listings > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(workers, listings)) as pool:
+                rows = pool.map(job, range(listings), chunksize=max(1, min(32, listings // (4 * workers))))
+                _write_rows(rows, writer, truth)
+        else:
+            _write_rows(map(job, range(listings)), writer, truth)
     return {"gallery": gallery, "listings": listings_dir, "manifest": listings_dir / "manifest.csv",
             "truth": out / "truth.jsonl"}
+
+
+class _ListingJob:
+    """Makes and writes listing i; picklable, so worker processes can run it."""
+
+    def __init__(self, marks, distractors, backgrounds, cfg: SynthConfig, seed: int, sellers: int, listings_dir: Path):
+        self.marks, self.distractors, self.cfg = marks, distractors, cfg
+        self.seed, self.sellers, self.listings_dir = seed, sellers, listings_dir
+        self.backgrounds = backgrounds
+        self._bgs = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_bgs": None}
+
+    def __call__(self, i: int) -> tuple[list, dict]:
+        if self._bgs is None:
+            self._bgs = Backgrounds(self.backgrounds)
+        rng = np.random.default_rng((self.seed + 1, i))
+        lst = make_listing(rng, self.marks, self.distractors, self._bgs, self.cfg)
+        lid = f"L{i:05d}"
+        name = f"{lid}.jpg"
+        lst.image.save(self.listings_dir / name, quality=95)
+        seller = f"S{int(rng.integers(self.sellers)):04d}"
+        return [lid, name, seller, f"listing {i}"], {"listing_id": lid, "image": name, "seller_id": seller,
+                                                       "marks": [m.__dict__ | {"box": list(m.box)} for m in lst.marks]}
+
+
+def _write_rows(rows, writer, truth) -> None:
+    for manifest_row, truth_row in rows:
+        writer.writerow(manifest_row)
+        truth.write(json.dumps(truth_row) + "\n")

@@ -15,14 +15,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listings", type=int, default=200, help="listing photos (default 200)")
     p.add_argument("--backgrounds", help="a folder of photos to paste marks into (default: procedural backgrounds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes drawing listings (default: one per CPU, at most 8); same output for any number")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from markguard.datasets.synth import synth_dataset
+    import os
 
+    from markguard.datasets.synth import synth_dataset
+    from markguard.errors import MarkguardError
+
+    if args.workers is not None and args.workers < 0:
+        raise MarkguardError("--workers must be 0 (this process) or more")
+    workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
     paths = synth_dataset(args.out, brands=args.brands, marks_per_brand=args.marks_per_brand, distractor_brands=args.distractors,
-                          listings=args.listings, seed=args.seed, backgrounds=args.backgrounds)
+                          listings=args.listings, seed=args.seed, backgrounds=args.backgrounds, workers=workers)
     for k, v in paths.items():
         print(f"{k}: {v}")
     return 0

@@ -1,10 +1,22 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from markguard.datasets.registry import load_gallery
-from markguard.datasets.synth import SynthConfig, make_listing, make_marks, near_match, paste_mark, procedural_background, synth_dataset, Backgrounds
+from markguard.datasets.synth import (
+    Backgrounds,
+    SynthConfig,
+    bend,
+    make_listing,
+    make_marks,
+    near_match,
+    paste_mark,
+    procedural_background,
+    swap_letters,
+    synth_dataset,
+)
 
 
 def test_marks_are_deterministic_and_distinct():
@@ -65,3 +77,50 @@ def test_synth_dataset_writes_gallery_dump_and_truth(tmp_path):
 def test_backgrounds_are_photo_like():
     img = procedural_background(64, 48, np.random.default_rng(0))
     assert img.size == (64, 48) and np.asarray(img).std() > 5
+
+
+def test_letter_swaps_redraw_the_wordmark_in_its_own_style():
+    rng = np.random.default_rng(0)
+    wm = next(m for m in make_marks(3, 2, seed=4) if m.kind == "wordmark")
+    for text in ("Mirate", "Lux", "oo", "a", "Ka zu"):
+        for _ in range(20):
+            swapped = swap_letters(text, rng)
+            assert swapped != text and abs(len(swapped) - len(text)) <= 1
+    fake = near_match(wm.image, "letters", rng, wm.wordmark)
+    assert not np.array_equal(np.asarray(fake), np.asarray(wm.image))
+    ink = lambda im: {tuple(p) for p in np.asarray(im)[np.asarray(im)[..., 3] == 255][:, :3]}  # noqa: E731
+    assert ink(fake) <= ink(wm.image)  # same colours: only the letters changed
+    assert abs(fake.height - wm.image.height) <= 0.2 * wm.image.height
+
+
+def test_letters_near_matches_appear_in_listings_truth():
+    marks = make_marks(4, 2, seed=0)
+    cfg = SynthConfig(p_no_mark=0.0, p_distractor=0.0, p_near_match=1.0, max_marks=2)
+    rng = np.random.default_rng(1)
+    variants = [m.variant for _ in range(60) for m in make_listing(rng, marks, [], Backgrounds(), cfg).marks]
+    assert "letters" in variants and "exact" not in variants
+
+
+def test_bend_arches_the_mark_and_keeps_it_whole():
+    bar = Image.new("RGBA", (80, 10), (255, 0, 0, 255))
+    for amount in (0.5, -0.5):
+        bent = bend(bar, amount)
+        a = np.asarray(bent)[..., 3]
+        assert bent.size == (80, 15)
+        top = [int(np.argmax(a[:, x] > 128)) for x in (2, 40, 77)]
+        if amount > 0:
+            assert top[1] > top[0] and top[1] > top[2]  # the middle sags
+        else:
+            assert top[1] < top[0] and top[1] < top[2]
+        assert (a > 128).sum() == pytest.approx(800, rel=0.1)  # no ink lost or invented
+    assert np.array_equal(np.asarray(bend(bar, 0.0)), np.asarray(bar))
+
+
+def test_synth_output_is_the_same_with_worker_processes(tmp_path):
+    one = synth_dataset(tmp_path / "one", brands=3, listings=10, seed=2)
+    two = synth_dataset(tmp_path / "two", brands=3, listings=10, seed=2, workers=2)
+    assert one["truth"].read_text() == two["truth"].read_text()
+    assert one["manifest"].read_text() == two["manifest"].read_text()
+    for row in one["truth"].read_text().splitlines():
+        name = json.loads(row)["image"]
+        assert (one["listings"] / name).read_bytes() == (two["listings"] / name).read_bytes()
