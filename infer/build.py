@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from markguard.checkpoint import DEFAULT_MODEL_DIR, atomic_write_text, load_checkpoint, resolve_model_dir
+from markguard.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_model_dir
+from markguard.fsio import atomic_write_text
 from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import Gallery, MarkRef, load_gallery
 from markguard.errors import DecodeError, MarkguardError

@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from markguard.checkpoint import atomic_write_text
+from markguard.fsio import atomic_write_text
 from markguard.errors import MarkguardError
 from markguard.infer.writer import PARQUET, RESULTS, check_rows, require_pyarrow, write_parquet
 

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from PIL import Image, ImageDraw
 
-from markguard.checkpoint import atomic_write_bytes
+from markguard.fsio import atomic_write_bytes
 from markguard.errors import DecodeError, MarkguardError
 
 log = logging.getLogger(__name__)

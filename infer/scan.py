@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -21,13 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from markguard.checkpoint import ModelCard, atomic_write_text, load_checkpoint
-from markguard.datasets.listings import ListingItem, open_dump, shard
+from markguard.checkpoint import ModelCard, load_checkpoint
+from markguard.datasets.listings import open_dump, shard
 from markguard.errors import MarkguardError
+from markguard.fsio import atomic_write_text
 from markguard.infer.decide import Match, Policy, resolve_policy
 from markguard.infer.embed import embed_regions, feature_maps
 from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_loader
-from markguard.infer.regions import RegionMode, grid_boxes, select_regions
+from markguard.infer.regions import RegionMode, select_regions
 from markguard.infer.search import search_batch
 from markguard.infer.writer import PARQUET, RESULTS, BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
 
@@ -239,7 +239,6 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
     open_dump(source)  # fail here, in the main process, on a missing or unreadable dump
     ds = DecodedBatches(functools.partial(_items_fn, str(source), opts.shard), size=size, mean=card.mean, std=card.std,
                         batch_size=opts.batch_size, skip=skip)
-    t = time.perf_counter()
     for batch in batch_loader(ds, opts.workers):
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from markguard import __version__
 from markguard.errors import MarkguardError
+from markguard.fsio import atomic_write_text
 from markguard.model import EmbeddingModel
 
 WEIGHTS = "model.safetensors"
@@ -82,25 +83,6 @@ def fingerprint(state: dict[str, torch.Tensor], card: ModelCard) -> str:
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(json.dumps(card.preprocessing(), sort_keys=True).encode())
     return h.hexdigest()[:16]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(model: EmbeddingModel, card: ModelCard, out_dir: str | Path) -> ModelCard:

@@ -84,7 +84,7 @@ def load_layered(cls, recipe: str | Path | None = None, overrides: list[str] | N
 
 def save_config(cfg, path: str | Path, extra: dict | None = None) -> None:
     """Write the resolved config (and versions, fingerprints in ``extra``) next to an output."""
-    from markguard.checkpoint import atomic_write_text
+    from markguard.fsio import atomic_write_text
 
     doc = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
     doc = _plain(doc)

@@ -255,7 +255,8 @@ def write_thresholds(model_dir: str | Path, cal: Calibration, *, source: str) ->
     so indexes built with the model stay valid."""
     import dataclasses
 
-    from markguard.checkpoint import CARD, atomic_write_text, load_card
+    from markguard.checkpoint import CARD, load_card
+    from markguard.fsio import atomic_write_text
 
     card = load_card(model_dir)
     card.thresholds = cal.thresholds()

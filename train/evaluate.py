@@ -209,7 +209,8 @@ def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery
     """
     import tempfile
 
-    from markguard.checkpoint import CARD, atomic_write_text, load_checkpoint, resolve_model_dir
+    from markguard.checkpoint import CARD, load_checkpoint, resolve_model_dir
+    from markguard.fsio import atomic_write_text
     from markguard.datasets.synth import Backgrounds, SynthConfig, make_listing, make_marks
     from markguard.infer.decide import Policy
     from markguard.infer.embed import embed_references

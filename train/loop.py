@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -18,8 +17,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from markguard.checkpoint import ModelCard, atomic_write_text, create_model, save_checkpoint
+from markguard.checkpoint import ModelCard, create_model, save_checkpoint
 from markguard.config import save_config, versions
+from markguard.fsio import atomic_write_text
 from markguard.datasets.composite import CompositeConfig, CompositeDataset
 from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import load_gallery
