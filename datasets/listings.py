@@ -531,6 +531,33 @@ def open_dump(source: str | Path) -> Iterator[ListingItem]:
     return iter_tar(target)
 
 
+def open_dump_range(source: str | Path, start: int, stop: int) -> Iterator[ListingItem]:
+    """Items ``start`` to ``stop - 1`` of :func:`open_dump` (same ``index`` values), without reading what comes before.
+
+    For tar shards, each shard's items are first counted from its headers; shards wholly before
+    ``start`` or after ``stop`` are never read, so N parallel readers of a tar dump read it about
+    once between them rather than N/2 times. Folders and manifests skip rows without opening images.
+    """
+    kind, target = _resolve_dump(source)
+    if kind != "tar":
+        return itertools.islice(open_dump(source), start, stop)
+    return _tar_range(target, start, stop)
+
+
+def _tar_range(shards: Sequence[Path], start: int, stop: int) -> Iterator[ListingItem]:
+    first = 0
+    for path in shards:
+        if first >= stop:
+            return
+        n = sum(1 for _ in _iter_shard(path, False, MAX_MEMBER_BYTES))
+        if first + n > start:
+            for k, item in enumerate(_iter_shard(path, True, MAX_MEMBER_BYTES)):
+                if start <= first + k < stop:
+                    item.index = first + k
+                    yield item
+        first += n
+
+
 def count_dump(source: str | Path) -> int:
     """How many items :func:`open_dump` will yield, error rows included, without reading any image (for an ETA).
 

@@ -1,7 +1,8 @@
 """The Ray Data engine: the same decode → regions → embed → search → decide, run by model-holding actors on a cluster.
 
 The dump is read lazily by a few read tasks, each streaming one contiguous range of the (sharded,
-resumed) input; ``map_batches`` hands batches to a pool of actors that each load the model and the
+resumed) input and reading only the part of the dump that holds it (for tar shards, only the shard
+files it spans: ``open_dump_range``); ``map_batches`` hands batches to a pool of actors that each load the model and the
 indexes once. With ``preserve_order`` Ray Data returns blocks in the order of the read tasks, so rows
 arrive in input order and the writer, resume and ``results.jsonl`` contract stay those of the local
 engine. Paths in the dump, the indexes and the model must be readable from every node (shared storage).
@@ -33,12 +34,15 @@ def _ray():
 
 
 def _item_rows(source: str, shard_spec, start: int, stop: int) -> Iterator[dict]:
-    from markguard.datasets.listings import open_dump, shard
+    """Positions ``start`` to ``stop - 1`` of the (sharded) dump, reading only the part of it that holds them."""
+    from markguard.datasets.listings import open_dump_range
 
-    items = open_dump(source)
-    if shard_spec:
-        items = shard(items, *shard_spec)
-    for item in itertools.islice(items, start, stop):
+    if shard_spec:  # position p of shard i/n is position i + p*n of the dump
+        i, n = shard_spec
+        items = (it for it in open_dump_range(source, i + start * n, i + (stop - 1) * n + 1) if (it.index - i) % n == 0)
+    else:
+        items = open_dump_range(source, start, stop)
+    for item in items:
         yield {"index": item.index, "listing_id": item.listing_id, "image": item.image, "seller_id": item.seller_id,
                "title": item.title, "path": None if item.path is None else str(item.path), "data": item.data, "error": item.error}
 

@@ -20,6 +20,7 @@ from markguard.datasets.listings import (
     expand_braces,
     iter_tar,
     open_dump,
+    open_dump_range,
     parse_shard,
     shard,
 )
@@ -257,6 +258,28 @@ def test_single_tar_and_compressed_tar(hostile_dir, tmp_path):
             out.addfile(m, src.extractfile(m) if m.isreg() else None)
     assert [r[2] for r in rows(open_dump(gz))] == [r[2] for r in SHARD_ROWS[:9]]
     assert count_dump(gz) == 9
+
+
+def test_dump_ranges_match_the_whole_and_skip_shards_they_do_not_need(hostile_dir, tmp_path, monkeypatch):
+    from markguard.datasets import listings
+
+    source = str(tmp_path / "shards" / "hostile-*.tar")
+    whole = list(open_dump(source))
+    n = len(whole)
+    for start, stop in [(0, n), (0, 3), (4, 11), (9, n), (n - 1, n + 5), (5, 5)]:
+        part = list(open_dump_range(source, start, stop))
+        assert rows(part) == rows(whole[start:stop]) and [it.index for it in part] == list(range(start, min(stop, n)))
+    opened = []
+    real = listings._iter_shard
+    monkeypatch.setattr(listings, "_iter_shard", lambda path, read, mb: (opened.append((path.name, read)), real(path, read, mb))[1])
+    list(open_dump_range(source, 9, n))  # all of the second shard: the first shard's data is never read
+    assert ("hostile-000.tar", True) not in opened and ("hostile-001.tar", True) in opened
+    opened.clear()
+    list(open_dump_range(source, 0, 2))  # inside the first shard: the second is not even opened
+    assert [o for o in opened if o[0] == "hostile-001.tar"] == []
+    # folders and manifests: the same rows as slicing the whole
+    d = list(open_dump(hostile_dir))
+    assert rows(open_dump_range(hostile_dir, 2, 5)) == rows(d[2:5])
 
 
 def _tar_bytes(members: dict[str, bytes]) -> bytes:

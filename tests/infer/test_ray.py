@@ -46,3 +46,26 @@ def test_ray_engine_matches_local_engine(world, scanned, tmp_path, local_ray):
     s2 = run_scan(world.dump, [world.index], out2, opts=opts, progress=False, resume=True)
     assert s2["images_this_run"] == len(lines) - 2
     _same(read_rows(out2), local[1::2])
+
+
+def test_read_task_ranges_of_a_sharded_tar_dump_are_the_shards_rows(tmp_path):
+    """What each Ray read task yields: positions a..b of shard i/N, read from only the tar files holding them."""
+    import io
+    import tarfile
+
+    from markguard.datasets.listings import open_dump, shard
+    from markguard.infer.ray_engine import _item_rows
+
+    for s in range(3):  # three shard files of 5 samples each
+        with tarfile.open(tmp_path / f"d-{s}.tar", "w") as tf:
+            for k in range(5):
+                data = f"photo {s}-{k}".encode()
+                info = tarfile.TarInfo(f"{s}{k:03d}.jpg")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    source = str(tmp_path / "d-*.tar")
+    for spec in (None, (0, 2), (1, 2), (2, 4)):
+        want = list(open_dump(source)) if spec is None else list(shard(open_dump(source), *spec))
+        for a, b in [(0, len(want)), (1, 3), (2, len(want) + 2)]:
+            got = list(_item_rows(source, spec, a, b))
+            assert [(r["index"], r["image"], r["data"]) for r in got] == [(it.index, it.image, it.data) for it in want[a:b]]
