@@ -161,6 +161,54 @@ def decode_image(
     return DecodedImage(rgb, orig_size, fmt)
 
 
+@dataclass
+class JpegProbe:
+    """A JPEG that a batched decoder (torchvision.io.decode_jpeg, on a GPU) can take as it is."""
+
+    orig_size: tuple[int, int]  # (width, height) after EXIF orientation
+    orientation: int  # EXIF orientation to apply after decoding (1 = none)
+
+
+def probe_jpeg(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> JpegProbe | None:
+    """Header checks only: the JPEG's size and orientation when it is a whole RGB or greyscale JPEG.
+
+    Returns None for anything a batched JPEG decoder should not be handed (other formats, CMYK,
+    a file without its end-of-image marker): :func:`decode_image` takes those, with its typed
+    errors. Raises DecodeError for what :func:`decode_image` would refuse from the header (empty,
+    not an image, over ``max_pixels``).
+    """
+    with _open_source(data, None) as fp:
+        img = _open_checked(fp, None, max_pixels)
+        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            return None
+        if bytes(data[-2:]) != b"\xff\xd9":  # cut short (or trailing bytes): let Pillow judge it
+            return None
+        orientation = _orientation(img)
+        w, h = img.size
+    return JpegProbe((h, w) if orientation in (5, 6, 7, 8) else (w, h), orientation)
+
+
+def orient_tensor(x, orientation: int):
+    """Apply an EXIF orientation to a CHW tensor, as ``_TRANSPOSE`` does to a PIL image."""
+    import torch
+
+    if orientation == 2:
+        return x.flip(2)
+    if orientation == 3:
+        return x.flip(1).flip(2)
+    if orientation == 4:
+        return x.flip(1)
+    if orientation == 5:
+        return x.transpose(1, 2)
+    if orientation == 6:
+        return torch.rot90(x, -1, (1, 2))
+    if orientation == 7:
+        return x.transpose(1, 2).flip(1).flip(2)
+    if orientation == 8:
+        return torch.rot90(x, 1, (1, 2))
+    return x
+
+
 @contextmanager
 def _open_source(source: bytes | str | Path, name: str | None) -> Iterator[BinaryIO]:
     """A binary file for ``source``; a path is read lazily, so a bomb's body is never read."""

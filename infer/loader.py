@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from markguard.datasets.decode import DEFAULT_MAX_PIXELS, decode_image
+from markguard.datasets.decode import DEFAULT_MAX_PIXELS, decode_image, probe_jpeg
+from markguard.datasets.decode import orient_tensor as orient
 from markguard.datasets.listings import ListingItem
 from markguard.datasets.transforms import letterbox
 from markguard.errors import DecodeError, MarkguardError
@@ -26,6 +27,15 @@ class Batch:
     orig_size: list[tuple[int, int]]
     errors: dict[int, str] = field(default_factory=dict)  # position → reason
     decode_s: float = 0.0
+    pending: list[PendingJpeg] = field(default_factory=list)  # JPEGs left for the model's device to decode
+
+
+@dataclass
+class PendingJpeg:
+    pos: int
+    data: torch.Tensor  # the file's bytes, uint8
+    orig_size: tuple[int, int]
+    orientation: int
 
 
 @dataclass
@@ -38,12 +48,14 @@ class RunFailure:
 class DecodedBatches(IterableDataset):
     """Batches of decoded photos; worker w builds batches w, w+W, … so the loader yields them in order."""
 
-    def __init__(self, items_fn, *, size: int, mean, std, batch_size: int, skip: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, items_fn, *, size: int, mean, std, batch_size: int, skip: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 device_jpeg: bool = False):
         self.items_fn = items_fn  # a picklable callable returning a fresh iterator of ListingItem
         self.size, self.mean, self.std = size, mean, std
         self.batch_size = batch_size
         self.skip = skip
         self.max_pixels = max_pixels
+        self.device_jpeg = device_jpeg  # leave whole RGB/grey JPEGs to finish_decode on the model's device
 
     def __iter__(self):
         import time
@@ -63,18 +75,29 @@ class DecodedBatches(IterableDataset):
             yield RunFailure(str(e))
 
     def _decode(self, chunk: list[ListingItem]) -> Batch:
-        return decode_items(chunk, size=self.size, mean=self.mean, std=self.std, max_pixels=self.max_pixels)
+        return decode_items(chunk, size=self.size, mean=self.mean, std=self.std, max_pixels=self.max_pixels, device_jpeg=self.device_jpeg)
 
 
-def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS) -> Batch:
-    """Decode and letterbox one batch of items; a photo that cannot be used becomes an error with its reason."""
-    tensors, ok, valid, to_orig, orig, errors = [], [], [], [], [], {}
+def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 device_jpeg: bool = False) -> Batch:
+    """Decode and letterbox one batch of items; a photo that cannot be used becomes an error with its reason.
+
+    With ``device_jpeg``, whole RGB/greyscale JPEGs are only checked from their header and left in
+    ``Batch.pending`` for :func:`finish_decode`; everything else is decoded here as usual.
+    """
+    tensors, ok, valid, to_orig, orig, errors, pending = [], [], [], [], [], {}, []
     for pos, item in enumerate(chunk):
         if item.error:
             errors[pos] = item.error
             continue
         try:
-            dec = decode_image(item.read_bytes(), target_size=size, max_pixels=max_pixels)
+            data = item.read_bytes()
+            if device_jpeg:
+                probe = probe_jpeg(data, max_pixels=max_pixels) if isinstance(data, (bytes, bytearray)) and data else None
+                if probe is not None and min(probe.orig_size) >= MIN_SIDE:
+                    pending.append(PendingJpeg(pos, torch.frombuffer(bytearray(data), dtype=torch.uint8), probe.orig_size, probe.orientation))
+                    continue
+            dec = decode_image(data, target_size=size, max_pixels=max_pixels)
         except DecodeError as e:
             errors[pos] = e.reason
             continue
@@ -92,7 +115,66 @@ def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: 
         to_orig.append((sx / lb.factor, sy / lb.factor))
         orig.append(dec.orig_size)
     x = torch.stack(tensors) if tensors else torch.zeros(0, 3, size, size)
-    return Batch(chunk, x, ok, valid, to_orig, orig, errors)
+    return Batch(chunk, x, ok, valid, to_orig, orig, errors, pending=pending)
+
+
+def finish_decode(batch: Batch, *, size: int, mean, std, device: str) -> None:
+    """Decode ``batch.pending`` JPEGs in one batched call on ``device`` (nvJPEG on a GPU), orient,
+    letterbox and normalise them there, and merge them with the rest of the batch in input order.
+
+    A JPEG the batched decoder rejects is decoded by :func:`decode_items` instead, so it gets the
+    same error row (or the same pixels) as on the CPU path.
+    """
+    if not batch.pending:
+        return
+    import torch.nn.functional as F
+
+    imgs = _decode_jpegs([p.data for p in batch.pending], device)
+    m = torch.tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
+    sd = torch.tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
+    done = {pos: (x.to(device), v, t, o) for pos, x, v, t, o in zip(batch.ok, batch.x, batch.valid, batch.to_orig, batch.orig_size)}
+    for p, img in zip(batch.pending, imgs):
+        if img is None:
+            one = decode_items([batch.items[p.pos]], size=size, mean=mean, std=std)
+            if one.errors:
+                batch.errors[p.pos] = one.errors[0]
+            else:
+                done[p.pos] = (one.x[0].to(device), one.valid[0], one.to_orig[0], one.orig_size[0])
+            continue
+        img = orient(img, p.orientation)
+        h, w = img.shape[1:]
+        f = size / max(w, h)
+        nw, nh = max(1, round(w * f)), max(1, round(h * f))
+        small = F.interpolate(img[None].float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+        out = torch.zeros(3, size, size, device=device)
+        out[:, :nh, :nw] = (small / 255 - m) / sd
+        done[p.pos] = (out, (nw, nh), (p.orig_size[0] / (w * f), p.orig_size[1] / (h * f)), p.orig_size)
+    batch.ok = sorted(done)
+    batch.x = torch.stack([done[pos][0] for pos in batch.ok]) if done else torch.zeros(0, 3, size, size, device=device)
+    batch.valid = [done[pos][1] for pos in batch.ok]
+    batch.to_orig = [done[pos][2] for pos in batch.ok]
+    batch.orig_size = [done[pos][3] for pos in batch.ok]
+    batch.pending = []
+
+
+def _decode_jpegs(datas: list[torch.Tensor], device: str) -> list[torch.Tensor | None]:
+    """One batched decode; when a bad file fails the batch, one by one, None for the ones that fail."""
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 names TorchCodec its successor; decode_jpeg is still nvJPEG's batched path
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out = []
+            for d in datas:
+                try:
+                    out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
 
 
 def _chunks(it, n):

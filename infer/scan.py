@@ -26,7 +26,7 @@ from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
 from markguard.infer.decide import Match, Policy, resolve_policy
 from markguard.infer.embed import embed_regions, feature_maps
-from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_loader
+from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_loader, finish_decode
 from markguard.infer.regions import RegionMode, select_regions
 from markguard.infer.search import search_batch
 from markguard.infer.writer import PARQUET, RESULTS, BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
@@ -85,6 +85,8 @@ class ScanOptions:
     engine: str = "local"  # local | ray (infer/ray_engine.py)
     address: str | None = None  # Ray cluster address; None starts a local instance
     actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)
+    decode: str = "auto"  # cpu (Pillow, in the loader workers) | device (JPEGs by torchvision.io on the model's device) | auto
+    compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
 
 
 @dataclass
@@ -97,6 +99,22 @@ class StageTimes:
         return now
 
 
+def compile_backbone(model, backend: str = "inductor") -> None:
+    """Compile the backbone's forward pass in place (regions, pooling and head stay eager: their shapes vary)."""
+    if not hasattr(torch, "compile"):
+        raise MarkguardError("--compile needs PyTorch 2 or later")
+    model.forward_features = torch.compile(model.forward_features, backend=backend, dynamic=False)
+
+
+def resolve_decode(decode: str, device: str) -> str:
+    """auto: JPEGs decode on the GPU when the model runs on one (nvJPEG), else on the CPU with Pillow."""
+    if decode == "auto":
+        return "device" if device.startswith("cuda") else "cpu"
+    if decode not in ("cpu", "device"):
+        raise MarkguardError(f"unknown decode {decode!r}; choose cpu, device or auto")
+    return decode
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -105,8 +123,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = "torch") -> list[Searcher]:
-    """Open each index with its model; the model's fingerprint must be the one the index was built with."""
+def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = "torch",
+                   *, compile: str | None = None) -> list[Searcher]:
+    """Open each index with its model; the model's fingerprint must be the one the index was built with.
+
+    ``compile`` names a torch.compile backend for each model's backbone (PyTorch backend only).
+    """
     from markguard.infer.index import MarkIndex
 
     searchers, models = [], {}
@@ -128,6 +150,8 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
         if key not in models:
             if backend == "torch":
                 models[key] = load_checkpoint(mpath, device=device)
+                if compile:
+                    compile_backbone(models[key][0], compile)
             else:
                 from markguard.infer.backends import load_backend
 
@@ -147,7 +171,7 @@ def _embed_tiles(s: Searcher, x: torch.Tensor, boxes: list[torch.Tensor], device
     from torchvision.ops import roi_align
 
     size = s.card.input_size
-    crops = roi_align(x, [b for b in boxes], output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    crops = roi_align(x, [b.to(x.device, x.dtype) for b in boxes], output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     out = []
     for i in range(0, len(crops), 64):
         full = torch.tensor([[0.0, 0.0, size, size]]).repeat(len(crops[i : i + 64]), 1)
@@ -156,8 +180,12 @@ def _embed_tiles(s: Searcher, x: torch.Tensor, boxes: list[torch.Tensor], device
 
 
 def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts: ScanOptions, times: StageTimes) -> list[ScanRow]:
-    """Regions, embed, search and decide for one decoded batch."""
+    """Regions, embed, search and decide for one decoded batch (finishing its decode on the device first, if asked)."""
     t = time.perf_counter()
+    if batch.pending:
+        card = searchers[0].card
+        finish_decode(batch, size=max(s.card.scan_size for s in searchers), mean=card.mean, std=card.std, device=opts.device)
+        t = times.add("decode", t)
     per_image: list[list[Match]] = [[] for _ in batch.ok]
     for s in searchers:
         mode = RegionMode(opts.regions or s.card.regions.get("mode", "grid"))
@@ -238,7 +266,7 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
     card = searchers[0].card
     open_dump(source)  # fail here, in the main process, on a missing or unreadable dump
     ds = DecodedBatches(functools.partial(_items_fn, str(source), opts.shard), size=size, mean=card.mean, std=card.std,
-                        batch_size=opts.batch_size, skip=skip)
+                        batch_size=opts.batch_size, skip=skip, device_jpeg=resolve_decode(opts.decode, opts.device) == "device")
     for batch in batch_loader(ds, opts.workers):
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)
@@ -335,6 +363,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
 
     opts = opts or ScanOptions()
     opts = dataclasses.replace(opts, device=resolve_device(opts.device))
+    opts = dataclasses.replace(opts, decode=resolve_decode(opts.decode, opts.device))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise MarkguardError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -345,7 +374,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     out_dir = Path(out_dir)
     if not index_paths:
         raise MarkguardError("no index given; pass -i INDEX (built with `markguard index build GALLERY -o INDEX`)")
-    searchers = load_searchers(index_paths, model, opts.device, opts.backend)
+    searchers = load_searchers(index_paths, model, opts.device, opts.backend, compile=opts.compile)
     open_dump(source)
     card = searchers[0].card
     policy = _policy(searchers, opts)

@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--decode", choices=["auto", "cpu", "device"], default="auto",
+                   help="where JPEGs are decoded: cpu (Pillow in the decoding processes), device (batched on the model's device, "
+                        "nvJPEG on a GPU), auto (device on a GPU, else cpu)")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="compile the backbone with torch.compile (default backend: inductor); pays off on long GPU scans")
     p.add_argument("--flag-threshold", type=float, help="override the calibrated flag threshold")
     p.add_argument("--review-threshold", type=float, help="override the calibrated review threshold")
     p.add_argument("--shard", help="i/N: scan only every N-th photo starting at i")
@@ -60,7 +65,8 @@ def run(args) -> int:
         raise MarkguardError("--address is for --engine ray")
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard),
-                       engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, backend=args.backend)
+                       engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, backend=args.backend,
+                       decode=args.decode, compile=args.compile)
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
                        formats=formats, progress_every_s=args.log_every)
