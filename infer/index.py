@@ -288,6 +288,11 @@ class _Flat:
     def __init__(self, index, settings=FlatSettings()):
         self.index, self.settings = index, settings
         self.param = None
+        self.gpu = None  # a faiss-gpu copy for searching, when one was asked for and faiss has GPUs
+
+    def to_gpu(self) -> bool:
+        self.gpu = faiss.index_cpu_to_all_gpus(self.index)
+        return True
 
     @classmethod
     def create(cls, dim, n, settings, train, seed):
@@ -299,12 +304,16 @@ class _Flat:
 
     def add(self, x, ids):
         self.index.add_with_ids(x, ids)
+        if self.gpu is not None:
+            self.to_gpu()
 
     def remove(self, ids):
         self.index.remove_ids(ids)
+        if self.gpu is not None:
+            self.to_gpu()
 
     def search(self, q, k):
-        return self.index.search(q, k)
+        return (self.gpu or self.index).search(q, k)
 
     def set_param(self, value):
         pass
@@ -828,6 +837,18 @@ class MarkIndex:
             return len(found)
 
     # ---- queries
+
+    def use_gpu(self) -> str:
+        """Search on every visible GPU with faiss-gpu: exact (flat) indexes only, as HNSW has no GPU
+        version and this index's IVF search refines on the host. Returns what was done, in words."""
+        n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        if n == 0 or not hasattr(faiss, "index_cpu_to_all_gpus"):
+            return "CPU search (this faiss has no GPU support: pip install faiss-gpu)"
+        if self.kind is not IndexKind.FLAT:
+            return f"CPU search ({self.kind.name.lower()} has no faiss GPU search here)"
+        with self._lock:
+            self._backend.to_gpu()
+        return f"GPU search on {n} GPU(s)"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k cosine scores and ids for each query; where fewer than k exist, ids are -1 and scores -inf."""

@@ -162,6 +162,8 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
         except MarkguardError as e:
             hint = "" if model_path is None else f" (model given with -m {model_path})"
             raise MarkguardError(f"{e}{hint}") from None
+        if device.startswith("cuda"):
+            sys.stderr.write(f"index {p}: {index.use_gpu()}\n")
         searchers.append(Searcher(name, p, index, model, card, meta.get("brands", {}), None if mpath is None else Path(mpath)))
     return searchers
 

@@ -361,3 +361,28 @@ def test_memory_estimate_matches_the_built_index(built, kind):
     # auto picks kinds by this estimate, so it must track what the index really takes
     actual = built[kind].info()["memory_bytes"]
     assert abs(index_mod.estimate_bytes(kind, N, DIM) / actual - 1) < 0.25
+
+
+def test_gpu_search_is_used_for_flat_indexes_and_kept_in_step(monkeypatch):
+    # this faiss has no GPUs: an honest message and unchanged CPU search
+    idx = build("flat", X[:300])
+    if not hasattr(index_mod.faiss, "StandardGpuResources"):
+        assert idx.use_gpu().startswith("CPU search (this faiss has no GPU support")
+    # the logic around faiss-gpu, with a stand-in for index_cpu_to_all_gpus that clones on the host
+    copies = []
+
+    def fake_to_gpus(index):
+        copies.append(index_mod.faiss.clone_index(index))
+        return copies[-1]
+
+    monkeypatch.setattr(index_mod.faiss, "get_num_gpus", lambda: 2, raising=False)
+    monkeypatch.setattr(index_mod.faiss, "index_cpu_to_all_gpus", fake_to_gpus, raising=False)
+    assert build("hnsw", X[:300]).use_gpu().startswith("CPU search (hnsw")
+    assert idx.use_gpu() == "GPU search on 2 GPU(s)" and len(copies) == 1
+    q = X[:5]
+    s0, i0 = idx.search(q, 3)
+    assert (i0[:, 0] == np.arange(5)).all()
+    idx.remove(ids=[0, 1])  # the GPU copy follows every change
+    assert len(copies) == 2 and copies[-1].ntotal == 298
+    s1, i1 = idx.search(q, 3)
+    assert 0 not in i1 and 1 not in i1 and (i1[2:, 0] == np.arange(2, 5)).all()
