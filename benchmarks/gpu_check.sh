@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 set -x
 markguard synth --out "$WORK/data" --brands 50 --listings 2000 --seed 0
-time markguard train -r logo -o "$WORK/model" gallery="$WORK/data/gallery" device=cuda steps=600 \
+time markguard train -r logo -o "$WORK/model" gallery="$WORK/data/gallery" device=cuda compile=inductor steps=600 \
   batch_size=256 workers=12 log_every=100 checkpoint_every=300 holdout_brands=5 calib_listings=200
 markguard index build "$WORK/data/gallery" -o "$WORK/index" -m "$WORK/model" --device cuda
 # a large dump: the 2,000 photos listed 10 times over in one manifest

@@ -60,6 +60,7 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights (0 = off); the EMA weights are the ones saved
     precision: str = "auto"  # bf16 autocast on CUDA; fp32 on CPUs without fast bf16
     channels_last: bool = True
+    compile: str | None = None  # a torch.compile backend for the backbone ("inductor" on a GPU); None: eager
     device: str = "auto"
     workers: int = 2
     threads: int = 0  # torch threads on CPU; 0 = torch's default (all cores); 1 on a machine shared with other jobs

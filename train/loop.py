@@ -238,7 +238,7 @@ def _save_state(run: Path, step: int, model, loss_fn, opt, sched, ema, cfg: Trai
 
 
 # settings a resume may change: how long, how often to log, and where it runs
-RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "workers", "device", "calibrate", "calib_listings", "tensorboard")
+RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "workers", "device", "calibrate", "calib_listings", "tensorboard", "compile")
 
 
 def _resume_config_key(cfg: TrainConfig) -> dict:
@@ -306,6 +306,10 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
     model = create_model(card, pretrained=cfg.pretrained, weights=cfg.weights).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        from markguard.infer.scan import compile_backbone
+
+        compile_backbone(model, cfg.compile)
     loss_fn = MetricLoss(cfg.loss, data.num_classes, cfg.dim, **cfg.loss_kwargs).to(device)
     groups = [{"params": model.parameters(), "lr": cfg.lr}]
     if list(loss_fn.parameters()):

@@ -37,6 +37,15 @@ def test_resume_is_bit_identical(gallery, tmp_path, loss, ema):
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
 
 
+def test_compiled_backbone_trains_the_same_weights(gallery, tmp_path):
+    # the "eager" backend runs torch.compile's graph capture without a C++ toolchain; inductor is for GPUs
+    cfg = tiny_config(gallery, steps=2)
+    train(cfg, tmp_path / "eager")
+    train(dataclasses.replace(cfg, compile="eager"), tmp_path / "compiled")
+    a, b = load_file(tmp_path / "eager" / "model.safetensors"), load_file(tmp_path / "compiled" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
 def test_resume_refuses_another_recipe(gallery, tmp_path):
     cfg = tiny_config(gallery, steps=4)
     train(cfg, tmp_path / "run", stop_at=2)
