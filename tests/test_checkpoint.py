@@ -70,3 +70,18 @@ def test_weights_file_is_safetensors_not_pickle(tmp_path):
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(MarkguardError, match="unknown backbone 'no_such_net'"):
         create_model(tiny_card(backbone="no_such_net"))
+
+
+def test_without_a_shipped_model_the_default_is_one_clear_error(tmp_path, monkeypatch):
+    from markguard import checkpoint
+
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL_DIR", tmp_path / "weights")
+    with pytest.raises(MarkguardError, match="no model given and no default model shipped in .*; pass --model DIR"):
+        checkpoint.resolve_model_dir(None)
+    assert checkpoint.resolve_model_dir(_saved(tmp_path / "m")) == tmp_path / "m"
+
+
+def _saved(path):
+    card = ModelCard(backbone="resnet10t", dim=16, input_size=32, scan_size=64)
+    save_checkpoint(create_model(card), card, path)
+    return path
