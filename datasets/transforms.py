@@ -30,10 +30,15 @@ def to_tensor(img: Image.Image, mean, std) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def letterbox_geometry(width: int, height: int, size: int) -> tuple[float, int, int]:
+    """The scale factor and the content size of a ``width`` x ``height`` image letterboxed into ``size``."""
+    f = size / max(width, height)
+    return f, max(1, round(width * f)), max(1, round(height * f))
+
+
 def letterbox(img: Image.Image, size: int, mean, std) -> Letterboxed:
     """Resize the long side to ``size`` and pad bottom/right with zeros (the mean colour after normalising)."""
-    f = size / max(img.size)
-    w, h = max(1, round(img.width * f)), max(1, round(img.height * f))
+    f, w, h = letterbox_geometry(img.width, img.height, size)
     resized = img.convert("RGB").resize((w, h), Image.BILINEAR, reducing_gap=2.0 if f < 0.5 else None)
     out = torch.zeros(3, size, size)
     out[:, :h, :w] = to_tensor(resized, mean, std)

@@ -136,7 +136,7 @@ def _fonts_for(brand: str, font_ids: dict, k: int | None) -> list:
     if not k or k >= len(items):
         return items
     seed = int.from_bytes(hashlib.blake2b(brand.encode(), digest_size=8).digest(), "little")
-    return sorted(random.Random(seed).sample(items, k), key=lambda it: items.index(it))
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), k))]
 
 
 def render_wordmarks(

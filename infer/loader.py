@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from markguard.datasets.decode import DEFAULT_MAX_PIXELS, decode_image, probe_jpeg
 from markguard.datasets.decode import orient_tensor as orient
 from markguard.datasets.listings import ListingItem
-from markguard.datasets.transforms import letterbox
+from markguard.datasets.transforms import letterbox, letterbox_geometry
 from markguard.errors import DecodeError, MarkguardError
 
 MIN_SIDE = 16  # smaller photos cannot show a recognisable mark
@@ -93,7 +93,7 @@ def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: 
         try:
             data = item.read_bytes()
             if device_jpeg:
-                probe = probe_jpeg(data, max_pixels=max_pixels) if isinstance(data, (bytes, bytearray)) and data else None
+                probe = probe_jpeg(data, max_pixels=max_pixels) if data else None
                 if probe is not None and min(probe.orig_size) >= MIN_SIDE:
                     pending.append(PendingJpeg(pos, torch.frombuffer(bytearray(data), dtype=torch.uint8), probe.orig_size, probe.orientation))
                     continue
@@ -143,8 +143,7 @@ def finish_decode(batch: Batch, *, size: int, mean, std, device: str) -> None:
             continue
         img = orient(img, p.orientation)
         h, w = img.shape[1:]
-        f = size / max(w, h)
-        nw, nh = max(1, round(w * f)), max(1, round(h * f))
+        f, nw, nh = letterbox_geometry(w, h, size)
         small = F.interpolate(img[None].float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
         out = torch.zeros(3, size, size, device=device)
         out[:, :nh, :nw] = (small / 255 - m) / sd

@@ -30,6 +30,7 @@ from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_load
 from markguard.infer.regions import RegionMode, select_regions
 from markguard.infer.search import search_batch
 from markguard.infer.writer import PARQUET, RESULTS, BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
+from markguard.model import compile_backbone
 
 STATE = "scan.json"
 SUMMARY = "summary.json"
@@ -97,13 +98,6 @@ class StageTimes:
         now = time.perf_counter()
         self.seconds[stage] += now - t0
         return now
-
-
-def compile_backbone(model, backend: str = "inductor") -> None:
-    """Compile the backbone's forward pass in place (regions, pooling and head stay eager: their shapes vary)."""
-    if not hasattr(torch, "compile"):
-        raise MarkguardError("--compile needs PyTorch 2 or later")
-    model.forward_features = torch.compile(model.forward_features, backend=backend, dynamic=False)
 
 
 def resolve_decode(decode: str, device: str) -> str:

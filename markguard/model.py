@@ -232,3 +232,8 @@ class EmbeddingModel(nn.Module):
             giou = generalized_box_iou_loss(pred, truth, reduction="none")
             loss = loss + float(self.proposal_setting("box_weight")) * (giou * target[pos]).sum() / norm
         return loss
+
+
+def compile_backbone(model, backend: str = "inductor") -> None:
+    """Compile the backbone's forward pass in place (regions, pooling and head stay eager: their shapes vary)."""
+    model.forward_features = torch.compile(model.forward_features, backend=backend, dynamic=False)

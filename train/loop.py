@@ -307,7 +307,7 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
-        from markguard.infer.scan import compile_backbone
+        from markguard.model import compile_backbone
 
         compile_backbone(model, cfg.compile)
     loss_fn = MetricLoss(cfg.loss, data.num_classes, cfg.dim, **cfg.loss_kwargs).to(device)

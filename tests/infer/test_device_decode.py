@@ -12,7 +12,8 @@ from PIL import Image
 
 from markguard.datasets.listings import ListingItem
 from markguard.infer.loader import decode_items, finish_decode
-from markguard.infer.scan import ScanOptions, compile_backbone, resolve_decode, run_scan
+from markguard.infer.scan import ScanOptions, resolve_decode, run_scan
+from markguard.model import compile_backbone
 from test_scan import OPTS, read_rows, scanned, world  # noqa: F401, F811  (fixtures)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
