@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from markguard.datasets.synth import Backgrounds, jpeg_roundtrip, near_match, paste_mark
+from markguard.datasets.colour import recolour
+from markguard.datasets.synth import Backgrounds, find_fonts, jpeg_roundtrip, near_match, paste_mark, render_logo, render_wordmark, random_word
 from markguard.datasets.transforms import render_reference, to_tensor
 
 
@@ -25,6 +26,9 @@ class CompositeConfig:
     scale: tuple[float, float] = (0.3, 0.9)  # mark's long side over the photo's short side
     strength: float = 1.0  # of rotation/perspective/blur in pasting
     loose_boxes: float = 0.5  # share of pasted marks pooled from a loose window around them, as a scan's grid sees them
+    p_recolour: float = 0.0  # share of pasted marks recoloured (datasets/colour.py): the design, not the paint, is the mark
+    p_negative: float = 0.0  # share of background samples showing something mark-like that is no registered mark
+    p_photo: float = 1.0  # share of backgrounds from the photo folders, when given (the rest procedural)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -41,7 +45,8 @@ class CompositeDataset(Dataset):
         self.cfg = cfg
         self.seed = seed
         self.epoch = 0
-        self.backgrounds = Backgrounds(backgrounds, pool=256, pool_size=2 * cfg.size)
+        self.backgrounds = Backgrounds(backgrounds, pool=256, pool_size=2 * cfg.size, p_photo=cfg.p_photo)
+        self._fonts = None
         n = len(marks) + (1 if background_class else 0)
         rng = np.random.default_rng(seed)
         labels = np.arange(length) % len(marks)
@@ -62,11 +67,15 @@ class CompositeDataset(Dataset):
             w, h = rng.uniform(0.25, 0.9, size=2) * S
             x, y = rng.uniform(0, S - w), rng.uniform(0, S - h)
             box = (x, y, x + w, y + h)
+            if rng.random() < self.cfg.p_negative:
+                box = self._paste_negative(img, box, rng)
         elif rng.random() < self.cfg.p_clean:
             img, box = render_reference(self.marks[label], S)
         else:
             img = self.backgrounds.sample(S, S, rng)
             mark = self.marks[label]
+            if rng.random() < self.cfg.p_recolour:
+                mark = recolour(mark, rng)
             if rng.random() < 0.05:  # mild near-match: counterfeits are rarely pixel-exact
                 mark = near_match(mark, "occluded", rng)
             box = paste_mark(img, mark, rng, scale=float(rng.uniform(*self.cfg.scale)), strength=self.cfg.strength)
@@ -77,6 +86,22 @@ class CompositeDataset(Dataset):
             if rng.random() < 0.5:
                 img = jpeg_roundtrip(img, int(rng.integers(40, 95)))
         return to_tensor(img, self.cfg.mean, self.cfg.std), torch.tensor(box, dtype=torch.float32), label
+
+    def _paste_negative(self, img: Image.Image, box, rng: np.random.Generator):
+        """A hard negative in the background region: a generic shape or plain text, which no brand owns."""
+        if self._fonts is None:
+            self._fonts = find_fonts()
+        if rng.random() < 0.5 or not self._fonts:
+            thing = render_logo(rng, size=96)  # circles, stars, ticks, arrows, in one or two colours
+        else:
+            thing = render_wordmark(random_word(rng), rng, self._fonts, size=48)
+        x0, y0, x1, y1 = box
+        region = img.crop(tuple(int(v) for v in box))
+        placed = paste_mark(region, thing, rng, scale=float(rng.uniform(0.5, 0.95)), strength=self.cfg.strength)
+        if placed is None:
+            return box
+        img.paste(region, (int(x0), int(y0)))
+        return (int(x0) + placed[0], int(y0) + placed[1], int(x0) + placed[2], int(y0) + placed[3])
 
 
 def loosen(box, size: int, rng: np.random.Generator, max_grow: float = 1.8) -> tuple[float, float, float, float]:

@@ -114,7 +114,8 @@ def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
         d.polygon(_polygon(shape, cx, cy, r, rot), fill=colour)
 
 
-def _word(rng: np.random.Generator) -> str:
+def random_word(rng: np.random.Generator) -> str:
+    """A pronounceable made-up word: plain text that no brand owns."""
     return "".join(rng.choice(SYLLABLES) for _ in range(int(rng.integers(2, 4)))).capitalize()
 
 
@@ -196,7 +197,7 @@ def make_marks(n_brands: int, marks_per_brand: int = 2, *, seed: int = 0, prefix
     marks = []
     for b in range(n_brands):
         brand = f"{prefix}{b:03d}"
-        name = _word(rng)
+        name = random_word(rng)
         for m in range(marks_per_brand):
             if m == 1:
                 spec = wordmark_spec(name, rng, fonts)
@@ -255,37 +256,70 @@ def procedural_background(w: int, h: int, rng: np.random.Generator) -> Image.Ima
 
 
 class Backgrounds:
-    """Background photos from a user folder when given, else procedural ones.
+    """Background photos from user folders when given, mixed with procedural ones.
 
-    With ``pool`` > 0, procedural backgrounds are drawn from a cache of that many (made once per
-    process) and cropped/flipped: training needs thousands a second and generating each costs ~10 ms.
+    ``folder`` is one folder or several (a list, or one string with commas). With ``pool`` > 0,
+    procedural backgrounds come from a cache of that many (made once per process) and photos are
+    decoded once, at ``pool_size`` on their short side, then cropped and flipped per sample:
+    training needs thousands a second, and decoding a wallpaper costs ~50 ms. ``p_photo`` is the
+    share of samples drawn from the photos when both kinds are available.
     """
 
-    def __init__(self, folder: str | Path | None = None, pool: int = 0, pool_size: int = 320):
+    def __init__(self, folder: str | Path | list | None = None, pool: int = 0, pool_size: int = 320, p_photo: float = 1.0):
         self.pool = pool
         self.pool_size = pool_size
+        self.p_photo = p_photo
         self._cache: list[Image.Image] = []
+        self._photos: dict[int, Image.Image | None] = {}
         self.paths = []
-        if folder:
+        folders = folder if isinstance(folder, (list, tuple)) else [f for f in str(folder).split(",") if f.strip()] if folder else []
+        if folders:
             from markguard.datasets.listings import IMAGE_SUFFIXES
+            from markguard.errors import MarkguardError
 
-            self.paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            for f in folders:
+                f = Path(str(f).strip())
+                if not f.is_dir():
+                    raise MarkguardError(f"{f}: backgrounds folder not found; give folders of photos (comma-separated) or leave backgrounds unset")
+                found = sorted(p for p in f.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                if not found:
+                    raise MarkguardError(f"{f}: no photos (.jpg, .png, .webp) in this backgrounds folder")
+                self.paths += found
 
     def warm(self, rng: np.random.Generator) -> None:
         """Fill the procedural pool now from ``rng``, so every process and every resumed run sees the same pool."""
-        if self.pool and not self.paths:
+        if self.pool and (not self.paths or self.p_photo < 1):
             self._cache = [procedural_background(self.pool_size, self.pool_size, rng) for _ in range(self.pool)]
 
-    def sample(self, w: int, h: int, rng: np.random.Generator) -> Image.Image:
-        if self.paths:
+    def _photo(self, i: int) -> Image.Image | None:
+        if i not in self._photos:
             from markguard.datasets.decode import decode_image
             from markguard.errors import DecodeError
 
             try:
-                img = decode_image(self.paths[int(rng.integers(len(self.paths)))], target_size=max(w, h)).image
-                return _random_crop_resize(img, w, h, rng)
+                img = decode_image(self.paths[i], target_size=2 * self.pool_size).image.convert("RGB")
+                f = self.pool_size * 2 / min(img.size)
+                if f < 1:
+                    img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR, reducing_gap=2.0)
+                self._photos[i] = img
             except DecodeError:
-                pass  # an unreadable background photo: fall back to a procedural one
+                self._photos[i] = None  # an unreadable background photo: procedural ones stand in
+        return self._photos[i]
+
+    def sample(self, w: int, h: int, rng: np.random.Generator) -> Image.Image:
+        if self.paths and (self.p_photo >= 1 or rng.random() < self.p_photo):
+            img = self._photo(int(rng.integers(len(self.paths))))
+            if img is not None:
+                if not self.pool:
+                    return _random_crop_resize(img, w, h, rng)
+                # a random window of the photo (a listing shows part of a scene), then the size asked for
+                side = int(min(img.size) * rng.uniform(0.35, 1.0))
+                x = int(rng.integers(0, img.width - side + 1))
+                y = int(rng.integers(0, img.height - side + 1))
+                crop = img.crop((x, y, x + side, y + side))
+                if rng.random() < 0.5:
+                    crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+                return _random_crop_resize(crop, w, h, rng)
         if self.pool:
             if len(self._cache) < self.pool:
                 self._cache.append(procedural_background(self.pool_size, self.pool_size, rng))

@@ -44,6 +44,7 @@ class ModelCard:
     resize: str = "letterbox"  # long side to scan_size, padded bottom/right with the mean colour
     regions: dict = field(default_factory=lambda: {"mode": "grid", "scales": [1.0, 0.6, 0.4, 0.25], "overlap": 0.5})
     proposals: dict = field(default_factory=dict)  # the learned proposal head's settings; empty when the model has none
+    init: dict = field(default_factory=dict)  # the pretrained weights it started from: source, sha256, licence; empty = from scratch
     thresholds: dict = field(default_factory=lambda: {"flag": 0.6, "review": 0.5, "per_brand": {}})
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)

@@ -18,7 +18,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 class TrainConfig:
     # data
     gallery: str | None = None  # marks to learn, in the gallery layout (brand folders)
-    backgrounds: str | None = None  # a folder of photos to paste marks into; procedural when unset
+    backgrounds: str | None = None  # folders of photos to paste marks into (comma-separated); procedural when unset
+    p_photo: float = 1.0  # share of backgrounds drawn from those photos (the rest procedural)
+    exclude_brands: str | None = None  # a file of brand ids kept out of training (the evaluation's brands), one a line
     holdout_brands: int = 0  # the last N brands (sorted) are kept out of training for open-set evaluation
     trainset: str | None = None  # real labelled photos instead of a gallery (SOP, Products-10K, class folders)
     trainset_format: str = "auto"  # a reader in markguard.datasets.trainsets.READERS, or auto
@@ -27,6 +29,8 @@ class TrainConfig:
     backbone: str = "resnet18"
     pretrained: bool = False
     weights: str | None = None  # a local weights file for the backbone
+    init: str | None = None  # backbone start: an installed package (efficientnet-lite0) or a .safetensors/.pth file
+    freeze_stages: int = 0  # stem and the first N backbone stages stay fixed (pretrained low-level features; faster on CPUs)
     dim: int = 128
     pooling: str = "gem"
     output_stride: int = 16
@@ -47,6 +51,8 @@ class TrainConfig:
     scale: tuple[float, float] = (0.3, 0.9)
     strength: float = 1.0
     loose_boxes: float = 0.5  # share of pasted marks pooled from a loose window, as the scan's grid sees them
+    p_recolour: float = 0.0  # share of pasted marks recoloured: palette, gradient, two-tone, inverted, on a badge
+    p_negative: float = 0.0  # share of background samples showing a generic shape or plain text (hard negatives)
     # optimisation
     batch_size: int = 64
     grad_accum: int = 1
@@ -97,5 +103,12 @@ class TrainConfig:
             raise MarkguardError(f"batch_size={self.batch_size} must be a multiple of m_per_class={self.m_per_class}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise MarkguardError(f"scale={list(self.scale)} must be [low, high] with 0 < low <= high <= 1")
+        for key in ("p_photo", "p_recolour", "p_negative", "p_clean", "p_background", "loose_boxes"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise MarkguardError(f"{key}={getattr(self, key)} must be a share between 0 and 1")
+        if self.freeze_stages < 0:
+            raise MarkguardError(f"freeze_stages={self.freeze_stages} must be 0 or more")
+        if self.init and (self.pretrained or self.weights):
+            raise MarkguardError("init= and pretrained=/weights= both set; name the backbone's start once, with init=")
         if not 0 <= self.ema < 1:
             raise MarkguardError(f"ema={self.ema} must be in [0, 1)")

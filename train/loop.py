@@ -33,9 +33,17 @@ STATE = "trainer_state.pt"
 LOSS_WEIGHTS = "loss.safetensors"
 
 
-def card_from_config(cfg: TrainConfig) -> ModelCard:
+def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
+    """The model card a run starts from; mean/std follow the pretrained weights when ``init`` gives them."""
     card = ModelCard(backbone=cfg.backbone, dim=cfg.dim, pooling=cfg.pooling, output_stride=cfg.output_stride,
                      roi_size=cfg.roi_size, input_size=cfg.input_size, scan_size=cfg.scan_size, proposals=dict(cfg.proposals))
+    if init is not None:
+        if init.backbone and init.backbone != cfg.backbone:
+            raise MarkguardError(f"init={cfg.init} holds weights for backbone {init.backbone}, the recipe says backbone={cfg.backbone}; "
+                                 f"set backbone={init.backbone}")
+        card.init = init.card_entry()
+        if init.mean is not None:
+            card.mean, card.std = tuple(init.mean), tuple(init.std)
     if cfg.proposals:  # a model that can find marks scans with its own proposals plus a coarse grid by default
         card.regions = dict(card.regions, mode="learned+grid")
     return card
@@ -50,11 +58,33 @@ def split_brands(gallery, holdout: int) -> tuple[list, list[str]]:
     return [m for m in gallery.marks if m.brand not in held], held
 
 
+def fold_brand(brand_id: str) -> str:
+    """The form in which brand ids are compared with an exclusion list: a-z0-9 only, without "dot" (vue.js = vuedotjs = vuejs)."""
+    import re
+
+    return re.sub(r"[^a-z0-9]", "", brand_id.lower()).replace("dot", "")
+
+
+def read_brand_list(path: str | Path) -> set[str]:
+    """Folded brand ids of a text file, one a line; ``#`` starts a comment."""
+    path = Path(path)
+    shipped = Path(__file__).parent / "recipes" / path.name
+    if not path.is_file() and path.parent == Path(".") and shipped.is_file():
+        path = shipped  # a bare name: the list shipped beside the recipes
+    if not path.is_file():
+        raise MarkguardError(f"exclude_brands={path}: file not found; give a text file with one brand id a line")
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return {fold_brand(line) for line in lines if line}
+
+
 def load_training_marks(cfg: TrainConfig):
     if cfg.gallery is None:
         raise MarkguardError("no training data: set gallery=PATH (a gallery folder of marks) or trainset=PATH (labelled photos) in the recipe or on the command line")
     gallery = load_gallery(cfg.gallery)
     refs, held = split_brands(gallery, cfg.holdout_brands)
+    if cfg.exclude_brands:
+        excluded = read_brand_list(cfg.exclude_brands)
+        refs = [r for r in refs if fold_brand(r.brand) not in excluded]
     images, names, errors = [], [], []
     for ref in refs:
         try:
@@ -168,7 +198,7 @@ def _warm_backgrounds(ds: CompositeDataset, seed: int) -> None:
     ds.backgrounds.warm(np.random.default_rng((seed, 104729)))
 
 
-def build_data(cfg: TrainConfig, n: int) -> TrainData:
+def build_data(cfg: TrainConfig, n: int, card: ModelCard) -> TrainData:
     """The training samples and the first ``n`` of their order: marks composited on the fly, or labelled photos."""
     if cfg.trainset:
         from markguard.train.products import PhotoDataset, load_photo_trainset
@@ -176,7 +206,7 @@ def build_data(cfg: TrainConfig, n: int) -> TrainData:
         photos = load_photo_trainset(cfg.trainset, cfg.trainset_format, m=cfg.m_per_class if cfg.sampler == "m_per_class" else 1,
                                      drop_small=cfg.drop_small_classes)
         _check_classes(len(photos.classes), cfg, cfg.trainset)
-        ds = PhotoDataset(photos, cfg.input_size, ModelCard.mean, ModelCard.std, seed=cfg.seed)
+        ds = PhotoDataset(photos, cfg.input_size, card.mean, card.std, seed=cfg.seed)
         n_img = len(photos.samples)
         # each visit of a sample becomes a distinct index, so its augmentation differs per visit but not per run
         order = [p * n_img + i for p, i in enumerate(batch_order(photos.labels, cfg, n))]
@@ -186,11 +216,44 @@ def build_data(cfg: TrainConfig, n: int) -> TrainData:
     marks, names, held = load_training_marks(cfg)
     _check_classes(len(marks), cfg, cfg.gallery)
     ccfg = CompositeConfig(size=cfg.input_size, p_clean=cfg.p_clean, p_background=cfg.p_background, scale=tuple(cfg.scale), strength=cfg.strength,
-                           loose_boxes=cfg.loose_boxes)
+                           loose_boxes=cfg.loose_boxes, p_recolour=cfg.p_recolour, p_negative=cfg.p_negative, p_photo=cfg.p_photo,
+                           mean=tuple(card.mean), std=tuple(card.std))
     ds = CompositeDataset(marks, n, ccfg, seed=cfg.seed, backgrounds=cfg.backgrounds, background_class=cfg.background_class)
     _warm_backgrounds(ds, cfg.seed)
-    summary = {"marks": len(names), "classes": ds.num_classes, "gallery": cfg.gallery}
+    summary = {"marks": len(names), "classes": ds.num_classes, "gallery": cfg.gallery,
+               "brands": len({n.split("/", 1)[0] for n in names}), "sources": _sources(names), "backgrounds": cfg.backgrounds,
+               "exclude_brands": cfg.exclude_brands}
     return TrainData(ds, batch_order(ds.labels, cfg, n), ds.num_classes, len(marks) if cfg.background_class else None, summary, held)
+
+
+def _sources(names: list[str]) -> dict[str, int]:
+    """Training brands per source, by brand-id prefix (emoji-, flag-, wordmark folders keep their brand's id)."""
+    out: dict[str, int] = {}
+    for brand in sorted({n.split("/", 1)[0] for n in names}):
+        kind = brand.split("-", 1)[0] if brand.startswith(("emoji-", "flag-")) else "brand"
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def freeze_stages(backbone: torch.nn.Module, n: int) -> list[torch.nn.Module]:
+    """Fix the stem and the first ``n`` stages of a timm CNN; returns the frozen modules (kept in eval mode)."""
+    if n <= 0:
+        return []
+    if hasattr(backbone, "blocks"):  # EfficientNet, MobileNet
+        stem, stages = [backbone.conv_stem, backbone.bn1], list(backbone.blocks)
+    elif hasattr(backbone, "layer1"):  # ResNet
+        stem, stages = [m for m in (getattr(backbone, k, None) for k in ("conv1", "bn1")) if m is not None], [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
+    elif hasattr(backbone, "stages"):  # ConvNeXt, RegNet
+        stem, stages = [backbone.stem], list(backbone.stages)
+    else:
+        raise MarkguardError(f"freeze_stages: backbone {type(backbone).__name__} has no stem/stages this knows; use freeze_stages=0")
+    if n > len(stages):
+        raise MarkguardError(f"freeze_stages={n} but the backbone has {len(stages)} stages")
+    frozen = stem + stages[:n]
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return frozen
 
 
 def _check_classes(n_classes: int, cfg: TrainConfig, source) -> None:
@@ -298,12 +361,23 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     per_step = cfg.batch_size * cfg.grad_accum  # samples a rank consumes a step
-    data = build_data(cfg, cfg.steps * per_step * dist.world)
+    init = None
+    if cfg.init:
+        from markguard.pretrained import resolve_init
 
-    card = card_from_config(cfg)
+        init = resolve_init(cfg.init)
+    card = card_from_config(cfg, init)
+    data = build_data(cfg, cfg.steps * per_step * dist.world, card)
     card.training = {**data.summary, "holdout_brands": data.held, "loss": cfg.loss, "steps": cfg.steps,
-                     "batch_size": cfg.batch_size * dist.world, "input_size": cfg.input_size}
-    model = create_model(card, pretrained=cfg.pretrained, weights=cfg.weights).to(device)
+                     "batch_size": cfg.batch_size * dist.world, "input_size": cfg.input_size,
+                     "init": cfg.init, "freeze_stages": cfg.freeze_stages}
+    model = create_model(card, pretrained=cfg.pretrained, weights=cfg.weights)
+    if init is not None:
+        from markguard.pretrained import load_into
+
+        load_into(model.backbone, init)
+    frozen = freeze_stages(model.backbone, cfg.freeze_stages)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -311,7 +385,7 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
 
         compile_backbone(model, cfg.compile)
     loss_fn = MetricLoss(cfg.loss, data.num_classes, cfg.dim, **cfg.loss_kwargs).to(device)
-    groups = [{"params": model.parameters(), "lr": cfg.lr}]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     if list(loss_fn.parameters()):
         groups.append({"params": loss_fn.parameters(), "lr": cfg.loss_lr, "weight_decay": 0.0})
     opt = (torch.optim.AdamW(groups, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
@@ -339,8 +413,10 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
         _set_rng_state(rng_state)
     metrics = MetricsLog(run, append=resume, tensorboard=cfg.tensorboard) if dist.main else None
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-    params = list(model.parameters()) + list(loss_fn.parameters())
+    params = [p for p in model.parameters() if p.requires_grad] + list(loss_fn.parameters())
     model.train()
+    for m in frozen:  # fixed stages keep their pretrained batch-norm statistics too
+        m.eval()
     t0 = time.perf_counter()
     t_log, seen, running, micro = t0, 0, [], 0
     try:

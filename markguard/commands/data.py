@@ -8,7 +8,19 @@ import tempfile
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="import reference marks and check training sets", description="Import reference marks and check training sets.")
-    sub = data.add_subparsers(dest="data_command", metavar="{simple-icons,wordmarks,check-trainset}", required=True)
+    sub = data.add_subparsers(dest="data_command", metavar="{simple-icons,icons,wordmarks,check-trainset}", required=True)
+
+    p = sub.add_parser(
+        "icons",
+        help="write a colourful icon set (emoji, flags) as a training gallery, one design a class",
+        description="Render every icon of an npm icon set (twemoji, flags) to OUT/<prefix>-<icon>/<icon>.png.",
+    )
+    p.add_argument("--set", required=True, dest="iconset", metavar="NAME", help="twemoji or flags")
+    p.add_argument("--out", required=True, metavar="DIR", help="gallery folder to write")
+    p.add_argument("--archive", metavar="TGZ", help="the package's .tgz from npm pack (default: fetch it with npm pack)")
+    p.add_argument("--size", type=_positive, default=128, metavar="PX", help="render size in pixels (default 128)")
+    p.add_argument("--limit", type=_positive, metavar="N", help="import only the first N icons")
+    p.set_defaults(func=run_icons)
 
     p = sub.add_parser(
         "simple-icons",
@@ -73,6 +85,17 @@ def run_simple_icons(args: argparse.Namespace) -> int:
     for slug, reason in result.skipped:
         print(f"skipped {slug}: {reason}")
     print(f"{result.out_dir}: {len(result.brands)} brands, {len(result.files)} images from simple-icons {result.version or '(unknown version)'}; {len(result.skipped)} skipped")
+    return 0
+
+
+def run_icons(args: argparse.Namespace) -> int:
+    from markguard.datasets.iconsets import ICON_SETS, import_iconset
+
+    result = import_iconset(args.iconset, args.out, archive=args.archive, size=args.size, limit=args.limit)
+    for icon, reason in result.skipped:
+        print(f"skipped {icon}: {reason}")
+    s = ICON_SETS[args.iconset]
+    print(f"{result.out_dir}: {len(result.written)} icons from {s.package} {s.version} ({s.licence}); {len(result.skipped)} skipped")
     return 0
 
 
