@@ -117,14 +117,22 @@ def map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
         return {k: v for k, v in d.items() if not k.endswith("num_batches_tracked")}
 
     src, tgt = usable(source), usable(target)
-    if set(tgt) <= set(src):
+    shared = [k for k in tgt if k in src]
+    if len(shared) >= len(tgt) / 2:  # the same codebase's names: pair by name, the first missing one is the misfit
+        missing = [k for k in tgt if k not in src]
+        if missing:
+            raise MarkguardError(f"init: {where}: no tensor '{missing[0]}' ({len(missing)} of {len(tgt)} missing); "
+                                 "the weights were made for another backbone")
         pairs = [(k, k) for k in tgt]
     else:
-        extra = len(src) - len(tgt)
-        if extra < 0:
-            raise MarkguardError(f"init: {where} has {len(src)} tensors, the backbone needs {len(tgt)}; it was made for another architecture")
+        # another codebase's names (EfficientNet-PyTorch's ``_blocks.N._depthwise_conv``): pair by position;
         # a classifier at the end of the source (``_fc``) has no place in an embedding backbone
-        pairs = list(zip(list(src)[: len(tgt)], tgt))
+        pairs = list(zip(list(src), tgt))
+        if len(src) < len(tgt):
+            bad = next((i for i, (s, t) in enumerate(pairs) if tuple(src[s].shape) != tuple(tgt[t].shape)), len(src))
+            if bad == len(src):
+                raise MarkguardError(f"init: {where}: no tensor for '{list(tgt)[bad]}' ({len(src)} tensors, the backbone needs {len(tgt)}); "
+                                     "the weights were made for another backbone")
     out = {}
     for s, t in pairs:
         if tuple(src[s].shape) != tuple(tgt[t].shape):
