@@ -1,0 +1,49 @@
+"""Background-bank normalisation: a hub reference loses its head start, an honest match keeps its rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from markguard.infer.bank import bank_images, hub_share, normalise, reference_bias
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_bias_matches_brute_force():
+    rng = np.random.default_rng(0)
+    refs, bank = _unit(rng.normal(size=(7, 16))), _unit(rng.normal(size=(50, 16)))
+    got = reference_bias(refs, bank, k=5)
+    want = [np.mean(sorted(bank @ r)[-5:]) for r in refs]
+    assert np.allclose(got, want, atol=1e-6)
+    assert reference_bias(refs, bank[:0]).tolist() == [0.0] * 7
+
+
+def test_hub_loses_to_true_match():
+    """A reference close to all backgrounds (a hub) outscores the true mark on raw similarity, not after normalising."""
+    rng = np.random.default_rng(1)
+    background = _unit(rng.normal(size=16))
+    bank = _unit(background + 0.3 * rng.normal(size=(40, 16)))
+    hub = _unit(background + 0.1 * rng.normal(size=16))
+    mark = _unit(rng.normal(size=16))
+    query = _unit(0.4 * mark + 0.6 * background)  # a photo of the mark on a background
+    raw = np.array([query @ hub, query @ mark])
+    assert raw[0] > raw[1]
+    norm = normalise(raw, reference_bias(np.stack([hub, mark]), bank))
+    assert norm[1] > norm[0]
+    assert normalise(1.0, 0.7) == pytest.approx(1.0) and normalise(0.7, 0.7) == pytest.approx(0.0)
+
+
+def test_hub_share():
+    assert hub_share(["a", "a", "b", None, "c"], ["x", "y", "b", None, "z"]) == (pytest.approx(2 / 3), 2)
+    assert hub_share(["a"], ["a"]) == (0.0, 0)
+
+
+def test_bank_images_deterministic():
+    a = bank_images(3, 64, seed=2)
+    b = bank_images(3, 64, seed=2)
+    assert [np.asarray(x).tobytes() for x in a] == [np.asarray(x).tobytes() for x in b]
+    assert all(im.size == (64, 64) for im in a)
