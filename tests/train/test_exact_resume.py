@@ -87,5 +87,5 @@ def test_resume_refuses_changed_data(tmp_path):
     cfg = tiny_config(g, steps=3)
     train(cfg, tmp_path / "run", stop_at=1)
     write_gallery(make_marks(6, 1, seed=4), g)  # a brand added under the same path
-    with pytest.raises(MarkguardError, match=r"training data changed since the checkpoint \(classes: 6 -> 7, marks: 5 -> 6\)"):
+    with pytest.raises(MarkguardError, match=r"training data changed since the checkpoint \(brands: 5 -> 6, classes: 6 -> 7, marks: 5 -> 6,"):
         train(cfg, tmp_path / "run", resume=True)
