@@ -6,7 +6,9 @@ Layout of a saved index (a directory)::
     refine.faiss   ivfpq only: 8-bit copies of the vectors, to re-rank PQ candidates with near-exact scores
     marks.sqlite   marks(id, brand, mark, source, added), meta(next_id), tombstones(id) (removed ids still
                    in a graph or fast-scan lists, filtered at search until a save compacts them)
-    index.json     fingerprint, dim, kind, settings, search params, count, sha256 of every file above
+    markguard.json the application's metadata (MarkIndex.meta): the model that built the index, the brands'
+                   settings (authorised sellers, thresholds), the galleries; part of the same atomic save
+    index.json     save id, fingerprint, dim, kind, settings, search params, count, sha256 of every file above
 
 Vectors are L2-normalised, so inner product is cosine similarity and a score is comparable with the
 calibrated thresholds of the model card whichever kind of index holds the vectors.
@@ -14,9 +16,7 @@ calibrated thresholds of the model card whichever kind of index holds the vector
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -24,19 +24,21 @@ import math
 import os
 import shutil
 import sqlite3
-import sys
-import tempfile
 import threading
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import faiss
 import numpy as np
 
 from markguard.errors import MarkguardError
+from markguard.fsio import (FolderChanged, FolderSnapshot, file_mode, fsync_path, new_folder_beside, old_of,
+                            recover_folder, swap_in_folder)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ INDEX_FILE = "index.faiss"
 REFINE_FILE = "refine.faiss"
 MARKS_FILE = "marks.sqlite"
 META_FILE = "index.json"
+APP_META = "markguard.json"  # what the application keeps with the index: the model that built it, the brands' settings
+LOAD_ATTEMPTS = 20  # a load that a concurrent save keeps replacing tries again this many times
 REBUILD = "rebuild it with `markguard index build`"
 
 AUTO_FLAT_BELOW = 50_000  # exact search stays fast (< 1 ms a query on 2 cores) up to about here
@@ -342,8 +346,8 @@ class _Flat:
         return [INDEX_FILE]
 
     @classmethod
-    def read(cls, folder: Path, settings, tombstones):
-        return cls(faiss.read_index(str(folder / INDEX_FILE)), settings)
+    def read(cls, read, settings, tombstones):
+        return cls(read(INDEX_FILE), settings)
 
 
 class _Tombstones:
@@ -459,8 +463,8 @@ class _HNSW(_Tombstones, _Flat):
         self.index, self._dead, self._sel = fresh.index, set(), None
 
     @classmethod
-    def read(cls, folder, settings, tombstones):
-        return cls(faiss.read_index(str(folder / INDEX_FILE)), settings, tombstones)
+    def read(cls, read, settings, tombstones):
+        return cls(read(INDEX_FILE), settings, tombstones)
 
 
 class _IVFPQ(_Tombstones, _Flat):
@@ -628,9 +632,9 @@ class _IVFPQ(_Tombstones, _Flat):
         return [INDEX_FILE, REFINE_FILE]
 
     @classmethod
-    def read(cls, folder, settings, tombstones):
-        refine = faiss.read_index(str(folder / REFINE_FILE)) if settings.refine else None
-        return cls(faiss.read_index(str(folder / INDEX_FILE)), refine, settings, tombstones)
+    def read(cls, read, settings, tombstones):
+        refine = read(REFINE_FILE) if settings.refine else None
+        return cls(read(INDEX_FILE), refine, settings, tombstones)
 
 
 _BACKENDS = {IndexKind.FLAT: _Flat, IndexKind.HNSW: _HNSW, IndexKind.HNSW_SQ8: _HNSW, IndexKind.IVFPQ: _IVFPQ}
@@ -675,8 +679,11 @@ class MarkIndex:
     """Genuine-mark vectors searchable by cosine, with stable ids and their brand/mark metadata."""
 
     def __init__(self, *, fingerprint: str, dim: int, backend, db: sqlite3.Connection, next_id: int,
-                 recall: float | None = None, recall_target: float | None = None, path: Path | None = None):
+                 recall: float | None = None, recall_target: float | None = None, path: Path | None = None,
+                 meta: dict | None = None):
         self.fingerprint = fingerprint
+        self.meta = meta  # saved as markguard.json inside the folder swap; None: the index carries none
+        self.save_id = ""  # changes with every save: a scan pins it
         self.dim = dim
         self._backend = backend
         self._db = db
@@ -922,22 +929,26 @@ class MarkIndex:
     # ---- files
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index directory atomically: a killed save leaves the previous index in place."""
+        """Write the index folder atomically, ``meta`` included: a killed save leaves the previous index whole."""
         path = Path(path)
         if path.exists() and not (path.is_dir() and ((path / META_FILE).exists() or not any(path.iterdir()))):
             raise MarkguardError(f"{path}: exists and is not a markguard index; choose another path")
-        path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             if self._backend.should_compact():
                 log.info("compacting %s: %d tombstones", path, len(self._backend.tombstones()))
                 self._backend.compact()
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+            tmp = new_folder_beside(path)
             try:
                 files = self._backend.write(tmp)
                 self._write_db(tmp / MARKS_FILE)
                 files.append(MARKS_FILE)
-                meta = {
+                if self.meta is not None:
+                    _write_text(tmp / APP_META, json.dumps(self.meta, indent=2) + "\n")
+                    files.append(APP_META)
+                save_id = uuid.uuid4().hex
+                header = {
                     "format": FORMAT_VERSION,
+                    "save_id": save_id,
                     "fingerprint": self.fingerprint,
                     "dim": self.dim,
                     "kind": self.kind.label,
@@ -951,15 +962,16 @@ class MarkIndex:
                     "saved": _now(),
                     "sha256": {name: _sha256(tmp / name) for name in files},
                 }
-                _write_text(tmp / META_FILE, json.dumps(meta, indent=2) + "\n")
+                _write_text(tmp / META_FILE, json.dumps(header, indent=2) + "\n")
                 for name in files:
-                    _fsync(tmp / name)
-                _fsync(tmp)
-                _swap_in(tmp, path)
+                    os.chmod(tmp / name, file_mode())
+                    fsync_path(tmp / name)
+                fsync_path(tmp)
+                swap_in_folder(tmp, path)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            self._path = path
+            self._path, self.save_id = path, save_id
 
     def _write_db(self, file: Path) -> None:
         with self._db:
@@ -974,62 +986,129 @@ class MarkIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect_fingerprint: str | None = None) -> MarkIndex:
-        """Read an index directory, verifying checksums, counts and (if given) the model fingerprint."""
-        path = _recover(Path(path))
+        """Read an index folder, verifying checksums, counts and (if given) the model fingerprint.
+
+        Every file comes from one save, even while another process saves the same folder (``index
+        add`` during a scan's start): the folder is opened once, and read again if a save replaced it.
+        """
+        path = Path(path)
+        for attempt in range(LOAD_ATTEMPTS):
+            where = recover_folder(path, META_FILE)
+            if not where.is_dir():
+                if attempt + 1 < LOAD_ATTEMPTS and old_of(path).exists():  # between a save's two renames
+                    time.sleep(0.01)
+                    continue
+                raise MarkguardError(f"{path}: no index here; build one with `markguard index build`")
+            try:
+                with FolderSnapshot(where) as snap:
+                    index = cls._read(snap, where)
+            except FolderChanged:
+                time.sleep(0.002 * attempt)
+                continue
+            except FileNotFoundError:
+                if attempt + 1 < LOAD_ATTEMPTS:  # the folder itself went between its check and its opening
+                    continue
+                raise MarkguardError(f"{path}: no index here; build one with `markguard index build`") from None
+            if expect_fingerprint is not None:
+                index.require_fingerprint(expect_fingerprint)
+            return index
+        raise MarkguardError(f"{path}: replaced by another save {LOAD_ATTEMPTS} times while loading; "
+                             f"wait for the `markguard index add/remove` running on it to finish")
+
+    def require_fingerprint(self, fingerprint: str) -> None:
+        """Refuse to search with a model other than the one that built this index."""
+        if fingerprint != self.fingerprint:
+            raise MarkguardError(f"{self._where()}: index was built by model {self.fingerprint} but this model is "
+                                 f"{fingerprint}; rebuild with `markguard index build` using this "
+                                 f"model, or pass the model that built it")
+
+    def require_meta(self) -> dict:
+        """The model and brand settings saved with this index; an index without them is refused, never read as empty."""
+        if self.meta is None:
+            raise MarkguardError(f"{self._where()}: index has no {APP_META} (the model that built it, the brands' "
+                                 f"authorised sellers and thresholds); rebuild it with `markguard index build "
+                                 f"GALLERY -o {self._where()}`")
+        return self.meta
+
+    @classmethod
+    def _read(cls, snap: FolderSnapshot, path: Path) -> MarkIndex:
         meta_file = path / META_FILE
-        if not path.is_dir():
-            raise MarkguardError(f"{path}: no index here; build one with `markguard index build`")
         try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            kind = IndexKind.named(meta["kind"])
-            fingerprint, dim, count = str(meta["fingerprint"]), int(meta["dim"]), int(meta["count"])
-            sums = dict(meta["sha256"])
+            with snap.open(META_FILE) as f:
+                header = json.loads(f.read().decode("utf-8"))
+            kind = IndexKind.named(header["kind"])
+            fingerprint, dim, count = str(header["fingerprint"]), int(header["dim"]), int(header["count"])
+            sums = dict(header["sha256"])
         except FileNotFoundError:
             raise MarkguardError(f"{meta_file}: missing, so {path} is not a complete index; {REBUILD}") from None
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise MarkguardError(f"{meta_file}: unreadable index metadata ({e}); {REBUILD}") from None
-        if meta.get("format") != FORMAT_VERSION:
-            raise MarkguardError(f"{meta_file}: index format {meta.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
-        if expect_fingerprint is not None and expect_fingerprint != fingerprint:
-            raise MarkguardError(f"{path}: index was built by model {fingerprint} but this model is "
-                                 f"{expect_fingerprint}; rebuild with `markguard index build` using this "
-                                 f"model, or pass the model that built it")
+        if header.get("format") != FORMAT_VERSION:
+            raise MarkguardError(f"{meta_file}: index format {header.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
         for name in (INDEX_FILE, MARKS_FILE):
             sums.setdefault(name, None)  # a metadata file listing neither is itself damaged
-        for name, want in sums.items():
-            file = path / name
-            if not file.is_file():
-                raise MarkguardError(f"{file}: missing from the index; restore it or {REBUILD}")
-            if want is None or _sha256(file) != want:
-                raise MarkguardError(f"{file}: checksum mismatch (corrupted or truncated); restore it or {REBUILD}")
-        settings = _settings_from_json(kind, meta.get("settings") or {})
-        db = _memory_db()
-        # copied into memory: later add/remove must not touch the saved file, which a save replaces whole
-        src = sqlite3.connect((path / MARKS_FILE).resolve().as_uri() + "?mode=ro", uri=True)
+        files: dict[str, BinaryIO] = {}
         try:
-            src.backup(db)
-            n_marks = db.execute("SELECT COUNT(*) FROM marks").fetchone()[0]
-            max_id = db.execute("SELECT COALESCE(MAX(id), -1) FROM marks").fetchone()[0]
-            tomb = np.array([r[0] for r in db.execute("SELECT id FROM tombstones")], np.int64)
-            row = db.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
-        except sqlite3.DatabaseError as e:
-            raise MarkguardError(f"{path / MARKS_FILE}: unreadable metadata ({e}); {REBUILD}") from None
+            for name, want in sums.items():
+                if not isinstance(name, str) or "/" in name or name.startswith("."):
+                    raise MarkguardError(f"{meta_file}: lists {name!r}, not a file of an index; {REBUILD}")
+                try:
+                    files[name] = snap.open(name)
+                except (FileNotFoundError, IsADirectoryError):
+                    raise MarkguardError(f"{path / name}: missing from the index; restore it or {REBUILD}") from None
+                if want is None or _sha256_of(files[name]) != want:
+                    raise MarkguardError(f"{path / name}: checksum mismatch (corrupted or truncated); restore it or {REBUILD}")
+            app_meta = None
+            if APP_META in files:
+                app_meta = _json_of(files[APP_META], path / APP_META)
+            elif APP_META not in sums:  # an index saved before the metadata moved inside the save
+                try:
+                    with snap.open(APP_META) as f:
+                        app_meta = _json_of(f, path / APP_META)
+                except FileNotFoundError:
+                    pass
+            db = _memory_db()
+            try:
+                # copied into memory: later add/remove must not touch the saved file, which a save replaces whole
+                files[MARKS_FILE].seek(0)
+                data = files[MARKS_FILE].read()
+                if not data:
+                    raise sqlite3.DatabaseError("empty file")
+                db.deserialize(data)
+                db.executescript(_SCHEMA)
+                n_marks = db.execute("SELECT COUNT(*) FROM marks").fetchone()[0]
+                max_id = db.execute("SELECT COALESCE(MAX(id), -1) FROM marks").fetchone()[0]
+                tomb = np.array([r[0] for r in db.execute("SELECT id FROM tombstones")], np.int64)
+                row = db.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
+            except (sqlite3.DatabaseError, MemoryError) as e:  # MemoryError: sqlite's answer to some garbage
+                raise MarkguardError(f"{path / MARKS_FILE}: unreadable metadata ({e}); {REBUILD}") from None
+            settings = _settings_from_json(kind, header.get("settings") or {})
+
+            def read_faiss(name: str):
+                if name not in files:
+                    raise MarkguardError(f"{path / name}: missing from the index; restore it or {REBUILD}")
+                files[name].seek(0)
+                return faiss.read_index(faiss.PyCallbackIOReader(files[name].read))
+
+            try:
+                backend = _BACKENDS[kind].read(read_faiss, settings, tomb)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise MarkguardError(f"{path / INDEX_FILE}: FAISS cannot read it ({first}); {REBUILD}") from None
         finally:
-            src.close()
-        try:
-            backend = _BACKENDS[kind].read(path, settings, tomb)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise MarkguardError(f"{path / INDEX_FILE}: FAISS cannot read it ({first}); {REBUILD}") from None
+            for f in files.values():
+                f.close()
         if backend.index.d != dim:
             raise MarkguardError(f"{path / INDEX_FILE}: holds {backend.index.d}-dim vectors but {META_FILE} says {dim}; {REBUILD}")
         if not backend.live == n_marks == count:
             raise MarkguardError(f"{path}: {INDEX_FILE} holds {backend.live:,} vectors, {MARKS_FILE} {n_marks:,} "
                                  f"marks, {META_FILE} says {count:,}; the files are from different saves; {REBUILD}")
-        next_id = max(int(row[0]) if row else 0, int(meta.get("next_id", 0)), max_id + 1)
+        next_id = max(int(row[0]) if row else 0, int(header.get("next_id", 0)), max_id + 1)
         index = cls(fingerprint=fingerprint, dim=dim, backend=backend, db=db, next_id=next_id,
-                    recall=meta.get("recall_at_10"), recall_target=meta.get("recall_target"), path=path)
-        param = (meta.get("params") or {}).get(backend.param_name) if backend.param_name else None
+                    recall=header.get("recall_at_10"), recall_target=header.get("recall_target"), path=path,
+                    meta=app_meta)
+        index.save_id = str(header.get("save_id") or header.get("saved") or "")
+        param = (header.get("params") or {}).get(backend.param_name) if backend.param_name else None
         if param is not None:
             backend.set_param(param)
         return index
@@ -1072,53 +1151,20 @@ def _write_text(file: Path, text: str) -> None:
         f.write(text)
 
 
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
+def _sha256_of(f: BinaryIO) -> str:
+    f.seek(0)
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_of(f: BinaryIO, file: Path) -> dict:
+    f.seek(0)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _old_of(path: Path) -> Path:
-    return path.with_name(f".{path.name}.old")
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if fn is None:  # glibc < 2.28
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # kernel or filesystem without it
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Make the complete directory ``tmp`` become ``path``; at no instant is ``path`` a half index."""
-    if not path.exists():
-        os.rename(tmp, path)
-    elif _exchange(tmp, path):
-        shutil.rmtree(tmp)  # now holds the previous index
-    else:
-        # Two renames: a kill between them leaves no ``path`` but a complete ``.name.old``,
-        # which load() falls back to (see _recover).
-        old = _old_of(path)
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old)
-    _fsync(path.parent)
-
-
-def _recover(path: Path) -> Path:
-    if not path.exists() and (_old_of(path) / META_FILE).exists():
-        log.warning("%s: missing after an interrupted save; loading the previous index from %s", path, _old_of(path))
-        return _old_of(path)
-    return path
+        doc = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MarkguardError(f"{file}: not valid JSON ({e}); {REBUILD}") from None
+    if not isinstance(doc, dict):
+        raise MarkguardError(f"{file}: holds a {type(doc).__name__}, not an object; {REBUILD}")
+    return doc

@@ -34,7 +34,6 @@ from markguard.model import compile_backbone
 
 STATE = "scan.json"
 SUMMARY = "summary.json"
-INDEX_META = "markguard.json"  # beside an index: the model that built it and the brands' settings
 
 
 @dataclass
@@ -132,11 +131,8 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
             raise MarkguardError(f"two indexes are named {name!r}; matches say which index they came from by folder name, so give them different folder names")
     for p, name in zip(index_paths, names):
         p = Path(p)
-        meta_path = p / INDEX_META
-        try:
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        except (OSError, json.JSONDecodeError) as e:
-            raise MarkguardError(f"{meta_path}: unreadable ({e}); rebuild the index with `markguard index build`") from None
+        index = MarkIndex.load(p)  # the vectors and their metadata, from one save
+        meta = index.require_meta()
         mpath = model_path if model_path is not None else meta.get("model")
         if mpath is not None and not Path(mpath).exists() and model_path is None:
             mpath = None  # the recorded model moved: fall back to the shipped default, the fingerprint check decides
@@ -152,7 +148,7 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
                 models[key] = load_backend(mpath, backend, device=device)
         model, card = models[key]
         try:
-            index = MarkIndex.load(p, expect_fingerprint=card.fingerprint)
+            index.require_fingerprint(card.fingerprint)
         except MarkguardError as e:
             hint = "" if model_path is None else f" (model given with -m {model_path})"
             raise MarkguardError(f"{e}{hint}") from None
