@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from markguard import __version__
 from markguard.errors import MarkguardError
-from markguard.fsio import atomic_write_text
+from markguard.fsio import atomic_path, atomic_write_text
 from markguard.model import EmbeddingModel
 
 WEIGHTS = "model.safetensors"
@@ -93,13 +91,8 @@ def save_checkpoint(model: EmbeddingModel, card: ModelCard, out_dir: str | Path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     card = dataclasses.replace(card, fingerprint=fingerprint(state, card),
                                created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".weights.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"fingerprint": card.fingerprint})
-        os.replace(tmp, out_dir / WEIGHTS)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(out_dir / WEIGHTS) as tmp:  # renamed in whole, with the umask's mode
+        save_file(state, str(tmp), metadata={"fingerprint": card.fingerprint})
     atomic_write_text(out_dir / CARD, json.dumps(dataclasses.asdict(card), indent=2))
     return card
 
