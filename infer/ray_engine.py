@@ -106,7 +106,7 @@ class ScanActor:
         times = StageTimes()
         t = time.perf_counter()
         decoded = decode_items(items, size=self.size, mean=self.mean, std=self.std)
-        times.seconds["decode"] += time.perf_counter() - t
+        times.add("decode", t)
         rows = process_batch(decoded, self.searchers, self.policy, self.opts, times)
         return {"index": np.array([it.index for it in items], dtype=np.int64),
                 "row": np.array([json.dumps(r.to_json()) for r in rows], dtype=object),
@@ -162,6 +162,5 @@ def ray_rows(source, searchers, policy, opts, *, skip: int = 0, times=None) -> I
             raise MarkguardError(f"ray engine returned item {rec['index']} after {last}; rows out of order")
         last = rec["index"]
         if times is not None:
-            for k, v in json.loads(rec["times"]).items():
-                times.seconds[k] = times.seconds.get(k, 0.0) + v
+            times.merge(json.loads(rec["times"]))
         yield _row_from_json(json.loads(rec["row"]))

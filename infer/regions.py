@@ -23,6 +23,15 @@ class RegionMode(str, Enum):
     learned = "learned"  # the model's proposal head, plus the whole photo
     learned_grid = "learned+grid"  # learned proposals, the whole photo and a coarse grid, for recall when the head is unsure
 
+    @classmethod
+    def named(cls, value, where: str = "--regions") -> RegionMode:
+        """The mode spelled ``value``; ``where`` names the setting it came from, for the one-line error."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise MarkguardError(f"{where}: unknown region mode {value!r}; choose one of "
+                                 f"{', '.join(m.value for m in cls)}") from None
+
 
 def _positions(extent: float, side: float, stride: float) -> list[float]:
     if side >= extent:
@@ -104,10 +113,7 @@ def select_regions(mode: RegionMode, model, card, fmap, valid: list[tuple[int, i
 
     Every mode's first box is the whole image, so a photo that is all mark (a pack shot) still matches.
     """
-    try:
-        mode = RegionMode(mode)
-    except ValueError:
-        raise MarkguardError(f"unknown region mode '{mode}'; choose one of {', '.join(m.value for m in RegionMode)}") from None
+    mode = RegionMode.named(mode)
     whole = [torch.tensor([[0.0, 0.0, float(w), float(h)]]) for w, h in valid]
     if mode is RegionMode.none:
         return whole

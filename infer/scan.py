@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from markguard.checkpoint import ModelCard, load_checkpoint
+from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkpoint
 from markguard.datasets.listings import open_dump, shard
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
@@ -89,14 +89,23 @@ class ScanOptions:
     compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
 
 
+STAGES = ("decode", "regions", "embed", "search", "verify", "decide", "write")  # always reported, in this order
+
+
 @dataclass
 class StageTimes:
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("decode", "regions", "embed", "search", "verify", "decide", "write"), 0.0))
+    """Seconds spent in each stage; a stage not in STAGES is added the first time it is timed."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     def add(self, stage: str, t0: float) -> float:
         now = time.perf_counter()
-        self.seconds[stage] += now - t0
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - t0
         return now
+
+    def merge(self, seconds: dict[str, float]) -> None:
+        for k, v in seconds.items():
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
 
 
 def resolve_decode(decode: str, device: str) -> str:
@@ -158,6 +167,14 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
     return searchers
 
 
+def region_mode(s: Searcher, opts: ScanOptions) -> RegionMode:
+    """The region mode a searcher scans with: ``--regions`` if given, else its model card's ``regions.mode``."""
+    if opts.regions:
+        return RegionMode.named(opts.regions)
+    card_file = (s.model_dir or DEFAULT_MODEL_DIR) / CARD
+    return RegionMode.named(s.card.regions.get("mode", "grid"), f"{card_file}: field regions.mode")
+
+
 def _embed_tiles(s: Searcher, x: torch.Tensor, boxes: list[torch.Tensor], device: str, precision: str):
     """The slow baseline: crop every region, resize it to the training input and run the backbone on it."""
     from torchvision.ops import roi_align
@@ -180,7 +197,7 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         t = times.add("decode", t)
     per_image: list[list[Match]] = [[] for _ in batch.ok]
     for s in searchers:
-        mode = RegionMode(opts.regions or s.card.regions.get("mode", "grid"))
+        mode = region_mode(s, opts)
         x, valid = batch.x, batch.valid
         factor = 1.0
         if x.shape[-1] != s.card.scan_size and len(x):
@@ -247,6 +264,8 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
               times: StageTimes | None = None, full_matches: bool = False) -> Iterator[ScanRow]:
     """The pipeline as a generator of rows, in input order, after skipping ``skip`` inputs."""
     times = times or StageTimes()
+    for s in searchers:
+        region_mode(s, opts)  # a bad mode fails here, in the main process, not in the first batch
     if opts.engine == "ray":
         from markguard.infer.ray_engine import ray_rows
 
@@ -262,7 +281,7 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
     for batch in batch_loader(ds, opts.workers):
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)
-        times.seconds["decode"] += batch.decode_s
+        times.merge({"decode": batch.decode_s})
         yield from process_batch(batch, searchers, policy, opts, times)
 
 
@@ -423,7 +442,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
         t = time.perf_counter()
         results = bg.finish()
-        times.seconds["write"] += bg.seconds + (time.perf_counter() - t)
+        times.merge({"write": bg.seconds + (time.perf_counter() - t)})
     finally:
         bg.close()
         bar.close()
@@ -432,7 +451,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     if "parquet" in formats:
         t = time.perf_counter()
         extra["parquet"] = str(write_parquet(results, out_dir / PARQUET))
-        times.seconds["write"] += time.perf_counter() - t
+        times.add("write", t)
     references = {}
     for s in searchers:
         for rec in s.index.records():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,3 +252,32 @@ def test_several_indexes_in_one_pass(world, scanned, tmp_path):
         assert [b for b, _ in mine] == [b for b, _ in alone]
         assert [s for _, s in mine] == pytest.approx([s for _, s in alone], abs=0.02)
     assert seen == {"index", "logos"}
+
+
+def test_stage_times_take_new_stages():
+    from markguard.infer.scan import StageTimes
+
+    times = StageTimes()
+    times.add("evidence", time.perf_counter() - 0.5)  # a stage this module never heard of
+    times.merge({"evidence": 0.25, "decode": 1.0})
+    assert times.seconds["evidence"] == pytest.approx(0.75, abs=0.05) and times.seconds["decode"] == 1.0
+
+
+def test_unknown_region_mode_in_a_model_card_is_one_line(world, tmp_path):
+    from markguard.checkpoint import load_checkpoint
+
+    model = tmp_path / "model"
+    card = ModelCard(backbone="resnet10t", dim=32, input_size=48, scan_size=64, regions={"mode": "everywhere"})
+    save_checkpoint(create_model(card), card, model)  # a card from elsewhere: its fingerprint is sound
+    try:
+        load_checkpoint(model)
+    except MarkguardError as e:  # a card check at load time is just as good: one line naming the field
+        assert "regions" in str(e) and "\n" not in str(e)
+        return
+    index = tmp_path / "index"
+    build_index(world.gallery, index, model=model, device="cpu")
+    with pytest.raises(MarkguardError) as e:
+        run_scan(world.dump, [index], tmp_path / "out", opts=OPTS, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "regions.mode" in msg and "everywhere" in msg and "learned+grid" in msg
+    assert str(model / "model_card.json") in msg
