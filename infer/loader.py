@@ -28,6 +28,8 @@ class Batch:
     errors: dict[int, str] = field(default_factory=dict)  # position → reason
     decode_s: float = 0.0
     pending: list[PendingJpeg] = field(default_factory=list)  # JPEGs left for the model's device to decode
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # what ``x`` is normalised with (each model renormalises to its own)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
 
 @dataclass
@@ -115,10 +117,10 @@ def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: 
         to_orig.append((sx / lb.factor, sy / lb.factor))
         orig.append(dec.orig_size)
     x = torch.stack(tensors) if tensors else torch.zeros(0, 3, size, size)
-    return Batch(chunk, x, ok, valid, to_orig, orig, errors, pending=pending)
+    return Batch(chunk, x, ok, valid, to_orig, orig, errors, pending=pending, mean=tuple(mean), std=tuple(std))
 
 
-def finish_decode(batch: Batch, *, size: int, mean, std, device: str) -> None:
+def finish_decode(batch: Batch, *, size: int, device: str) -> None:
     """Decode ``batch.pending`` JPEGs in one batched call on ``device`` (nvJPEG on a GPU), orient,
     letterbox and normalise them there, and merge them with the rest of the batch in input order.
 
@@ -130,6 +132,7 @@ def finish_decode(batch: Batch, *, size: int, mean, std, device: str) -> None:
     import torch.nn.functional as F
 
     imgs = _decode_jpegs([p.data for p in batch.pending], device)
+    mean, std = batch.mean, batch.std
     m = torch.tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
     sd = torch.tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
     done = {pos: (x.to(device), v, t, o) for pos, x, v, t, o in zip(batch.ok, batch.x, batch.valid, batch.to_orig, batch.orig_size)}
@@ -154,6 +157,19 @@ def finish_decode(batch: Batch, *, size: int, mean, std, device: str) -> None:
     batch.to_orig = [done[pos][2] for pos in batch.ok]
     batch.orig_size = [done[pos][3] for pos in batch.ok]
     batch.pending = []
+
+
+def renormalise(x: torch.Tensor, valid: list[tuple[int, int]], frm: tuple, to: tuple) -> torch.Tensor:
+    """``x`` normalised with ``frm`` = (mean, std) as if normalised with ``to``; the letterbox padding stays
+    zero (the mean colour of ``to``), exactly as a batch decoded with ``to`` would have it."""
+    if tuple(frm[0]) == tuple(to[0]) and tuple(frm[1]) == tuple(to[1]):
+        return x
+    view = lambda v: torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)  # noqa: E731
+    out = (x * view(frm[1]) + view(frm[0]) - view(to[0])) / view(to[1])
+    for i, (w, h) in enumerate(valid):
+        out[i, :, h:, :] = 0
+        out[i, :, :, w:] = 0
+    return out
 
 
 def _decode_jpegs(datas: list[torch.Tensor], device: str) -> list[torch.Tensor | None]:

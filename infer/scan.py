@@ -26,7 +26,7 @@ from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
 from markguard.infer.decide import Match, Policy, resolve_policy
 from markguard.infer.embed import embed_regions, feature_maps
-from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_loader, finish_decode
+from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_loader, finish_decode, renormalise
 from markguard.infer.regions import RegionMode, select_regions
 from markguard.infer.search import search_batch
 from markguard.infer.writer import PARQUET, RESULTS, BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
@@ -192,13 +192,14 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
     """Regions, embed, search and decide for one decoded batch (finishing its decode on the device first, if asked)."""
     t = time.perf_counter()
     if batch.pending:
-        card = searchers[0].card
-        finish_decode(batch, size=max(s.card.scan_size for s in searchers), mean=card.mean, std=card.std, device=opts.device)
+        finish_decode(batch, size=max(s.card.scan_size for s in searchers), device=opts.device)
         t = times.add("decode", t)
     per_image: list[list[Match]] = [[] for _ in batch.ok]
     for s in searchers:
         mode = region_mode(s, opts)
-        x, valid = batch.x, batch.valid
+        valid = batch.valid
+        # decoded once for every index; each model sees the photo normalised by its own card
+        x = renormalise(batch.x, valid, (batch.mean, batch.std), (s.card.mean, s.card.std))
         factor = 1.0
         if x.shape[-1] != s.card.scan_size and len(x):
             factor = s.card.scan_size / x.shape[-1]
