@@ -14,7 +14,7 @@ def test_wheel_builds_and_imports_outside_the_checkout(tmp_path):
                    check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("markguard-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for expected in ("markguard/datasets/decode.py", "markguard/train/loop.py", "markguard/infer/scan.py",
+    for expected in ("markguard/datasets/decode.py", "markguard/train/loop.py", "markguard/infer/scan.py", "markguard/infer/index/store.py",
                      "markguard/train/recipes/logo.yaml", "markguard/commands/scan.py"):
         assert expected in names, expected
     site = tmp_path / "site"

@@ -7,12 +7,14 @@ import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
+import faiss
 import numpy as np
 import pytest
 
 from markguard import fsio
 from markguard.errors import MarkguardError
 from markguard.infer import index as index_mod
+from markguard.infer.index import store as index_store
 from markguard.infer.index import IndexKind, MarkIndex, MarkRecord, choose_kind, recall_at_k
 
 DIM = 32
@@ -307,7 +309,7 @@ def test_failed_save_keeps_previous_index(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_mod, "_write_text", boom)  # dies after index.faiss and marks.sqlite are written
+    monkeypatch.setattr(index_store, "_write_text", boom)  # dies after index.faiss and marks.sqlite are written
     with pytest.raises(OSError):
         idx.save(path)
     assert len(MarkIndex.load(path)) == 200
@@ -342,11 +344,11 @@ def test_killed_save_keeps_previous_index(tmp_path):
     path = _saved(tmp_path)
     child = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from markguard.infer import index as m
-        idx = m.MarkIndex.load({str(path)!r})
+        from markguard.infer.index import MarkIndex, store
+        idx = MarkIndex.load({str(path)!r})
         x = np.load({str(tmp_path / 'x.npy')!r})
         idx.add(x, [{{"brand": "k", "mark": "k"}}] * len(x))
-        m._write_text = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        store._write_text = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
         idx.save({str(path)!r})
     """)
     np.save(tmp_path / "x.npy", X[200:260])
@@ -367,17 +369,17 @@ def test_memory_estimate_matches_the_built_index(built, kind):
 def test_gpu_search_is_used_for_flat_indexes_and_kept_in_step(monkeypatch):
     # this faiss has no GPUs: an honest message and unchanged CPU search
     idx = build("flat", X[:300])
-    if not hasattr(index_mod.faiss, "StandardGpuResources"):
+    if not hasattr(faiss, "StandardGpuResources"):
         assert idx.use_gpu().startswith("CPU search (this faiss has no GPU support")
     # the logic around faiss-gpu, with a stand-in for index_cpu_to_all_gpus that clones on the host
     copies = []
 
     def fake_to_gpus(index):
-        copies.append(index_mod.faiss.clone_index(index))
+        copies.append(faiss.clone_index(index))
         return copies[-1]
 
-    monkeypatch.setattr(index_mod.faiss, "get_num_gpus", lambda: 2, raising=False)
-    monkeypatch.setattr(index_mod.faiss, "index_cpu_to_all_gpus", fake_to_gpus, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", fake_to_gpus, raising=False)
     assert build("hnsw", X[:300]).use_gpu().startswith("CPU search (hnsw")
     assert idx.use_gpu() == "GPU search on 2 GPU(s)" and len(copies) == 1
     q = X[:5]
@@ -421,13 +423,13 @@ def test_kill_right_after_the_swap_keeps_the_meta(tmp_path, monkeypatch):
     idx.save(tmp_path / "ix")
     idx.add(X[50:60], recs(10, 50))
     idx.meta = {"brands": {"b0": {}, "b1": {}}, "model": None}
-    real = index_mod.swap_in_folder
+    real = index_store.swap_in_folder
 
     def swap_then_die(tmp, path):
         real(tmp, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(index_mod, "swap_in_folder", swap_then_die)
+    monkeypatch.setattr(index_store, "swap_in_folder", swap_then_die)
     with pytest.raises(KeyboardInterrupt):
         idx.save(tmp_path / "ix")
     back = MarkIndex.load(tmp_path / "ix")
