@@ -5,23 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from markguard.errors import MarkguardError
-
-
-@dataclass
-class Match:
-    """One candidate mark in one photo; ``box`` is in original pixels."""
-
-    brand: str
-    mark: str
-    score: float
-    box: list[int] | None
-    index: str | None = None  # which index it came from, when a scan searches several
-
-    def to_json(self) -> dict:
-        d = {"brand": self.brand, "mark": self.mark, "score": round(float(self.score), 4), "box": self.box}
-        if self.index is not None:
-            d["index"] = self.index
-        return d
+from markguard.infer.results import Match
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from markguard.errors import MarkguardError
+from markguard.infer.results import ScanRow
 
 ITEM_FIELDS = ("index", "listing_id", "image", "seller_id", "title", "path", "data", "error")
 READ_BLOCK_ROWS = 256
@@ -114,15 +115,6 @@ class ScanActor:
                 "times": np.array([json.dumps(times.seconds)] + ["{}"] * (len(rows) - 1), dtype=object)}
 
 
-def _row_from_json(d: dict):
-    from markguard.infer.decide import Match
-    from markguard.infer.scan import ScanRow
-
-    matches = [Match(m["brand"], m["mark"], m["score"], m["box"], m.get("index")) for m in d["matches"]]
-    return ScanRow(d["listing_id"], d["image"], d["seller_id"], d["status"], d["score"], d["brand"], d["mark"], d["box"],
-                   matches, d["error"])
-
-
 def _rows_or_run_error(ray, ds) -> Iterator[dict]:
     """The dataset's rows; a MarkguardError raised in a task (a bad manifest line) comes back as itself."""
     try:
@@ -163,4 +155,4 @@ def ray_rows(source, searchers, policy, opts, *, skip: int = 0, times=None) -> I
         last = rec["index"]
         if times is not None:
             times.merge(json.loads(rec["times"]))
-        yield _row_from_json(json.loads(rec["row"]))
+        yield ScanRow.from_json(json.loads(rec["row"]))

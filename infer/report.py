@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from markguard.fsio import atomic_write_bytes
 from markguard.errors import DecodeError, MarkguardError
+from markguard.infer.results import RESULTS, SUMMARY, ScanRow, read_results, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -31,39 +32,32 @@ THUMBS = Path("report") / "thumbs"
 
 @dataclass
 class ReportRow:
-    """One listing as the page shows it; ``thumb``/``ref`` are file names under report/thumbs/."""
+    """How the page shows one result row: its thumbnails, the boxes worth drawing, and notes; ``thumb``/``ref``
+    are file names under report/thumbs/."""
 
     order: int  # line number in results.jsonl, so equal scores keep the scan's order
-    listing_id: str
-    image: str
-    seller_id: str | None
-    status: str
-    score: float | None
-    brand: str | None
-    mark: str | None
+    result: ScanRow
     boxes: list[list[float]]  # best box first
-    matches: list[dict]
     title: str | None = None
     thumb: str = PLACEHOLDER
     ref: str | None = None
     note: str | None = None  # why the listing photo could not be shown
 
     def to_js(self) -> dict:
+        r = self.result
         return {
-            "id": self.listing_id,
-            "seller": self.seller_id,
+            "id": r.listing_id,
+            "seller": r.seller_id,
             "title": self.title,
-            "status": self.status,
-            "score": None if self.score is None else round(self.score, 4),
-            "brand": self.brand,
-            "mark": self.mark,
+            "status": r.status,
+            "score": None if r.score is None else round(r.score, 4),
+            "brand": r.brand,
+            "mark": r.mark,
             "thumb": self.thumb,
             "ref": self.ref,
             "note": self.note,
-            "matches": [
-                {"brand": m.get("brand"), "mark": m.get("mark"), "score": _score(m.get("score"))}
-                for m in self.matches[1:6]  # the best is the row itself; five more is plenty to read
-            ],
+            # the best is the row itself; five more is plenty to read
+            "matches": [{"brand": m.brand, "mark": m.mark, "score": m.score} for m in r.matches[1:6]],
         }
 
 
@@ -73,7 +67,7 @@ class ScanOutput:
 
     summary: dict
     rows: list[ReportRow] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
+    errors: list[ScanRow] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     n_errors: int = 0
 
@@ -101,7 +95,7 @@ def write_report(
         if stale.name not in written:
             stale.unlink()
 
-    scan.rows.sort(key=lambda r: (-r.score if r.score is not None else math.inf, r.order))
+    scan.rows.sort(key=lambda r: (-r.result.score if r.result.score is not None else math.inf, r.order))
     payload = {"rows": [r.to_js() for r in scan.rows]}
     # ensure_ascii keeps U+2028/2029 and any odd bytes out of the script; the file is never parsed as HTML
     js = "window.MARKGUARD_REPORT = " + json.dumps(payload, ensure_ascii=True, separators=(",", ":")) + ";\n"
@@ -115,56 +109,22 @@ def write_report(
 
 def read_scan_output(out_dir: Path, statuses: tuple[str, ...]) -> ScanOutput:
     """Read summary.json and stream results.jsonl, keeping only the rows the report shows."""
-    summary_path, results_path = out_dir / "summary.json", out_dir / "results.jsonl"
-    for p in (results_path, summary_path):
-        if not p.is_file():
-            raise MarkguardError(f"{p}: not found; run `markguard scan DUMP -o {out_dir}` first")
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MarkguardError(f"{summary_path}: not valid JSON ({e}); re-run `markguard scan DUMP -o {out_dir}`") from None
-    if not isinstance(summary, dict):
-        raise MarkguardError(f"{summary_path}: expected a JSON object; re-run `markguard scan DUMP -o {out_dir}`")
-
-    scan = ScanOutput(summary)
-    with results_path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as e:  # JSONDecodeError is a ValueError
-                raise MarkguardError(
-                    f"{results_path}:{n}: not a valid result row ({e}); re-run `markguard scan DUMP -o {out_dir}` to finish or redo it"
-                ) from None
-            status = str(rec.get("status"))
-            scan.counts[status] = scan.counts.get(status, 0) + 1
-            if status == "error":
-                scan.n_errors += 1
-                if len(scan.errors) < MAX_ERRORS_LISTED:
-                    scan.errors.append(rec)
-            elif status in statuses:
-                scan.rows.append(_row(n, rec))
+    fix = f"re-run `markguard scan DUMP -o {out_dir}` to finish or redo it"
+    if not (out_dir / RESULTS).is_file():
+        raise MarkguardError(f"{out_dir / RESULTS}: not found; run `markguard scan DUMP -o {out_dir}` first")
+    if not (out_dir / SUMMARY).is_file():
+        raise MarkguardError(f"{out_dir / SUMMARY}: not found; run `markguard scan DUMP -o {out_dir}` first")
+    scan = ScanOutput(read_summary(out_dir, fix=fix))
+    for n, row in enumerate(read_results(out_dir / RESULTS, fix=fix), 1):
+        scan.counts[row.status] = scan.counts.get(row.status, 0) + 1
+        if row.status == "error":
+            scan.n_errors += 1
+            if len(scan.errors) < MAX_ERRORS_LISTED:
+                scan.errors.append(row)
+        elif row.status in statuses:
+            boxes = [b for b in [row.box] + [m.box for m in row.matches[1:]] if _valid_box(b)]
+            scan.rows.append(ReportRow(n, row, boxes))
     return scan
-
-
-def _row(n: int, rec: dict) -> ReportRow:
-    matches = [m for m in rec.get("matches") or [] if isinstance(m, dict)]
-    boxes = [b for b in [rec.get("box")] + [m.get("box") for m in matches[1:]] if _valid_box(b)]
-    return ReportRow(
-        order=n,
-        listing_id=_text(rec.get("listing_id")) or "",
-        image=_text(rec.get("image")) or "",
-        seller_id=_text(rec.get("seller_id")),
-        status=str(rec.get("status")),
-        score=_score(rec.get("score")),
-        brand=_text(rec.get("brand")),
-        mark=_text(rec.get("mark")),
-        boxes=boxes,
-        matches=matches,
-    )
 
 
 def _listing_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: set[str]) -> list[str]:
@@ -175,7 +135,7 @@ def _listing_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: set[
     wanted: dict[str, list[ReportRow]] = {}
     for row in scan.rows:
         row.note = "not found in the dump"  # cleared when the dump yields the image
-        wanted.setdefault(row.image, []).append(row)
+        wanted.setdefault(row.result.image, []).append(row)
     if not wanted:
         return []
     source = scan.summary.get("input")
@@ -204,7 +164,7 @@ def _listing_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: set[
             else:
                 reason = None
                 for row in rows:
-                    name = "l-" + _digest(row.image, json.dumps(row.boxes)) + ".jpg"
+                    name = "l-" + _digest(row.result.image, json.dumps(row.boxes)) + ".jpg"
                     if name not in written:
                         atomic_write_bytes(thumbs_dir / name, _jpeg(_listing_thumb(decoded.image, decoded.orig_size, row.boxes, size)))
                         written.add(name)
@@ -235,9 +195,9 @@ def _reference_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: se
     made: dict[str, str | None] = {}
     missing = 0
     for row in scan.rows:
-        if not row.brand or not row.mark:
+        if not row.result.brand or not row.result.mark:
             continue
-        key = f"{row.brand}/{row.mark}"
+        key = f"{row.result.brand}/{row.result.mark}"
         if key not in made:
             made[key] = None
             path = refs.get(key)
@@ -296,7 +256,7 @@ def _render_html(scan: ScanOutput, statuses: tuple[str, ...], page_size: int, no
         for s in known + sorted(set(scan.counts) - set(known))
     )
     status_options = "".join(f'<option value="{e(s)}">{e(s)}</option>' for s in statuses)
-    brands = sorted({r.brand for r in scan.rows if r.brand})
+    brands = sorted({r.result.brand for r in scan.rows if r.result.brand})
     brand_options = "".join(f'<option value="{e(b)}">{e(b)}</option>' for b in brands)
     sizes = sorted({25, 50, 100, 200, page_size})
     size_options = "".join(f'<option value="{n}"{" selected" if n == page_size else ""}>{n}</option>' for n in sizes)
@@ -304,8 +264,7 @@ def _render_html(scan: ScanOutput, statuses: tuple[str, ...], page_size: int, no
 
     if scan.n_errors:
         err_rows = "".join(
-            f"<tr><td>{e(_text(r.get('listing_id')) or '')}</td><td>{e(_text(r.get('image')) or '')}</td>"
-            f"<td>{e(_text(r.get('error')) or 'no reason given')}</td></tr>"
+            f"<tr><td>{e(r.listing_id)}</td><td>{e(r.image)}</td><td>{e(r.error or 'no reason given')}</td></tr>"
             for r in scan.errors
         )
         more = scan.n_errors - len(scan.errors)
@@ -357,14 +316,6 @@ def _digest(*parts: str) -> str:
 
 def _text(v) -> str | None:
     return None if v is None else str(v)
-
-
-def _score(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _valid_box(b) -> bool:

@@ -24,35 +24,15 @@ from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkp
 from markguard.datasets.listings import open_dump, shard
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
-from markguard.infer.decide import Match, Policy, resolve_policy
+from markguard.infer.decide import Policy, resolve_policy
 from markguard.infer.embed import embed_regions, feature_maps
 from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_loader, finish_decode, renormalise
 from markguard.infer.regions import RegionMode, select_regions
 from markguard.infer.search import search_batch
-from markguard.infer.writer import PARQUET, RESULTS, BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
+from markguard.infer.results import PARQUET, PARTIAL, RESULTS, STATE, SUMMARY, Match, ScanRow, read_results, read_summary
+from markguard.infer.writer import BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
 from markguard.model import compile_backbone
 
-STATE = "scan.json"
-SUMMARY = "summary.json"
-
-
-@dataclass
-class ScanRow:
-    listing_id: str
-    image: str
-    seller_id: str | None
-    status: str
-    score: float | None
-    brand: str | None
-    mark: str | None
-    box: list[int] | None
-    matches: list[Match]
-    error: str | None = None
-
-    def to_json(self) -> dict:
-        return {"listing_id": self.listing_id, "image": self.image, "seller_id": self.seller_id, "status": self.status,
-                "score": None if self.score is None else round(float(self.score), 4), "brand": self.brand, "mark": self.mark,
-                "box": self.box, "matches": [m.to_json() for m in self.matches], "error": self.error}
 
 
 @dataclass
@@ -404,13 +384,13 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         if previous != state:
             raise MarkguardError(f"{out_dir}: holds the output of another scan ({previous.get('input')}); choose a new -o folder or delete it")
         if (out_dir / RESULTS).exists() and (out_dir / SUMMARY).exists():
-            summary = json.loads((out_dir / SUMMARY).read_text())
+            summary = read_summary(out_dir)
             if "parquet" in formats and not (out_dir / PARQUET).exists():
                 summary["parquet"] = str(write_parquet(out_dir / RESULTS, out_dir / PARQUET))
                 atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
             summary["note"] = "already finished; nothing to do"
             return summary
-        if (out_dir / "results.jsonl.partial").exists() and not resume:
+        if (out_dir / PARTIAL).exists() and not resume:
             raise MarkguardError(f"{out_dir}: an unfinished scan is here; pass --resume to continue it, or delete the folder to start over")
     elif any(out_dir.iterdir()):
         raise MarkguardError(f"{out_dir}: folder is not empty and holds no markguard scan; choose a new -o folder")
@@ -420,8 +400,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     skipped = writer.rows
     counts: Counter = Counter()
     if skipped:  # counts of the rows already written, so the summary covers the whole scan
-        with open(writer.path, encoding="utf-8") as f:
-            counts.update(json.loads(line)["status"] for line in f)
+        counts.update(row.status for row in read_results(writer.path))
     total = _total(source, opts.shard)
     bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress)
     times = StageTimes()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from markguard.errors import DecodeError, MarkguardError
-from markguard.infer.decide import Match
+from markguard.infer.results import Match
 
 METHODS = ("sift", "orb")
 REF_PAD = 16  # white border around a reference: detectors skip a band near the image edge

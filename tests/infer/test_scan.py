@@ -22,7 +22,7 @@ from markguard.checkpoint import ModelCard, create_model, save_checkpoint
 from markguard.errors import MarkguardError
 from markguard.infer.build import build_index
 from markguard.infer.scan import Progress, ScanOptions, run_scan
-from markguard.infer.writer import ROW_KEYS, check_rows
+from markguard.infer.results import ROW_KEYS, check_rows
 
 HOSTILE = {  # listing_id → (image_path, expected reason fragment)
     "X-empty": ("empty.jpg", ""),
