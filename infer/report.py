@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import re
+from importlib import resources
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +29,7 @@ OTHER_BOX = (255, 170, 0)  # further matches, so the eye goes to the best one fi
 PLACEHOLDER = "unavailable.jpg"
 MAX_ERRORS_LISTED = 2000  # a broken dump can error on every row; the page must stay openable
 THUMBS = Path("report") / "thumbs"
+ASSETS = "report_assets"  # package data: page.html, report.css, report.js
 
 
 @dataclass
@@ -297,7 +299,17 @@ def _render_html(scan: ScanOutput, statuses: tuple[str, ...], page_size: int, no
         "ERRORS": errors,
     }
     # one pass, so a value that happens to contain "{{...}}" is never substituted again
-    return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m.group(1)], _PAGE)
+    return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m.group(1)], _page_template())
+
+
+def _page_template() -> str:
+    """page.html with its stylesheet and script inlined: the report is one file a reviewer can open anywhere.
+
+    All text from the scan is escaped above (html.escape) or set with textContent in report.js, never innerHTML.
+    """
+    assets = resources.files("markguard.infer") / ASSETS
+    page, css, js = ((assets / name).read_text(encoding="utf-8") for name in ("page.html", "report.css", "report.js"))
+    return page.replace("{{STYLE}}", css).replace("{{SCRIPT}}", js)
 
 
 
@@ -326,255 +338,3 @@ def _valid_box(b) -> bool:
     except (TypeError, ValueError):
         return False
     return all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x1 > x0 and y1 > y0
-
-
-# The page: all text from the scan is escaped above (html.escape) or set with textContent below, never innerHTML.
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>{{TITLE}}</title>
-<style>
-:root { --fg:#1d1d1f; --muted:#6b6b73; --line:#e3e3e8; --bg:#fafafb; }
-* { box-sizing: border-box; }
-body { margin:0; font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--fg); background:var(--bg); }
-header { padding:16px 24px 8px; background:#fff; border-bottom:1px solid var(--line); }
-h1 { font-size:20px; margin:0 0 4px; }
-.meta { color:var(--muted); margin:0 0 10px; word-break:break-all; }
-.counts { list-style:none; display:flex; flex-wrap:wrap; gap:8px; padding:0; margin:0 0 8px; }
-.counts li { padding:4px 10px; border-radius:14px; background:#eee; }
-.counts b { font-size:16px; margin-right:3px; }
-.st-flag { background:#fde2e1 !important; color:#a1110a; }
-.st-review { background:#fff1cc !important; color:#7a5300; }
-.st-allowed { background:#dcefff !important; color:#0b4f8a; }
-.st-pass { background:#e4f6e4 !important; color:#1d6b1d; }
-.st-error { background:#ececec !important; color:#444; }
-.note { margin:8px 24px; padding:8px 12px; background:#fff6d6; border:1px solid #f0dc8a; border-radius:6px; }
-#controls { display:flex; flex-wrap:wrap; gap:12px; align-items:end; padding:12px 24px; position:sticky; top:0; background:var(--bg); border-bottom:1px solid var(--line); z-index:1; }
-#controls label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); gap:2px; }
-#controls select, #controls input { font:inherit; padding:4px 6px; }
-#controls input[type=search] { width:240px; }
-.pager { display:flex; gap:10px; align-items:center; margin-left:auto; }
-.pager button { font:inherit; padding:4px 12px; }
-main { padding:8px 24px 24px; }
-table.rows { border-collapse:collapse; width:100%; background:#fff; border:1px solid var(--line); }
-table.rows th, table.rows td { padding:8px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
-table.rows th { font-size:12px; color:var(--muted); font-weight:600; background:#f4f4f6; }
-.pics { display:flex; gap:8px; align-items:flex-start; }
-.pics figure { margin:0; }
-.pics img { display:block; max-width:min(192px, 22vw); max-height:192px; border:1px solid var(--line); background:#f0f0f0; }
-.pics figcaption { font-size:11px; color:var(--muted); }
-.id { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; overflow-wrap:anywhere; }
-.title { color:var(--muted); }
-.score { font-variant-numeric:tabular-nums; font-weight:600; }
-.badge { display:inline-block; padding:2px 8px; border-radius:10px; font-size:12px; }
-.more { font-size:12px; color:var(--muted); }
-.photo-note { font-size:11px; color:#a1110a; max-width:192px; }
-#empty { padding:40px; text-align:center; font-size:18px; color:var(--muted); background:#fff; border:1px solid var(--line); }
-#errors { margin:16px 24px 32px; }
-#errors summary { cursor:pointer; font-weight:600; }
-#errors table { border-collapse:collapse; margin-top:8px; background:#fff; }
-#errors td, #errors th { border:1px solid var(--line); padding:4px 8px; text-align:left; word-break:break-all; }
-</style>
-</head>
-<body>
-<header>
-<h1>{{TITLE}}</h1>
-<p class="meta">Scan of <code>{{SOURCE}}</code> &middot; showing {{SHOWN}} &middot; generated {{GENERATED}}</p>
-<ul class="counts" id="counts">{{COUNTS}}</ul>
-</header>
-{{NOTES}}
-<form id="controls" onsubmit="return false">
-<label>Status <select id="f-status"><option value="">all</option>{{STATUS_OPTIONS}}</select></label>
-<label>Brand <select id="f-brand"><option value="">all</option>{{BRAND_OPTIONS}}</select></label>
-<label>Listing or seller <input id="f-q" type="search" placeholder="search listing id, seller, title" autocomplete="off"></label>
-<label>Per page <select id="f-size">{{SIZE_OPTIONS}}</select></label>
-<div class="pager">
-<button type="button" id="prev">&larr; prev</button>
-<span id="showing">loading&hellip;</span>
-<button type="button" id="next">next &rarr;</button>
-</div>
-</form>
-<main>
-<noscript><p class="note">This page needs JavaScript to list the rows.</p></noscript>
-<p id="empty"{{EMPTY_HIDDEN}}>{{EMPTY}}</p>
-<table class="rows" id="table" hidden>
-<thead><tr><th>listing photo &rarr; genuine mark</th><th>listing</th><th>seller</th><th>brand</th><th>mark</th><th>score</th><th>status</th></tr></thead>
-<tbody id="rows"></tbody>
-</table>
-</main>
-{{ERRORS}}
-<script src="report/rows.js"></script>
-<script>
-(function () {
-  "use strict";
-  var DATA = window.MARKGUARD_REPORT;
-  var DEFAULT_SIZE = {{PAGE_SIZE}};
-  var THUMBS = "report/thumbs/";
-  var $ = function (id) { return document.getElementById(id); };
-  var state = { status: "", brand: "", q: "", page: 1, size: DEFAULT_SIZE };
-
-  function el(tag, cls, text) {
-    var n = document.createElement(tag);
-    if (cls) n.className = cls;
-    if (text != null) n.textContent = String(text);  // textContent: scan data never becomes markup
-    return n;
-  }
-
-  function readHash() {
-    var p = new URLSearchParams(location.hash.replace(/^#/, ""));
-    state.status = p.get("status") || "";
-    state.brand = p.get("brand") || "";
-    state.q = p.get("q") || "";
-    state.page = Math.max(1, parseInt(p.get("page"), 10) || 1);
-    var size = parseInt(p.get("size"), 10);
-    state.size = size > 0 ? Math.min(size, 1000) : DEFAULT_SIZE;
-  }
-
-  function writeHash() {
-    var p = new URLSearchParams();
-    if (state.status) p.set("status", state.status);
-    if (state.brand) p.set("brand", state.brand);
-    if (state.q) p.set("q", state.q);
-    if (state.page > 1) p.set("page", String(state.page));
-    if (state.size !== DEFAULT_SIZE) p.set("size", String(state.size));
-    var h = "#" + p.toString();
-    // replaceState keeps typing in the search box out of the back-button history
-    try { history.replaceState(null, "", h === "#" ? location.pathname + location.search : h); }
-    catch (e) { location.hash = h; }
-  }
-
-  function ensureOption(select, value) {
-    // a hash may name a brand/status with no row; keep it selectable so the page shows what was asked
-    if (!value) return;
-    for (var i = 0; i < select.options.length; i++) if (select.options[i].value === value) return;
-    select.appendChild(new Option(value, value));
-  }
-
-  function syncControls() {
-    ensureOption($("f-status"), state.status);
-    ensureOption($("f-brand"), state.brand);
-    ensureOption($("f-size"), String(state.size));
-    $("f-status").value = state.status;
-    $("f-brand").value = state.brand;
-    $("f-size").value = String(state.size);
-    if (document.activeElement !== $("f-q")) $("f-q").value = state.q;
-  }
-
-  function matches(r, q) {
-    if (state.status && r.status !== state.status) return false;
-    if (state.brand && r.brand !== state.brand) return false;
-    if (q) {
-      var hay = ((r.id || "") + "\\n" + (r.seller || "") + "\\n" + (r.title || "")).toLowerCase();
-      if (hay.indexOf(q) < 0) return false;
-    }
-    return true;
-  }
-
-  function picture(src, alt, caption) {
-    var fig = el("figure");
-    var img = el("img");
-    img.loading = "lazy";
-    img.alt = alt;
-    // data-loaded lets tests (and curious reviewers) see which pictures actually arrived
-    img.onload = function () { img.setAttribute("data-loaded", "1"); };
-    img.onerror = function () { img.setAttribute("data-loaded", "0"); };
-    img.src = src;
-    fig.appendChild(img);
-    fig.appendChild(el("figcaption", null, caption));
-    return fig;
-  }
-
-  function rowNode(r) {
-    var tr = el("tr", "row");
-    tr.setAttribute("data-listing", r.id);
-    tr.setAttribute("data-status", r.status);
-    tr.setAttribute("data-brand", r.brand || "");
-    var pics = el("td");
-    var box = el("div", "pics");
-    box.appendChild(picture(THUMBS + (r.thumb || "unavailable.jpg"), "listing photo", "listing"));
-    if (r.ref) box.appendChild(picture(THUMBS + r.ref, "genuine mark", "genuine " + (r.mark || "")));
-    else if (r.mark) box.appendChild(el("div", "photo-note", "no reference image for this mark"));
-    pics.appendChild(box);
-    if (r.note) pics.appendChild(el("div", "photo-note", "photo: " + r.note));
-    tr.appendChild(pics);
-    var id = el("td");
-    id.appendChild(el("div", "id", r.id));
-    if (r.title) id.appendChild(el("div", "title", r.title));
-    tr.appendChild(id);
-    tr.appendChild(el("td", "id", r.seller == null ? "\\u2014" : r.seller));
-    tr.appendChild(el("td", null, r.brand == null ? "\\u2014" : r.brand));
-    var mark = el("td", null, r.mark == null ? "\\u2014" : r.mark);
-    if (r.matches && r.matches.length) {
-      var more = r.matches.map(function (m) {
-        return (m.brand || "?") + "/" + (m.mark || "?") + (m.score == null ? "" : " " + m.score.toFixed(3));
-      });
-      mark.appendChild(el("div", "more", "also: " + more.join(", ")));
-    }
-    tr.appendChild(mark);
-    tr.appendChild(el("td", "score", r.score == null ? "\\u2014" : r.score.toFixed(3)));
-    var st = el("td");
-    st.appendChild(el("span", "badge st-" + r.status.replace(/[^a-z]/g, ""), r.status));
-    tr.appendChild(st);
-    return tr;
-  }
-
-  function render() {
-    syncControls();
-    var rows = DATA.rows;
-    var q = state.q.trim().toLowerCase();
-    var hits = [];
-    for (var i = 0; i < rows.length; i++) if (matches(rows[i], q)) hits.push(rows[i]);
-    var n = hits.length;
-    var pages = Math.max(1, Math.ceil(n / state.size));
-    if (state.page > pages) state.page = pages;
-    var start = (state.page - 1) * state.size;
-    var end = Math.min(n, start + state.size);
-    var body = $("rows");
-    var frag = document.createDocumentFragment();
-    for (var j = start; j < end; j++) frag.appendChild(rowNode(hits[j]));
-    body.replaceChildren(frag);
-    $("table").hidden = n === 0;
-    $("empty").hidden = n !== 0;
-    $("empty").textContent = rows.length === 0 ? "Nothing flagged." : "No listing matches these filters.";
-    $("showing").textContent = n === 0 ? "showing 0 of 0" : "showing " + (start + 1) + "\\u2013" + end + " of " + n;
-    $("prev").disabled = state.page <= 1;
-    $("next").disabled = state.page >= pages;
-    document.body.setAttribute("data-page", String(state.page));
-    document.body.setAttribute("data-ready", "1");
-  }
-
-  function update(change) {
-    for (var k in change) state[k] = change[k];
-    writeHash();
-    render();
-    if ("page" in change) window.scrollTo(0, 0);
-  }
-
-  if (!DATA || !DATA.rows) {
-    $("showing").textContent = "";
-    $("empty").hidden = false;
-    $("empty").textContent = "report/rows.js is missing or damaged; run `markguard report` again.";
-    return;
-  }
-  $("f-status").onchange = function () { update({ status: this.value, page: 1 }); };
-  $("f-brand").onchange = function () { update({ brand: this.value, page: 1 }); };
-  $("f-size").onchange = function () { update({ size: parseInt(this.value, 10), page: 1 }); };
-  $("f-q").oninput = function () { update({ q: this.value, page: 1 }); };
-  $("prev").onclick = function () { update({ page: state.page - 1 }); };
-  $("next").onclick = function () { update({ page: state.page + 1 }); };
-  document.addEventListener("keydown", function (ev) {
-    if (ev.target && /^(INPUT|SELECT|TEXTAREA)$/.test(ev.target.tagName)) return;
-    if (ev.key === "ArrowRight" && !$("next").disabled) $("next").click();
-    if (ev.key === "ArrowLeft" && !$("prev").disabled) $("prev").click();
-  });
-  window.addEventListener("hashchange", function () { readHash(); render(); });
-  readHash();
-  render();
-})();
-</script>
-</body>
-</html>
-"""

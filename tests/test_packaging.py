@@ -15,13 +15,16 @@ def test_wheel_builds_and_imports_outside_the_checkout(tmp_path):
     wheel = next(tmp_path.glob("markguard-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("markguard/datasets/decode.py", "markguard/train/loop.py", "markguard/infer/scan.py", "markguard/infer/index/store.py",
+                     "markguard/infer/report_assets/page.html", "markguard/infer/report_assets/report.css",
+                     "markguard/infer/report_assets/report.js",
                      "markguard/train/recipes/logo.yaml", "markguard/commands/scan.py"):
         assert expected in names, expected
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     code = ("import markguard, markguard.datasets.decode, markguard.train.loop, markguard.infer.scan, markguard.cli; "
-            "print(markguard.__file__); markguard.cli.build_parser()")
+            "print(markguard.__file__); markguard.cli.build_parser(); "
+            "import markguard.infer.report as r; assert 'DEFAULT_SIZE' in r._page_template()")  # the page from package data
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
                          check=True, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().startswith(str(site)), out.stdout
