@@ -11,7 +11,7 @@ from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import Gallery, MarkRef, load_gallery
 from markguard.errors import DecodeError, MarkguardError
 from markguard.infer.embed import embed_references
-from markguard.infer.scan import resolve_device
+from markguard.infer.searchers import resolve_device
 
 
 @dataclass

@@ -81,7 +81,7 @@ class ScanActor:
     """Holds the model(s) and index(es) on one worker; turns a batch of items into rows (as JSON text)."""
 
     def __init__(self, specs: list[tuple[str, str, str | None]], policy, opts):
-        from markguard.infer.scan import load_searchers
+        from markguard.infer.searchers import load_searchers
 
         self.searchers = []
         for name, path, model_dir in specs:  # each index with the model it was opened with on the driver
@@ -89,14 +89,14 @@ class ScanActor:
             s.name = name
             self.searchers.append(s)
         self.policy, self.opts = policy, opts
-        s0 = self.searchers[0]
-        self.size = max(s.card.scan_size for s in self.searchers)
-        self.mean, self.std = s0.card.mean, s0.card.std
+        # decoded once as the local engine does: the largest scan size, the first model's normalisation
+        self.size = max(s.prep.scan_size for s in self.searchers)
+        self.mean, self.std = self.searchers[0].prep.norm
 
     def __call__(self, batch: dict) -> dict:
         from markguard.datasets.listings import ListingItem
-        from markguard.infer.loader import decode_items
-        from markguard.infer.scan import StageTimes, process_batch
+        from markguard.infer.decode import decode_items
+        from markguard.infer.pipeline import StageTimes, process_batch
 
         items = []
         for i in range(len(batch["index"])):

@@ -20,6 +20,7 @@ from markguard import __version__
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_path, atomic_write_text
 from markguard.model import EmbeddingModel
+from markguard.preprocess import REGION_DEFAULTS
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
@@ -40,7 +41,7 @@ class ModelCard:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     resize: str = "letterbox"  # long side to scan_size, padded bottom/right with the mean colour
-    regions: dict = field(default_factory=lambda: {"mode": "grid", "scales": [1.0, 0.6, 0.4, 0.25], "overlap": 0.5})
+    regions: dict = field(default_factory=lambda: json.loads(json.dumps(REGION_DEFAULTS)))  # a fresh copy
     proposals: dict = field(default_factory=dict)  # the learned proposal head's settings; empty when the model has none
     init: dict = field(default_factory=dict)  # the pretrained weights it started from: source, sha256, licence; empty = from scratch
     thresholds: dict = field(default_factory=lambda: {"flag": 0.6, "review": 0.5, "per_brand": {}})

@@ -213,11 +213,8 @@ def _read(cls, snap: FolderSnapshot, path: Path):
 
 
 def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
     with open(file, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return _sha256_of(f)
 
 
 def _write_text(file: Path, text: str) -> None:

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from markguard.datasets.listings import ListingItem
-from markguard.infer.loader import decode_items, finish_decode
+from markguard.infer.decode import decode_items, finish_decode
 from markguard.infer.scan import ScanOptions, resolve_decode, run_scan
 from markguard.model import compile_backbone
 from test_scan import OPTS, read_rows, scanned, world  # noqa: F401, F811  (fixtures)

@@ -1,10 +1,11 @@
-"""Read and decode: listing photos streamed in order, decoded and letterboxed in worker processes while the model works."""
+"""Decode: listing photos decoded and letterboxed in worker processes while the model works, then shaped for each model."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -13,6 +14,7 @@ from markguard.datasets.decode import orient_tensor as orient
 from markguard.datasets.listings import ListingItem
 from markguard.datasets.transforms import letterbox, letterbox_geometry
 from markguard.errors import DecodeError, MarkguardError
+from markguard.infer import read
 
 MIN_SIDE = 16  # smaller photos cannot show a recognisable mark
 
@@ -64,7 +66,7 @@ class DecodedBatches(IterableDataset):
 
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        items = itertools.islice(self.items_fn(), self.skip, None)
+        items = read.skip(self.items_fn(), self.skip)
         try:
             for b, chunk in enumerate(_chunks(items, self.batch_size)):
                 if b % nw != wid:
@@ -170,6 +172,39 @@ def renormalise(x: torch.Tensor, valid: list[tuple[int, int]], frm: tuple, to: t
         out[i, :, h:, :] = 0
         out[i, :, :, w:] = 0
     return out
+
+
+@dataclass
+class ModelInput:
+    """One decoded batch as one model sees it: normalised by its card, rescaled to its scan size, and the
+    geometry back to the photos' own pixels."""
+
+    x: torch.Tensor  # (n_ok, 3, S, S) at this model's scan size S
+    valid: list[tuple[int, int]]  # content size of each photo at S (the rest is padding)
+    factor: float  # S / the decoded batch's size
+    to_orig: list[tuple[float, float]]  # decoded letterbox pixel → photo pixel factors (x, y)
+    orig_size: list[tuple[int, int]]
+
+    def to_photo(self, boxes: list[torch.Tensor]) -> list[np.ndarray]:
+        """Boxes in this input's pixels → the photos' pixels, clipped to each photo."""
+        out = []
+        for b, (fx, fy), (w, h) in zip(boxes, self.to_orig, self.orig_size):
+            p = (b.numpy() / self.factor) * np.array([fx, fy, fx, fy], dtype=np.float32)
+            out.append(np.clip(p, 0, [w, h, w, h], out=p))
+        return out
+
+
+def model_input(batch: Batch, prep) -> ModelInput:
+    """``batch`` (decoded once for every model of the scan) for the model whose Preprocessing is ``prep``."""
+    import torch.nn.functional as F
+
+    x = renormalise(batch.x, batch.valid, (batch.mean, batch.std), prep.norm)
+    factor = 1.0
+    if len(x) and x.shape[-1] != prep.scan_size:
+        factor = prep.scan_size / x.shape[-1]
+        x = F.interpolate(x, size=(prep.scan_size, prep.scan_size), mode="bilinear", align_corners=False, antialias=True)
+    valid = [(max(1, int(w * factor)), max(1, int(h * factor))) for w, h in batch.valid]
+    return ModelInput(x, valid, factor, batch.to_orig, batch.orig_size)
 
 
 def _decode_jpegs(datas: list[torch.Tensor], device: str) -> list[torch.Tensor | None]:
