@@ -16,7 +16,7 @@ def test_wheel_builds_and_imports_outside_the_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("markguard/datasets/decode.py", "markguard/train/loop.py", "markguard/infer/scan.py", "markguard/infer/index/store.py",
                      "markguard/infer/report_assets/page.html", "markguard/infer/report_assets/report.css",
-                     "markguard/infer/report_assets/report.js",
+                     "markguard/infer/report_assets/report.js", "markguard/infer/regions/learned.py",
                      "markguard/train/recipes/logo.yaml", "markguard/commands/scan.py"):
         assert expected in names, expected
     site = tmp_path / "site"
