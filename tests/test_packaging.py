@@ -38,3 +38,16 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_cmd in (ROOT / ".ci" / "run").read_text().splitlines()
     demo_cmd = next(b for b in blocks if "markguard demo" in b)
     assert "\n" not in demo_cmd and demo_cmd.startswith("python3.11 -m venv")
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    for pkg, folder in tool["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            name = ".".join([pkg, *parts])
+            if not any(name.startswith(p + ".") for p in tool["package-dir"] if p != pkg and p.startswith(pkg + ".")):
+                assert name in listed, f"{name} ({init.parent}) is not in pyproject's packages: the wheel would lack it"
