@@ -73,7 +73,7 @@ def model_only(setup: dict, manifest: Path, *, batch_size: int, batches: int, re
 
     from markguard.datasets.listings import open_dump
     from markguard.infer.embed import embed_regions, feature_maps
-    from markguard.infer.loader import decode_items
+    from markguard.infer.decode import decode_items
     from markguard.infer.regions import RegionMode, select_regions
     from markguard.infer.scan import load_searchers
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from markguard.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_model_dir
-from markguard.fsio import atomic_write_text
 from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import Gallery, MarkRef, load_gallery
 from markguard.errors import DecodeError, MarkguardError
 from markguard.infer.embed import embed_references
-from markguard.infer.scan import INDEX_META, resolve_device
+from markguard.infer.searchers import resolve_device
 
 
 @dataclass
@@ -61,23 +59,22 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
         raise MarkguardError(f"{gallery_path}: none of the marks could be read; fix the files listed above")
     index = MarkIndex.build(emb.vectors, emb.records, fingerprint=card.fingerprint, kind=kind,
                             memory_budget_mb=memory_budget_mb, recall_target=recall_target)
-    out = Path(out)
-    index.save(out)
-    write_index_meta(out, model_dir, card.fingerprint, _brands_meta(gallery), gallery.root)
+    index.meta = index_meta(model_dir, card.fingerprint, _brands_meta(gallery), gallery.root)
+    index.save(Path(out))
     info = index.info()
     info["skipped"] = len(emb.errors)
     return info
 
 
-def read_index_meta(index_path: Path) -> dict:
-    meta_path = Path(index_path) / INDEX_META
-    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+def read_index_meta(index_path: str | Path) -> dict:
+    """The metadata of the index at ``index_path`` (read with the index, from the same save)."""
+    from markguard.infer.index import MarkIndex
+
+    return MarkIndex.load(index_path).require_meta()
 
 
-def write_index_meta(out: Path, model_dir: Path, fingerprint: str, brands: dict, gallery_root: Path | None,
-                     meta: dict | None = None) -> None:
-    """Beside the index (which a save swaps in whole, so callers pass what was there before): model and brands."""
-    meta_path = out / INDEX_META
+def index_meta(model_dir: Path, fingerprint: str, brands: dict, gallery_root: Path | None, meta: dict | None = None) -> dict:
+    """What an index keeps beside its vectors: the model that built it, the brands' settings, the galleries."""
     meta = dict(meta or {})
     merged = meta.get("brands", {}) | brands
     model_ref = None if Path(model_dir).resolve() == DEFAULT_MODEL_DIR.resolve() else str(Path(model_dir).resolve())
@@ -86,7 +83,7 @@ def write_index_meta(out: Path, model_dir: Path, fingerprint: str, brands: dict,
         meta.setdefault("galleries", [])
         if str(Path(gallery_root).resolve()) not in meta["galleries"]:
             meta["galleries"].append(str(Path(gallery_root).resolve()))
-    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    return meta
 
 
 def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str | Path | None = None, device: str = "auto") -> dict:
@@ -95,18 +92,19 @@ def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str
 
     device = resolve_device(device)
     index_path = Path(index_path)
-    meta = read_index_meta(index_path)
+    index = MarkIndex.load(index_path)
+    meta = index.require_meta()
     model_dir = resolve_model_dir(model if model is not None else meta.get("model"))
     net, card = load_checkpoint(model_dir, device=device)
-    index = MarkIndex.load(index_path, expect_fingerprint=card.fingerprint)
+    index.require_fingerprint(card.fingerprint)
     gallery = load_gallery(gallery_path)
     known = {(r.brand, r.mark, r.source) for r in index.records()}
     new = [m for m in gallery.marks if (m.brand, m.mark, str(Path(m.path).resolve())) not in known]
     emb = embed_marks(new, net, card, device=device)
     _report_errors(emb.errors)
     ids = index.add(emb.vectors, emb.records) if emb.records else []
+    index.meta = index_meta(model_dir, card.fingerprint, _brands_meta(gallery), gallery.root, meta)
     index.save(index_path)
-    write_index_meta(index_path, model_dir, card.fingerprint, _brands_meta(gallery), gallery.root, meta)
     return {"added": len(ids), "already_indexed": len(gallery.marks) - len(new), "skipped": len(emb.errors), "total": len(index)}
 
 
@@ -117,13 +115,12 @@ def remove_from_index(index_path: str | Path, *, brand: str | None = None, mark:
         raise MarkguardError("say what to remove: --brand BRAND and/or --mark MARK")
     index_path = Path(index_path)
     index = MarkIndex.load(index_path)
-    meta = read_index_meta(index_path)
+    meta = dict(index.require_meta())
     n = index.remove(brand=brand, mark=mark)
     if n == 0:
         raise MarkguardError(f"{index_path}: nothing matches brand={brand!r} mark={mark!r}; see `markguard index info {index_path}`")
-    index.save(index_path)
     if brand is not None and mark is None:
-        meta.get("brands", {}).pop(brand, None)
-    if meta:
-        atomic_write_text(index_path / INDEX_META, json.dumps(meta, indent=2))
+        meta["brands"] = {b: v for b, v in meta.get("brands", {}).items() if b != brand}
+    index.meta = meta
+    index.save(index_path)
     return {"removed": n, "total": len(index)}

@@ -1,27 +1,11 @@
-"""The decision policy: thresholds (global, per brand), the review band and the seller allowlist."""
+"""Decide: each photo's status from its matches — thresholds (global, per brand), the review band, the seller allowlist — as result rows."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 from markguard.errors import MarkguardError
-
-
-@dataclass
-class Match:
-    """One candidate mark in one photo; ``box`` is in original pixels."""
-
-    brand: str
-    mark: str
-    score: float
-    box: list[int] | None
-    index: str | None = None  # which index it came from, when a scan searches several
-
-    def to_json(self) -> dict:
-        d = {"brand": self.brand, "mark": self.mark, "score": round(float(self.score), 4), "box": self.box}
-        if self.index is not None:
-            d["index"] = self.index
-        return d
+from markguard.infer.results import Match, ScanRow
 
 
 @dataclass
@@ -95,3 +79,24 @@ def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: floa
             per_index[name] = {"flag": i_flag, "review": float(thr.get("review", i_flag - 0.1))}
             sources[f"index:{name}"] = "its model's card"
     return Policy(g_flag, g_review, per_brand, authorized, sources, per_index)
+
+
+def decide_rows(batch, per_photo: list[list[Match]], policy: Policy, max_matches: int) -> list[ScanRow]:
+    """One row per item of ``batch`` (a decoded Batch) in input order; ``per_photo[i]`` holds the matches of its
+    i-th decoded photo from every index. Items that failed to read or decode become error rows."""
+    rows = []
+    ok_pos = {pos: i for i, pos in enumerate(batch.ok)}
+    for pos, item in enumerate(batch.items):
+        if pos in batch.errors:
+            rows.append(ScanRow(item.listing_id, item.image, item.seller_id, "error", None, None, None, None, [], batch.errors[pos]))
+            continue
+        matches = sorted(per_photo[ok_pos[pos]], key=lambda m: -m.score)
+        status, decider = policy.decide(matches, item.seller_id)
+        best = matches[0].score if matches else None
+        shown = [m for m in matches if m.score >= policy.thresholds(m.brand, m.index)[1]][:max_matches]
+        if status == "pass":
+            rows.append(ScanRow(item.listing_id, item.image, item.seller_id, "pass", best, None, None, None, shown))
+        else:
+            rows.append(ScanRow(item.listing_id, item.image, item.seller_id, status, decider.score, decider.brand,
+                                decider.mark, decider.box, shown))
+    return rows

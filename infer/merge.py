@@ -14,10 +14,8 @@ from pathlib import Path
 
 from markguard.fsio import atomic_write_text
 from markguard.errors import MarkguardError
-from markguard.infer.writer import PARQUET, RESULTS, check_rows, require_pyarrow, write_parquet
-
-SUMMARY = "summary.json"
-STATE = "scan.json"
+from markguard.infer.results import PARQUET, RESULTS, STATE, SUMMARY, check_rows, parse_row
+from markguard.infer.writer import require_pyarrow, write_parquet
 
 
 def _read_json(path: Path) -> dict:
@@ -83,7 +81,7 @@ def merge_outputs(outs: list[str | Path], out_dir: str | Path, *, formats: tuple
                 if not line:
                     break
                 dst.write(line)
-                counts[json.loads(line)["status"]] += 1
+                counts[parse_row(line).status] += 1  # check_rows has vouched for every line
                 rows += 1
             # shard j % N ran dry at row j: every shard must be dry by now, and the earlier ones one row longer at most
             for k, f in enumerate(files):

@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from markguard.errors import MarkguardError
+from markguard.infer.results import ScanRow
 
 ITEM_FIELDS = ("index", "listing_id", "image", "seller_id", "title", "path", "data", "error")
 READ_BLOCK_ROWS = 256
@@ -80,7 +81,7 @@ class ScanActor:
     """Holds the model(s) and index(es) on one worker; turns a batch of items into rows (as JSON text)."""
 
     def __init__(self, specs: list[tuple[str, str, str | None]], policy, opts):
-        from markguard.infer.scan import load_searchers
+        from markguard.infer.searchers import load_searchers
 
         self.searchers = []
         for name, path, model_dir in specs:  # each index with the model it was opened with on the driver
@@ -88,14 +89,14 @@ class ScanActor:
             s.name = name
             self.searchers.append(s)
         self.policy, self.opts = policy, opts
-        s0 = self.searchers[0]
-        self.size = max(s.card.scan_size for s in self.searchers)
-        self.mean, self.std = s0.card.mean, s0.card.std
+        # decoded once as the local engine does: the largest scan size, the first model's normalisation
+        self.size = max(s.prep.scan_size for s in self.searchers)
+        self.mean, self.std = self.searchers[0].prep.norm
 
     def __call__(self, batch: dict) -> dict:
         from markguard.datasets.listings import ListingItem
-        from markguard.infer.loader import decode_items
-        from markguard.infer.scan import StageTimes, process_batch
+        from markguard.infer.decode import decode_items
+        from markguard.infer.pipeline import StageTimes, process_batch
 
         items = []
         for i in range(len(batch["index"])):
@@ -106,21 +107,12 @@ class ScanActor:
         times = StageTimes()
         t = time.perf_counter()
         decoded = decode_items(items, size=self.size, mean=self.mean, std=self.std)
-        times.seconds["decode"] += time.perf_counter() - t
+        times.add("decode", t)
         rows = process_batch(decoded, self.searchers, self.policy, self.opts, times)
         return {"index": np.array([it.index for it in items], dtype=np.int64),
                 "row": np.array([json.dumps(r.to_json()) for r in rows], dtype=object),
                 # the batch's stage times ride on its first row, so the driver adds each batch once
                 "times": np.array([json.dumps(times.seconds)] + ["{}"] * (len(rows) - 1), dtype=object)}
-
-
-def _row_from_json(d: dict):
-    from markguard.infer.decide import Match
-    from markguard.infer.scan import ScanRow
-
-    matches = [Match(m["brand"], m["mark"], m["score"], m["box"], m.get("index")) for m in d["matches"]]
-    return ScanRow(d["listing_id"], d["image"], d["seller_id"], d["status"], d["score"], d["brand"], d["mark"], d["box"],
-                   matches, d["error"])
 
 
 def _rows_or_run_error(ray, ds) -> Iterator[dict]:
@@ -162,6 +154,5 @@ def ray_rows(source, searchers, policy, opts, *, skip: int = 0, times=None) -> I
             raise MarkguardError(f"ray engine returned item {rec['index']} after {last}; rows out of order")
         last = rec["index"]
         if times is not None:
-            for k, v in json.loads(rec["times"]).items():
-                times.seconds[k] = times.seconds.get(k, 0.0) + v
-        yield _row_from_json(json.loads(rec["row"]))
+            times.merge(json.loads(rec["times"]))
+        yield ScanRow.from_json(json.loads(rec["row"]))

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import re
+from importlib import resources
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from markguard.fsio import atomic_write_bytes
 from markguard.errors import DecodeError, MarkguardError
+from markguard.infer.results import RESULTS, SUMMARY, ScanRow, read_results, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -27,43 +29,37 @@ OTHER_BOX = (255, 170, 0)  # further matches, so the eye goes to the best one fi
 PLACEHOLDER = "unavailable.jpg"
 MAX_ERRORS_LISTED = 2000  # a broken dump can error on every row; the page must stay openable
 THUMBS = Path("report") / "thumbs"
+ASSETS = "report_assets"  # package data: page.html, report.css, report.js
 
 
 @dataclass
 class ReportRow:
-    """One listing as the page shows it; ``thumb``/``ref`` are file names under report/thumbs/."""
+    """How the page shows one result row: its thumbnails, the boxes worth drawing, and notes; ``thumb``/``ref``
+    are file names under report/thumbs/."""
 
     order: int  # line number in results.jsonl, so equal scores keep the scan's order
-    listing_id: str
-    image: str
-    seller_id: str | None
-    status: str
-    score: float | None
-    brand: str | None
-    mark: str | None
+    result: ScanRow
     boxes: list[list[float]]  # best box first
-    matches: list[dict]
     title: str | None = None
     thumb: str = PLACEHOLDER
     ref: str | None = None
     note: str | None = None  # why the listing photo could not be shown
 
     def to_js(self) -> dict:
+        r = self.result
         return {
-            "id": self.listing_id,
-            "seller": self.seller_id,
+            "id": r.listing_id,
+            "seller": r.seller_id,
             "title": self.title,
-            "status": self.status,
-            "score": None if self.score is None else round(self.score, 4),
-            "brand": self.brand,
-            "mark": self.mark,
+            "status": r.status,
+            "score": None if r.score is None else round(r.score, 4),
+            "brand": r.brand,
+            "mark": r.mark,
             "thumb": self.thumb,
             "ref": self.ref,
             "note": self.note,
-            "matches": [
-                {"brand": m.get("brand"), "mark": m.get("mark"), "score": _score(m.get("score"))}
-                for m in self.matches[1:6]  # the best is the row itself; five more is plenty to read
-            ],
+            # the best is the row itself; five more is plenty to read
+            "matches": [{"brand": m.brand, "mark": m.mark, "score": m.score} for m in r.matches[1:6]],
         }
 
 
@@ -73,7 +69,7 @@ class ScanOutput:
 
     summary: dict
     rows: list[ReportRow] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
+    errors: list[ScanRow] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     n_errors: int = 0
 
@@ -101,7 +97,7 @@ def write_report(
         if stale.name not in written:
             stale.unlink()
 
-    scan.rows.sort(key=lambda r: (-r.score if r.score is not None else math.inf, r.order))
+    scan.rows.sort(key=lambda r: (-r.result.score if r.result.score is not None else math.inf, r.order))
     payload = {"rows": [r.to_js() for r in scan.rows]}
     # ensure_ascii keeps U+2028/2029 and any odd bytes out of the script; the file is never parsed as HTML
     js = "window.MARKGUARD_REPORT = " + json.dumps(payload, ensure_ascii=True, separators=(",", ":")) + ";\n"
@@ -115,56 +111,22 @@ def write_report(
 
 def read_scan_output(out_dir: Path, statuses: tuple[str, ...]) -> ScanOutput:
     """Read summary.json and stream results.jsonl, keeping only the rows the report shows."""
-    summary_path, results_path = out_dir / "summary.json", out_dir / "results.jsonl"
-    for p in (results_path, summary_path):
-        if not p.is_file():
-            raise MarkguardError(f"{p}: not found; run `markguard scan DUMP -o {out_dir}` first")
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MarkguardError(f"{summary_path}: not valid JSON ({e}); re-run `markguard scan DUMP -o {out_dir}`") from None
-    if not isinstance(summary, dict):
-        raise MarkguardError(f"{summary_path}: expected a JSON object; re-run `markguard scan DUMP -o {out_dir}`")
-
-    scan = ScanOutput(summary)
-    with results_path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as e:  # JSONDecodeError is a ValueError
-                raise MarkguardError(
-                    f"{results_path}:{n}: not a valid result row ({e}); re-run `markguard scan DUMP -o {out_dir}` to finish or redo it"
-                ) from None
-            status = str(rec.get("status"))
-            scan.counts[status] = scan.counts.get(status, 0) + 1
-            if status == "error":
-                scan.n_errors += 1
-                if len(scan.errors) < MAX_ERRORS_LISTED:
-                    scan.errors.append(rec)
-            elif status in statuses:
-                scan.rows.append(_row(n, rec))
+    fix = f"re-run `markguard scan DUMP -o {out_dir}` to finish or redo it"
+    if not (out_dir / RESULTS).is_file():
+        raise MarkguardError(f"{out_dir / RESULTS}: not found; run `markguard scan DUMP -o {out_dir}` first")
+    if not (out_dir / SUMMARY).is_file():
+        raise MarkguardError(f"{out_dir / SUMMARY}: not found; run `markguard scan DUMP -o {out_dir}` first")
+    scan = ScanOutput(read_summary(out_dir, fix=fix))
+    for n, row in enumerate(read_results(out_dir / RESULTS, fix=fix), 1):
+        scan.counts[row.status] = scan.counts.get(row.status, 0) + 1
+        if row.status == "error":
+            scan.n_errors += 1
+            if len(scan.errors) < MAX_ERRORS_LISTED:
+                scan.errors.append(row)
+        elif row.status in statuses:
+            boxes = [b for b in [row.box] + [m.box for m in row.matches[1:]] if _valid_box(b)]
+            scan.rows.append(ReportRow(n, row, boxes))
     return scan
-
-
-def _row(n: int, rec: dict) -> ReportRow:
-    matches = [m for m in rec.get("matches") or [] if isinstance(m, dict)]
-    boxes = [b for b in [rec.get("box")] + [m.get("box") for m in matches[1:]] if _valid_box(b)]
-    return ReportRow(
-        order=n,
-        listing_id=_text(rec.get("listing_id")) or "",
-        image=_text(rec.get("image")) or "",
-        seller_id=_text(rec.get("seller_id")),
-        status=str(rec.get("status")),
-        score=_score(rec.get("score")),
-        brand=_text(rec.get("brand")),
-        mark=_text(rec.get("mark")),
-        boxes=boxes,
-        matches=matches,
-    )
 
 
 def _listing_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: set[str]) -> list[str]:
@@ -175,7 +137,7 @@ def _listing_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: set[
     wanted: dict[str, list[ReportRow]] = {}
     for row in scan.rows:
         row.note = "not found in the dump"  # cleared when the dump yields the image
-        wanted.setdefault(row.image, []).append(row)
+        wanted.setdefault(row.result.image, []).append(row)
     if not wanted:
         return []
     source = scan.summary.get("input")
@@ -204,7 +166,7 @@ def _listing_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: set[
             else:
                 reason = None
                 for row in rows:
-                    name = "l-" + _digest(row.image, json.dumps(row.boxes)) + ".jpg"
+                    name = "l-" + _digest(row.result.image, json.dumps(row.boxes)) + ".jpg"
                     if name not in written:
                         atomic_write_bytes(thumbs_dir / name, _jpeg(_listing_thumb(decoded.image, decoded.orig_size, row.boxes, size)))
                         written.add(name)
@@ -235,9 +197,9 @@ def _reference_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: se
     made: dict[str, str | None] = {}
     missing = 0
     for row in scan.rows:
-        if not row.brand or not row.mark:
+        if not row.result.brand or not row.result.mark:
             continue
-        key = f"{row.brand}/{row.mark}"
+        key = f"{row.result.brand}/{row.result.mark}"
         if key not in made:
             made[key] = None
             path = refs.get(key)
@@ -296,7 +258,7 @@ def _render_html(scan: ScanOutput, statuses: tuple[str, ...], page_size: int, no
         for s in known + sorted(set(scan.counts) - set(known))
     )
     status_options = "".join(f'<option value="{e(s)}">{e(s)}</option>' for s in statuses)
-    brands = sorted({r.brand for r in scan.rows if r.brand})
+    brands = sorted({r.result.brand for r in scan.rows if r.result.brand})
     brand_options = "".join(f'<option value="{e(b)}">{e(b)}</option>' for b in brands)
     sizes = sorted({25, 50, 100, 200, page_size})
     size_options = "".join(f'<option value="{n}"{" selected" if n == page_size else ""}>{n}</option>' for n in sizes)
@@ -304,8 +266,7 @@ def _render_html(scan: ScanOutput, statuses: tuple[str, ...], page_size: int, no
 
     if scan.n_errors:
         err_rows = "".join(
-            f"<tr><td>{e(_text(r.get('listing_id')) or '')}</td><td>{e(_text(r.get('image')) or '')}</td>"
-            f"<td>{e(_text(r.get('error')) or 'no reason given')}</td></tr>"
+            f"<tr><td>{e(r.listing_id)}</td><td>{e(r.image)}</td><td>{e(r.error or 'no reason given')}</td></tr>"
             for r in scan.errors
         )
         more = scan.n_errors - len(scan.errors)
@@ -338,7 +299,17 @@ def _render_html(scan: ScanOutput, statuses: tuple[str, ...], page_size: int, no
         "ERRORS": errors,
     }
     # one pass, so a value that happens to contain "{{...}}" is never substituted again
-    return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m.group(1)], _PAGE)
+    return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: values[m.group(1)], _page_template())
+
+
+def _page_template() -> str:
+    """page.html with its stylesheet and script inlined: the report is one file a reviewer can open anywhere.
+
+    All text from the scan is escaped above (html.escape) or set with textContent in report.js, never innerHTML.
+    """
+    assets = resources.files("markguard.infer") / ASSETS
+    page, css, js = ((assets / name).read_text(encoding="utf-8") for name in ("page.html", "report.css", "report.js"))
+    return page.replace("{{STYLE}}", css).replace("{{SCRIPT}}", js)
 
 
 
@@ -359,14 +330,6 @@ def _text(v) -> str | None:
     return None if v is None else str(v)
 
 
-def _score(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _valid_box(b) -> bool:
     if not isinstance(b, (list, tuple)) or len(b) != 4:
         return False
@@ -375,255 +338,3 @@ def _valid_box(b) -> bool:
     except (TypeError, ValueError):
         return False
     return all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x1 > x0 and y1 > y0
-
-
-# The page: all text from the scan is escaped above (html.escape) or set with textContent below, never innerHTML.
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>{{TITLE}}</title>
-<style>
-:root { --fg:#1d1d1f; --muted:#6b6b73; --line:#e3e3e8; --bg:#fafafb; }
-* { box-sizing: border-box; }
-body { margin:0; font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--fg); background:var(--bg); }
-header { padding:16px 24px 8px; background:#fff; border-bottom:1px solid var(--line); }
-h1 { font-size:20px; margin:0 0 4px; }
-.meta { color:var(--muted); margin:0 0 10px; word-break:break-all; }
-.counts { list-style:none; display:flex; flex-wrap:wrap; gap:8px; padding:0; margin:0 0 8px; }
-.counts li { padding:4px 10px; border-radius:14px; background:#eee; }
-.counts b { font-size:16px; margin-right:3px; }
-.st-flag { background:#fde2e1 !important; color:#a1110a; }
-.st-review { background:#fff1cc !important; color:#7a5300; }
-.st-allowed { background:#dcefff !important; color:#0b4f8a; }
-.st-pass { background:#e4f6e4 !important; color:#1d6b1d; }
-.st-error { background:#ececec !important; color:#444; }
-.note { margin:8px 24px; padding:8px 12px; background:#fff6d6; border:1px solid #f0dc8a; border-radius:6px; }
-#controls { display:flex; flex-wrap:wrap; gap:12px; align-items:end; padding:12px 24px; position:sticky; top:0; background:var(--bg); border-bottom:1px solid var(--line); z-index:1; }
-#controls label { display:flex; flex-direction:column; font-size:12px; color:var(--muted); gap:2px; }
-#controls select, #controls input { font:inherit; padding:4px 6px; }
-#controls input[type=search] { width:240px; }
-.pager { display:flex; gap:10px; align-items:center; margin-left:auto; }
-.pager button { font:inherit; padding:4px 12px; }
-main { padding:8px 24px 24px; }
-table.rows { border-collapse:collapse; width:100%; background:#fff; border:1px solid var(--line); }
-table.rows th, table.rows td { padding:8px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
-table.rows th { font-size:12px; color:var(--muted); font-weight:600; background:#f4f4f6; }
-.pics { display:flex; gap:8px; align-items:flex-start; }
-.pics figure { margin:0; }
-.pics img { display:block; max-width:min(192px, 22vw); max-height:192px; border:1px solid var(--line); background:#f0f0f0; }
-.pics figcaption { font-size:11px; color:var(--muted); }
-.id { font-family:ui-monospace,SFMono-Regular,Menlo,monospace; overflow-wrap:anywhere; }
-.title { color:var(--muted); }
-.score { font-variant-numeric:tabular-nums; font-weight:600; }
-.badge { display:inline-block; padding:2px 8px; border-radius:10px; font-size:12px; }
-.more { font-size:12px; color:var(--muted); }
-.photo-note { font-size:11px; color:#a1110a; max-width:192px; }
-#empty { padding:40px; text-align:center; font-size:18px; color:var(--muted); background:#fff; border:1px solid var(--line); }
-#errors { margin:16px 24px 32px; }
-#errors summary { cursor:pointer; font-weight:600; }
-#errors table { border-collapse:collapse; margin-top:8px; background:#fff; }
-#errors td, #errors th { border:1px solid var(--line); padding:4px 8px; text-align:left; word-break:break-all; }
-</style>
-</head>
-<body>
-<header>
-<h1>{{TITLE}}</h1>
-<p class="meta">Scan of <code>{{SOURCE}}</code> &middot; showing {{SHOWN}} &middot; generated {{GENERATED}}</p>
-<ul class="counts" id="counts">{{COUNTS}}</ul>
-</header>
-{{NOTES}}
-<form id="controls" onsubmit="return false">
-<label>Status <select id="f-status"><option value="">all</option>{{STATUS_OPTIONS}}</select></label>
-<label>Brand <select id="f-brand"><option value="">all</option>{{BRAND_OPTIONS}}</select></label>
-<label>Listing or seller <input id="f-q" type="search" placeholder="search listing id, seller, title" autocomplete="off"></label>
-<label>Per page <select id="f-size">{{SIZE_OPTIONS}}</select></label>
-<div class="pager">
-<button type="button" id="prev">&larr; prev</button>
-<span id="showing">loading&hellip;</span>
-<button type="button" id="next">next &rarr;</button>
-</div>
-</form>
-<main>
-<noscript><p class="note">This page needs JavaScript to list the rows.</p></noscript>
-<p id="empty"{{EMPTY_HIDDEN}}>{{EMPTY}}</p>
-<table class="rows" id="table" hidden>
-<thead><tr><th>listing photo &rarr; genuine mark</th><th>listing</th><th>seller</th><th>brand</th><th>mark</th><th>score</th><th>status</th></tr></thead>
-<tbody id="rows"></tbody>
-</table>
-</main>
-{{ERRORS}}
-<script src="report/rows.js"></script>
-<script>
-(function () {
-  "use strict";
-  var DATA = window.MARKGUARD_REPORT;
-  var DEFAULT_SIZE = {{PAGE_SIZE}};
-  var THUMBS = "report/thumbs/";
-  var $ = function (id) { return document.getElementById(id); };
-  var state = { status: "", brand: "", q: "", page: 1, size: DEFAULT_SIZE };
-
-  function el(tag, cls, text) {
-    var n = document.createElement(tag);
-    if (cls) n.className = cls;
-    if (text != null) n.textContent = String(text);  // textContent: scan data never becomes markup
-    return n;
-  }
-
-  function readHash() {
-    var p = new URLSearchParams(location.hash.replace(/^#/, ""));
-    state.status = p.get("status") || "";
-    state.brand = p.get("brand") || "";
-    state.q = p.get("q") || "";
-    state.page = Math.max(1, parseInt(p.get("page"), 10) || 1);
-    var size = parseInt(p.get("size"), 10);
-    state.size = size > 0 ? Math.min(size, 1000) : DEFAULT_SIZE;
-  }
-
-  function writeHash() {
-    var p = new URLSearchParams();
-    if (state.status) p.set("status", state.status);
-    if (state.brand) p.set("brand", state.brand);
-    if (state.q) p.set("q", state.q);
-    if (state.page > 1) p.set("page", String(state.page));
-    if (state.size !== DEFAULT_SIZE) p.set("size", String(state.size));
-    var h = "#" + p.toString();
-    // replaceState keeps typing in the search box out of the back-button history
-    try { history.replaceState(null, "", h === "#" ? location.pathname + location.search : h); }
-    catch (e) { location.hash = h; }
-  }
-
-  function ensureOption(select, value) {
-    // a hash may name a brand/status with no row; keep it selectable so the page shows what was asked
-    if (!value) return;
-    for (var i = 0; i < select.options.length; i++) if (select.options[i].value === value) return;
-    select.appendChild(new Option(value, value));
-  }
-
-  function syncControls() {
-    ensureOption($("f-status"), state.status);
-    ensureOption($("f-brand"), state.brand);
-    ensureOption($("f-size"), String(state.size));
-    $("f-status").value = state.status;
-    $("f-brand").value = state.brand;
-    $("f-size").value = String(state.size);
-    if (document.activeElement !== $("f-q")) $("f-q").value = state.q;
-  }
-
-  function matches(r, q) {
-    if (state.status && r.status !== state.status) return false;
-    if (state.brand && r.brand !== state.brand) return false;
-    if (q) {
-      var hay = ((r.id || "") + "\\n" + (r.seller || "") + "\\n" + (r.title || "")).toLowerCase();
-      if (hay.indexOf(q) < 0) return false;
-    }
-    return true;
-  }
-
-  function picture(src, alt, caption) {
-    var fig = el("figure");
-    var img = el("img");
-    img.loading = "lazy";
-    img.alt = alt;
-    // data-loaded lets tests (and curious reviewers) see which pictures actually arrived
-    img.onload = function () { img.setAttribute("data-loaded", "1"); };
-    img.onerror = function () { img.setAttribute("data-loaded", "0"); };
-    img.src = src;
-    fig.appendChild(img);
-    fig.appendChild(el("figcaption", null, caption));
-    return fig;
-  }
-
-  function rowNode(r) {
-    var tr = el("tr", "row");
-    tr.setAttribute("data-listing", r.id);
-    tr.setAttribute("data-status", r.status);
-    tr.setAttribute("data-brand", r.brand || "");
-    var pics = el("td");
-    var box = el("div", "pics");
-    box.appendChild(picture(THUMBS + (r.thumb || "unavailable.jpg"), "listing photo", "listing"));
-    if (r.ref) box.appendChild(picture(THUMBS + r.ref, "genuine mark", "genuine " + (r.mark || "")));
-    else if (r.mark) box.appendChild(el("div", "photo-note", "no reference image for this mark"));
-    pics.appendChild(box);
-    if (r.note) pics.appendChild(el("div", "photo-note", "photo: " + r.note));
-    tr.appendChild(pics);
-    var id = el("td");
-    id.appendChild(el("div", "id", r.id));
-    if (r.title) id.appendChild(el("div", "title", r.title));
-    tr.appendChild(id);
-    tr.appendChild(el("td", "id", r.seller == null ? "\\u2014" : r.seller));
-    tr.appendChild(el("td", null, r.brand == null ? "\\u2014" : r.brand));
-    var mark = el("td", null, r.mark == null ? "\\u2014" : r.mark);
-    if (r.matches && r.matches.length) {
-      var more = r.matches.map(function (m) {
-        return (m.brand || "?") + "/" + (m.mark || "?") + (m.score == null ? "" : " " + m.score.toFixed(3));
-      });
-      mark.appendChild(el("div", "more", "also: " + more.join(", ")));
-    }
-    tr.appendChild(mark);
-    tr.appendChild(el("td", "score", r.score == null ? "\\u2014" : r.score.toFixed(3)));
-    var st = el("td");
-    st.appendChild(el("span", "badge st-" + r.status.replace(/[^a-z]/g, ""), r.status));
-    tr.appendChild(st);
-    return tr;
-  }
-
-  function render() {
-    syncControls();
-    var rows = DATA.rows;
-    var q = state.q.trim().toLowerCase();
-    var hits = [];
-    for (var i = 0; i < rows.length; i++) if (matches(rows[i], q)) hits.push(rows[i]);
-    var n = hits.length;
-    var pages = Math.max(1, Math.ceil(n / state.size));
-    if (state.page > pages) state.page = pages;
-    var start = (state.page - 1) * state.size;
-    var end = Math.min(n, start + state.size);
-    var body = $("rows");
-    var frag = document.createDocumentFragment();
-    for (var j = start; j < end; j++) frag.appendChild(rowNode(hits[j]));
-    body.replaceChildren(frag);
-    $("table").hidden = n === 0;
-    $("empty").hidden = n !== 0;
-    $("empty").textContent = rows.length === 0 ? "Nothing flagged." : "No listing matches these filters.";
-    $("showing").textContent = n === 0 ? "showing 0 of 0" : "showing " + (start + 1) + "\\u2013" + end + " of " + n;
-    $("prev").disabled = state.page <= 1;
-    $("next").disabled = state.page >= pages;
-    document.body.setAttribute("data-page", String(state.page));
-    document.body.setAttribute("data-ready", "1");
-  }
-
-  function update(change) {
-    for (var k in change) state[k] = change[k];
-    writeHash();
-    render();
-    if ("page" in change) window.scrollTo(0, 0);
-  }
-
-  if (!DATA || !DATA.rows) {
-    $("showing").textContent = "";
-    $("empty").hidden = false;
-    $("empty").textContent = "report/rows.js is missing or damaged; run `markguard report` again.";
-    return;
-  }
-  $("f-status").onchange = function () { update({ status: this.value, page: 1 }); };
-  $("f-brand").onchange = function () { update({ brand: this.value, page: 1 }); };
-  $("f-size").onchange = function () { update({ size: parseInt(this.value, 10), page: 1 }); };
-  $("f-q").oninput = function () { update({ q: this.value, page: 1 }); };
-  $("prev").onclick = function () { update({ page: state.page - 1 }); };
-  $("next").onclick = function () { update({ page: state.page + 1 }); };
-  document.addEventListener("keydown", function (ev) {
-    if (ev.target && /^(INPUT|SELECT|TEXTAREA)$/.test(ev.target.tagName)) return;
-    if (ev.key === "ArrowRight" && !$("next").disabled) $("next").click();
-    if (ev.key === "ArrowLeft" && !$("prev").disabled) $("prev").click();
-  });
-  window.addEventListener("hashchange", function () { readHash(); render(); });
-  readHash();
-  render();
-})();
-</script>
-</body>
-</html>
-"""

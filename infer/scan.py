@@ -1,256 +1,38 @@
-"""The scan runner: read → decode → regions → embed → search → decide → write, each stage timed.
+"""The scan runner: pulls batches through read → decode → (infer/pipeline.py: regions → embed → search → decide) → write.
 
 ``run_scan`` is what ``markguard scan`` calls; ``scan_rows`` is the same pipeline as a generator of
-typed rows, for calibration and tests.
+typed rows, for calibration and tests. The stages are modules of their own: read.py, decode.py,
+regions/, embed.py, search.py, verify.py, decide.py, writer.py (results.py holds the output contract).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from markguard.checkpoint import ModelCard, load_checkpoint
-from markguard.datasets.listings import open_dump, shard
+from markguard.datasets.listings import open_dump
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
-from markguard.infer.decide import Match, Policy, resolve_policy
-from markguard.infer.embed import embed_regions, feature_maps
-from markguard.infer.loader import Batch, DecodedBatches, RunFailure, batch_loader, finish_decode
-from markguard.infer.regions import RegionMode, select_regions
-from markguard.infer.search import search_batch
-from markguard.infer.writer import PARQUET, RESULTS, BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
-from markguard.model import compile_backbone
-
-STATE = "scan.json"
-SUMMARY = "summary.json"
-INDEX_META = "markguard.json"  # beside an index: the model that built it and the brands' settings
-
-
-@dataclass
-class ScanRow:
-    listing_id: str
-    image: str
-    seller_id: str | None
-    status: str
-    score: float | None
-    brand: str | None
-    mark: str | None
-    box: list[int] | None
-    matches: list[Match]
-    error: str | None = None
-
-    def to_json(self) -> dict:
-        return {"listing_id": self.listing_id, "image": self.image, "seller_id": self.seller_id, "status": self.status,
-                "score": None if self.score is None else round(float(self.score), 4), "brand": self.brand, "mark": self.mark,
-                "box": self.box, "matches": [m.to_json() for m in self.matches], "error": self.error}
-
-
-@dataclass
-class Searcher:
-    """One index with the model that built it."""
-
-    name: str
-    path: Path
-    index: object
-    model: torch.nn.Module
-    card: ModelCard
-    brands: dict[str, dict]
-    model_dir: Path | None = None  # where the model was loaded from (None: the shipped default); engines reload it
-
-
-@dataclass
-class ScanOptions:
-    regions: str | None = None  # None: the model card's region mode
-    batch_size: int = 16
-    workers: int = 1
-    device: str = "cpu"
-    precision: str = "auto"
-    k: int = 3
-    max_matches: int = 5
-    flag: float | None = None
-    review: float | None = None
-    shard: tuple[int, int] | None = None
-    verify: bool = False  # geometric check of the best candidates (infer/verify.py)
-    backend: str = "torch"  # torch | onnx | torchscript (infer/backends.py)
-    engine: str = "local"  # local | ray (infer/ray_engine.py)
-    address: str | None = None  # Ray cluster address; None starts a local instance
-    actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)
-    decode: str = "auto"  # cpu (Pillow, in the loader workers) | device (JPEGs by torchvision.io on the model's device) | auto
-    compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
-
-
-@dataclass
-class StageTimes:
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("decode", "regions", "embed", "search", "verify", "decide", "write"), 0.0))
-
-    def add(self, stage: str, t0: float) -> float:
-        now = time.perf_counter()
-        self.seconds[stage] += now - t0
-        return now
-
-
-def resolve_decode(decode: str, device: str) -> str:
-    """auto: JPEGs decode on the GPU when the model runs on one (nvJPEG), else on the CPU with Pillow."""
-    if decode == "auto":
-        return "device" if device.startswith("cuda") else "cpu"
-    if decode not in ("cpu", "device"):
-        raise MarkguardError(f"unknown decode {decode!r}; choose cpu, device or auto")
-    return decode
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MarkguardError("--device cuda given but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
-def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = "torch",
-                   *, compile: str | None = None) -> list[Searcher]:
-    """Open each index with its model; the model's fingerprint must be the one the index was built with.
-
-    ``compile`` names a torch.compile backend for each model's backbone (PyTorch backend only).
-    """
-    from markguard.infer.index import MarkIndex
-
-    searchers, models = [], {}
-    names = [Path(p).name if len(index_paths) > 1 else "" for p in index_paths]
-    for name in set(names):
-        if names.count(name) > 1:
-            raise MarkguardError(f"two indexes are named {name!r}; matches say which index they came from by folder name, so give them different folder names")
-    for p, name in zip(index_paths, names):
-        p = Path(p)
-        meta_path = p / INDEX_META
-        try:
-            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        except (OSError, json.JSONDecodeError) as e:
-            raise MarkguardError(f"{meta_path}: unreadable ({e}); rebuild the index with `markguard index build`") from None
-        mpath = model_path if model_path is not None else meta.get("model")
-        if mpath is not None and not Path(mpath).exists() and model_path is None:
-            mpath = None  # the recorded model moved: fall back to the shipped default, the fingerprint check decides
-        key = str(mpath)
-        if key not in models:
-            if backend == "torch":
-                models[key] = load_checkpoint(mpath, device=device)
-                if compile:
-                    compile_backbone(models[key][0], compile)
-            else:
-                from markguard.infer.backends import load_backend
-
-                models[key] = load_backend(mpath, backend, device=device)
-        model, card = models[key]
-        try:
-            index = MarkIndex.load(p, expect_fingerprint=card.fingerprint)
-        except MarkguardError as e:
-            hint = "" if model_path is None else f" (model given with -m {model_path})"
-            raise MarkguardError(f"{e}{hint}") from None
-        if device.startswith("cuda"):
-            sys.stderr.write(f"index {p}: {index.use_gpu()}\n")
-        searchers.append(Searcher(name, p, index, model, card, meta.get("brands", {}), None if mpath is None else Path(mpath)))
-    return searchers
-
-
-def _embed_tiles(s: Searcher, x: torch.Tensor, boxes: list[torch.Tensor], device: str, precision: str):
-    """The slow baseline: crop every region, resize it to the training input and run the backbone on it."""
-    from torchvision.ops import roi_align
-
-    size = s.card.input_size
-    crops = roi_align(x, [b.to(x.device, x.dtype) for b in boxes], output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    out = []
-    for i in range(0, len(crops), 64):
-        full = torch.tensor([[0.0, 0.0, size, size]]).repeat(len(crops[i : i + 64]), 1)
-        out.append(embed_regions(s.model, s.card, crops[i : i + 64], list(full.split(1)), device=device, precision=precision).vectors)
-    return torch.cat(out)
-
-
-def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts: ScanOptions, times: StageTimes) -> list[ScanRow]:
-    """Regions, embed, search and decide for one decoded batch (finishing its decode on the device first, if asked)."""
-    t = time.perf_counter()
-    if batch.pending:
-        card = searchers[0].card
-        finish_decode(batch, size=max(s.card.scan_size for s in searchers), mean=card.mean, std=card.std, device=opts.device)
-        t = times.add("decode", t)
-    per_image: list[list[Match]] = [[] for _ in batch.ok]
-    for s in searchers:
-        mode = RegionMode(opts.regions or s.card.regions.get("mode", "grid"))
-        x, valid = batch.x, batch.valid
-        factor = 1.0
-        if x.shape[-1] != s.card.scan_size and len(x):
-            factor = s.card.scan_size / x.shape[-1]
-            x = F.interpolate(x, size=(s.card.scan_size, s.card.scan_size), mode="bilinear", align_corners=False, antialias=True)
-        if len(x) == 0:
-            continue
-        valid_s = [(max(1, int(w * factor)), max(1, int(h * factor))) for w, h in valid]
-        if mode is RegionMode.tiles:
-            boxes = select_regions(RegionMode.grid, s.model, s.card, None, valid_s, x.shape[-1])
-            t = times.add("regions", t)
-            vec = _embed_tiles(s, x, boxes, opts.device, opts.precision)
-            counts = [len(b) for b in boxes]
-            t = times.add("embed", t)
-        else:
-            fmap = feature_maps(s.model, x, device=opts.device, precision=opts.precision)
-            t = times.add("embed", t)
-            boxes = select_regions(mode, s.model, s.card, fmap, valid_s, x.shape[-1])
-            t = times.add("regions", t)
-            emb = embed_regions(s.model, s.card, x, boxes, fmap=fmap)
-            vec, counts = emb.vectors, emb.counts
-            t = times.add("embed", t)
-        boxes_orig = [(b.numpy() / factor) * np.array([fx, fy, fx, fy], dtype=np.float32) for b, (fx, fy) in zip(boxes, batch.to_orig)]
-        for i, (b, (w, h)) in enumerate(zip(boxes_orig, batch.orig_size)):
-            np.clip(b, 0, [w, h, w, h], out=b)
-        found = search_batch(s.index, vec.float().cpu().numpy(), counts, boxes_orig, k=opts.k, max_matches=opts.max_matches,
-                             index_name=s.name or None)
-        t = times.add("search", t)
-        if opts.verify:
-            from markguard.infer.verify import verify_matches
-
-            found = verify_matches(x, found, s, batch.to_orig, factor)
-            for matches, (w, h) in zip(found, batch.orig_size):  # a tightened box may reach past the photo
-                for m in matches:
-                    if m.box is not None:
-                        m.box = [min(max(0, v), lim) for v, lim in zip(m.box, (w, h, w, h))]
-            t = times.add("verify", t)
-        for i, matches in enumerate(found):
-            per_image[i].extend(matches)
-    rows = []
-    ok_pos = {pos: i for i, pos in enumerate(batch.ok)}
-    for pos, item in enumerate(batch.items):
-        if pos in batch.errors:
-            rows.append(ScanRow(item.listing_id, item.image, item.seller_id, "error", None, None, None, None, [], batch.errors[pos]))
-            continue
-        matches = sorted(per_image[ok_pos[pos]], key=lambda m: -m.score)
-        status, decider = policy.decide(matches, item.seller_id)
-        best = matches[0].score if matches else None
-        shown = [m for m in matches if m.score >= policy.thresholds(m.brand, m.index)[1]][: opts.max_matches]
-        if status == "pass":
-            rows.append(ScanRow(item.listing_id, item.image, item.seller_id, "pass", best, None, None, None, shown))
-        else:
-            rows.append(ScanRow(item.listing_id, item.image, item.seller_id, status, decider.score, decider.brand, decider.mark, decider.box, shown))
-    times.add("decide", t)
-    return rows
-
-
-def _items_fn(source: str, shard_spec: tuple[int, int] | None):
-    items = open_dump(source)
-    return shard(items, *shard_spec) if shard_spec else items
+from markguard.infer.decide import Policy, resolve_policy
+from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader
+from markguard.infer.pipeline import STAGES, ScanOptions, StageTimes, process_batch, region_mode, resolve_decode  # noqa: F401
+from markguard.infer.read import item_source
+from markguard.infer.results import PARQUET, PARTIAL, RESULTS, STATE, SUMMARY, ScanRow, read_results, read_summary
+from markguard.infer.searchers import Searcher, load_searchers, resolve_device  # noqa: F401  (the scan's public names)
+from markguard.infer.writer import BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
 
 
 def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opts: ScanOptions, *, skip: int = 0,
               times: StageTimes | None = None, full_matches: bool = False) -> Iterator[ScanRow]:
     """The pipeline as a generator of rows, in input order, after skipping ``skip`` inputs."""
     times = times or StageTimes()
+    for s in searchers:
+        region_mode(s, opts)  # a bad mode fails here, in the main process, not in the first batch
     if opts.engine == "ray":
         from markguard.infer.ray_engine import ray_rows
 
@@ -258,15 +40,15 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
         return
     if opts.engine != "local":
         raise MarkguardError(f"unknown engine {opts.engine!r}; choose local or ray")
-    size = max(s.card.scan_size for s in searchers)
-    card = searchers[0].card
-    open_dump(source)  # fail here, in the main process, on a missing or unreadable dump
-    ds = DecodedBatches(functools.partial(_items_fn, str(source), opts.shard), size=size, mean=card.mean, std=card.std,
-                        batch_size=opts.batch_size, skip=skip, device_jpeg=resolve_decode(opts.decode, opts.device) == "device")
+    # decoded once, at the largest scan size, normalised as the first model wants; model_input() adapts it for each
+    first = searchers[0].prep
+    ds = DecodedBatches(item_source(source, opts.shard), size=max(s.prep.scan_size for s in searchers), mean=first.mean,
+                        std=first.std, batch_size=opts.batch_size, skip=skip,
+                        device_jpeg=resolve_decode(opts.decode, opts.device) == "device")
     for batch in batch_loader(ds, opts.workers):
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)
-        times.seconds["decode"] += batch.decode_s
+        times.merge({"decode": batch.decode_s})
         yield from process_batch(batch, searchers, policy, opts, times)
 
 
@@ -388,13 +170,13 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         if previous != state:
             raise MarkguardError(f"{out_dir}: holds the output of another scan ({previous.get('input')}); choose a new -o folder or delete it")
         if (out_dir / RESULTS).exists() and (out_dir / SUMMARY).exists():
-            summary = json.loads((out_dir / SUMMARY).read_text())
+            summary = read_summary(out_dir)
             if "parquet" in formats and not (out_dir / PARQUET).exists():
                 summary["parquet"] = str(write_parquet(out_dir / RESULTS, out_dir / PARQUET))
                 atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
             summary["note"] = "already finished; nothing to do"
             return summary
-        if (out_dir / "results.jsonl.partial").exists() and not resume:
+        if (out_dir / PARTIAL).exists() and not resume:
             raise MarkguardError(f"{out_dir}: an unfinished scan is here; pass --resume to continue it, or delete the folder to start over")
     elif any(out_dir.iterdir()):
         raise MarkguardError(f"{out_dir}: folder is not empty and holds no markguard scan; choose a new -o folder")
@@ -404,8 +186,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     skipped = writer.rows
     counts: Counter = Counter()
     if skipped:  # counts of the rows already written, so the summary covers the whole scan
-        with open(writer.path, encoding="utf-8") as f:
-            counts.update(json.loads(line)["status"] for line in f)
+        counts.update(row.status for row in read_results(writer.path))
     total = _total(source, opts.shard)
     bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress)
     times = StageTimes()
@@ -427,7 +208,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
         t = time.perf_counter()
         results = bg.finish()
-        times.seconds["write"] += bg.seconds + (time.perf_counter() - t)
+        times.merge({"write": bg.seconds + (time.perf_counter() - t)})
     finally:
         bg.close()
         bar.close()
@@ -436,7 +217,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     if "parquet" in formats:
         t = time.perf_counter()
         extra["parquet"] = str(write_parquet(results, out_dir / PARQUET))
-        times.seconds["write"] += time.perf_counter() - t
+        times.add("write", t)
     references = {}
     for s in searchers:
         for rec in s.index.records():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from markguard.infer.decide import Match
+from markguard.infer.results import Match
 
 
 def search_batch(index, vectors: np.ndarray, counts: list[int], boxes_orig: list[np.ndarray], *, k: int = 3,

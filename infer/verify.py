@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from markguard.errors import DecodeError, MarkguardError
-from markguard.infer.decide import Match
+from markguard.infer.results import Match
+from markguard.preprocess import resolve_preprocessing
 
 METHODS = ("sift", "orb")
 REF_PAD = 16  # white border around a reference: detectors skip a band near the image edge
@@ -241,16 +242,17 @@ def to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
 
 
 def verify_matches(x: torch.Tensor, found: list[list[Match]], searcher, to_orig: list[tuple[float, float]], factor: float,
-                   cfg: VerifyConfig | None = None) -> list[list[Match]]:
+                   cfg: VerifyConfig | None = None, *, orig_size: list[tuple[int, int]] | None = None) -> list[list[Match]]:
     """Check each photo's best ``cfg.candidates`` matches against their reference marks: a verified match gets a
     higher score and the projected reference's box; the rest pass through unchanged. Returns ``found``'s shape.
 
     ``x`` is the letterboxed batch the boxes were found in; a box in original pixels maps to it by
-    dividing by ``to_orig[i]`` and multiplying by ``factor`` (the scan-size rescale).
+    dividing by ``to_orig[i]`` and multiplying by ``factor`` (the scan-size rescale). With ``orig_size``,
+    a tightened box is clipped to its photo (a projected reference may reach past it).
     """
     cfg = cfg or VerifyConfig()
     sources = _sources(searcher.index)
-    card = searcher.card
+    prep = resolve_preprocessing(searcher.card)
     out = []
     for i, matches in enumerate(found):
         if not matches:
@@ -258,7 +260,7 @@ def verify_matches(x: torch.Tensor, found: list[list[Match]], searcher, to_orig:
             continue
         fx, fy = to_orig[i]
         scale = np.array([fx, fy, fx, fy], dtype=np.float64) / factor  # letterbox → original pixels
-        image = to_uint8(x[i], card.mean, card.std)
+        image = to_uint8(x[i], prep.mean, prep.std)
         checked = []
         for rank, m in enumerate(matches):
             if rank >= cfg.candidates or m.box is None:
@@ -275,6 +277,9 @@ def verify_matches(x: torch.Tensor, found: list[list[Match]], searcher, to_orig:
                     best = v
             if best.verified:
                 new_box = [int(round(v)) for v in np.asarray(best.box) * scale]
+                if orig_size is not None:
+                    w, h = orig_size[i]
+                    new_box = [min(max(0, v), lim) for v, lim in zip(new_box, (w, h, w, h))]
                 checked.append(dataclasses.replace(m, score=rescore(m.score, best, cfg), box=new_box))
             else:
                 checked.append(m)

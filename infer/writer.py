@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 from markguard.errors import MarkguardError
+from markguard.infer.results import PARTIAL, RESULTS, read_results
 
-RESULTS = "results.jsonl"
-PARTIAL = "results.jsonl.partial"
-ROW_KEYS = ("listing_id", "image", "seller_id", "status", "score", "brand", "mark", "box", "matches", "error")
 
 
 def recover_partial(path: Path) -> int:
@@ -127,18 +125,6 @@ class BackgroundWriter:
         self.writer.close()
 
 
-def check_rows(path: Path) -> None:
-    """Refuse a results file whose rows do not follow the contract (used by tests and ``merge``)."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            row = json.loads(line)
-            if tuple(row) != ROW_KEYS:
-                raise MarkguardError(f"{path}:{n}: keys {list(row)} differ from the results.jsonl contract {list(ROW_KEYS)}")
-
-
-PARQUET = "results.parquet"
-
-
 def parquet_schema():
     import pyarrow as pa
 
@@ -163,10 +149,10 @@ def write_parquet(results: Path, out: Path, *, rows_per_group: int = 65_536) -> 
 
     schema = parquet_schema()
     tmp = out.with_name(out.name + ".partial")
-    with open(results, encoding="utf-8") as f, pq.ParquetWriter(tmp, schema) as pw:
+    with pq.ParquetWriter(tmp, schema) as pw:
         chunk = []
-        for line in f:
-            row = json.loads(line)
+        for r in read_results(results):
+            row = r.to_json()
             row["matches"] = [{k: m.get(k) for k in ("brand", "mark", "score", "box", "index")} for m in row["matches"]]
             chunk.append(row)
             if len(chunk) >= rows_per_group:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,8 +18,9 @@ from safetensors.torch import load_file, save_file
 
 from markguard import __version__
 from markguard.errors import MarkguardError
-from markguard.fsio import atomic_write_text
+from markguard.fsio import atomic_path, atomic_write_text
 from markguard.model import EmbeddingModel
+from markguard.preprocess import REGION_DEFAULTS
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
@@ -42,7 +41,7 @@ class ModelCard:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     resize: str = "letterbox"  # long side to scan_size, padded bottom/right with the mean colour
-    regions: dict = field(default_factory=lambda: {"mode": "grid", "scales": [1.0, 0.6, 0.4, 0.25], "overlap": 0.5})
+    regions: dict = field(default_factory=lambda: json.loads(json.dumps(REGION_DEFAULTS)))  # a fresh copy
     proposals: dict = field(default_factory=dict)  # the learned proposal head's settings; empty when the model has none
     init: dict = field(default_factory=dict)  # the pretrained weights it started from: source, sha256, licence; empty = from scratch
     thresholds: dict = field(default_factory=lambda: {"flag": 0.6, "review": 0.5, "per_brand": {}})
@@ -93,13 +92,8 @@ def save_checkpoint(model: EmbeddingModel, card: ModelCard, out_dir: str | Path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     card = dataclasses.replace(card, fingerprint=fingerprint(state, card),
                                created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".weights.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"fingerprint": card.fingerprint})
-        os.replace(tmp, out_dir / WEIGHTS)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(out_dir / WEIGHTS) as tmp:  # renamed in whole, with the umask's mode
+        save_file(state, str(tmp), metadata={"fingerprint": card.fingerprint})
     atomic_write_text(out_dir / CARD, json.dumps(dataclasses.asdict(card), indent=2))
     return card
 

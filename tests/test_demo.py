@@ -4,7 +4,7 @@ import json
 
 from markguard.cli import main
 from markguard.demo import run_demo
-from markguard.infer.writer import ROW_KEYS
+from markguard.infer.results import ROW_KEYS
 
 
 def test_demo_runs_the_loop_and_scores_it(tmp_path, tiny_overrides):

@@ -223,14 +223,12 @@ def calibrate_results(results_dir: str | Path, truth_path: str | Path, model_dir
     """
     from markguard.checkpoint import load_card
     from markguard.infer.decide import Policy
+    from markguard.infer.results import read_summary
     from markguard.infer.scan import ScanOptions, load_searchers, scan_rows
     from markguard.train.evaluate import read_jsonl
 
     results_dir = Path(results_dir)
-    summary_path = results_dir / "summary.json"
-    if not summary_path.exists():
-        raise MarkguardError(f"{summary_path}: not found; give the output folder of a finished `markguard scan`")
-    summary = json.loads(summary_path.read_text())
+    summary = read_summary(results_dir, fix="give the output folder of a finished `markguard scan`")
     card = load_card(model_dir)
     if summary["model"]["fingerprint"] != card.fingerprint:
         raise MarkguardError(f"{results_dir}: scanned with model {summary['model']['fingerprint']}, not {model_dir} ({card.fingerprint}); calibrate with the scan's model")

@@ -41,26 +41,28 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def score_scan(results_path: str | Path, truth_path: str | Path, *, statuses=("flag",), authorized: dict[str, list[str]] | None = None) -> ScanScore:
     """Compare ``results.jsonl`` with a synth ``truth.jsonl`` (matched by listing_id + image)."""
+    from markguard.infer.results import read_results
+
     truth = {(t["listing_id"], t["image"]): t for t in read_jsonl(truth_path)}
     authorized = authorized or {}
     n = pos = flagged = tp = right = boxed = errors = 0
-    for row in read_jsonl(results_path):
-        t = truth.get((row["listing_id"], row["image"]))
+    for row in read_results(results_path):
+        t = truth.get((row.listing_id, row.image))
         if t is None:
             continue
         n += 1
         shown = [m for m in t["marks"] if m["registered"] and t.get("seller_id") not in authorized.get(m["brand"], [])]
         is_pos = bool(shown)
         pos += is_pos
-        errors += row["status"] == "error"
-        if row["status"] in statuses:
+        errors += row.status == "error"
+        if row.status in statuses:
             flagged += 1
             if is_pos:
                 tp += 1
-                hit = [m for m in shown if m["mark"] == row["mark"]]
+                hit = [m for m in shown if m["mark"] == row.mark]
                 right += bool(hit)
-                if hit and row["box"]:
-                    boxed += max(iou(row["box"], m["box"]) for m in hit) >= 0.5
+                if hit and row.box:
+                    boxed += max(iou(row.box, m["box"]) for m in hit) >= 0.5
     return ScanScore(n, pos, flagged, tp, tp / flagged if flagged else 0.0, tp / pos if pos else 0.0,
                      right / tp if tp else 0.0, boxed / right if right else 0.0, errors)
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from markguard.datasets.listings import ListingItem
-from markguard.infer.loader import decode_items, finish_decode
+from markguard.infer.decode import decode_items, finish_decode
 from markguard.infer.scan import ScanOptions, resolve_decode, run_scan
 from markguard.model import compile_backbone
 from test_scan import OPTS, read_rows, scanned, world  # noqa: F401, F811  (fixtures)
@@ -44,7 +44,7 @@ def test_device_decode_matches_pillow_for_every_orientation_and_mode():
     cpu = decode_items(_items(datas), size=64, mean=MEAN, std=STD)
     dev = decode_items(_items(datas), size=64, mean=MEAN, std=STD, device_jpeg=True)
     assert [p.pos for p in dev.pending] == list(range(9))  # CMYK stays on the Pillow path
-    finish_decode(dev, size=64, mean=MEAN, std=STD, device="cpu")
+    finish_decode(dev, size=64, device="cpu")
     assert dev.pending == [] and dev.ok == cpu.ok == list(range(10)) and not dev.errors
     assert dev.valid == cpu.valid and dev.orig_size == cpu.orig_size
     for (a, b), (c, d) in zip(dev.to_orig, cpu.to_orig):
@@ -64,7 +64,7 @@ def test_device_decode_gives_the_pillow_error_rows():
     datas = [good, cut, b"", b"not an image at all", _jpeg(10, 10), good + b"trailing"]
     cpu = decode_items(_items(datas), size=32, mean=MEAN, std=STD)
     dev = decode_items(_items(datas), size=32, mean=MEAN, std=STD, device_jpeg=True)
-    finish_decode(dev, size=32, mean=MEAN, std=STD, device="cpu")
+    finish_decode(dev, size=32, device="cpu")
     assert dev.errors == cpu.errors and set(cpu.errors) == {1, 2, 3, 4}
     assert dev.ok == cpu.ok == [0, 5]
 

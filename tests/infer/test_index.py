@@ -7,11 +7,14 @@ import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
+import faiss
 import numpy as np
 import pytest
 
+from markguard import fsio
 from markguard.errors import MarkguardError
 from markguard.infer import index as index_mod
+from markguard.infer.index import store as index_store
 from markguard.infer.index import IndexKind, MarkIndex, MarkRecord, choose_kind, recall_at_k
 
 DIM = 32
@@ -306,7 +309,7 @@ def test_failed_save_keeps_previous_index(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_mod, "_write_text", boom)  # dies after index.faiss and marks.sqlite are written
+    monkeypatch.setattr(index_store, "_write_text", boom)  # dies after index.faiss and marks.sqlite are written
     with pytest.raises(OSError):
         idx.save(path)
     assert len(MarkIndex.load(path)) == 200
@@ -318,7 +321,7 @@ def test_interrupted_directory_swap_falls_back_to_previous(tmp_path, monkeypatch
     path = _saved(tmp_path)
     idx = MarkIndex.load(path)
     idx.add(X[200:210], recs(10, 200))
-    monkeypatch.setattr(index_mod, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(fsio, "_exchange", lambda a, b: False)
     real_rename, calls = os.rename, []
 
     def rename(src, dst):
@@ -327,10 +330,10 @@ def test_interrupted_directory_swap_falls_back_to_previous(tmp_path, monkeypatch
             raise KeyboardInterrupt  # killed between moving the old index aside and moving the new one in
         real_rename(src, dst)
 
-    monkeypatch.setattr(index_mod.os, "rename", rename)
+    monkeypatch.setattr(fsio.os, "rename", rename)
     with pytest.raises(KeyboardInterrupt):
         idx.save(path)
-    monkeypatch.setattr(index_mod.os, "rename", real_rename)
+    monkeypatch.setattr(fsio.os, "rename", real_rename)
     assert not path.exists() and len(MarkIndex.load(path)) == 200
     idx.save(path)  # the next save completes normally
     assert len(MarkIndex.load(path)) == 210
@@ -341,11 +344,11 @@ def test_killed_save_keeps_previous_index(tmp_path):
     path = _saved(tmp_path)
     child = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from markguard.infer import index as m
-        idx = m.MarkIndex.load({str(path)!r})
+        from markguard.infer.index import MarkIndex, store
+        idx = MarkIndex.load({str(path)!r})
         x = np.load({str(tmp_path / 'x.npy')!r})
         idx.add(x, [{{"brand": "k", "mark": "k"}}] * len(x))
-        m._write_text = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+        store._write_text = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
         idx.save({str(path)!r})
     """)
     np.save(tmp_path / "x.npy", X[200:260])
@@ -366,17 +369,17 @@ def test_memory_estimate_matches_the_built_index(built, kind):
 def test_gpu_search_is_used_for_flat_indexes_and_kept_in_step(monkeypatch):
     # this faiss has no GPUs: an honest message and unchanged CPU search
     idx = build("flat", X[:300])
-    if not hasattr(index_mod.faiss, "StandardGpuResources"):
+    if not hasattr(faiss, "StandardGpuResources"):
         assert idx.use_gpu().startswith("CPU search (this faiss has no GPU support")
     # the logic around faiss-gpu, with a stand-in for index_cpu_to_all_gpus that clones on the host
     copies = []
 
     def fake_to_gpus(index):
-        copies.append(index_mod.faiss.clone_index(index))
+        copies.append(faiss.clone_index(index))
         return copies[-1]
 
-    monkeypatch.setattr(index_mod.faiss, "get_num_gpus", lambda: 2, raising=False)
-    monkeypatch.setattr(index_mod.faiss, "index_cpu_to_all_gpus", fake_to_gpus, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", fake_to_gpus, raising=False)
     assert build("hnsw", X[:300]).use_gpu().startswith("CPU search (hnsw")
     assert idx.use_gpu() == "GPU search on 2 GPU(s)" and len(copies) == 1
     q = X[:5]
@@ -386,3 +389,94 @@ def test_gpu_search_is_used_for_flat_indexes_and_kept_in_step(monkeypatch):
     assert len(copies) == 2 and copies[-1].ntotal == 298
     s1, i1 = idx.search(q, 3)
     assert 0 not in i1 and 1 not in i1 and (i1[2:, 0] == np.arange(2, 5)).all()
+
+
+# ---- the application's metadata rides in the same save; readers see one save
+
+
+def test_meta_is_saved_inside_the_swap_and_checked(tmp_path):
+    idx = build("flat", X[:50])
+    idx.meta = {"model": None, "brands": {"b0": {"authorized_sellers": ["s1"]}}}
+    idx.save(tmp_path / "ix")
+    header = json.loads((tmp_path / "ix" / "index.json").read_text())
+    assert "markguard.json" in header["sha256"] and header["save_id"]
+    back = MarkIndex.load(tmp_path / "ix")
+    assert back.meta == idx.meta and back.save_id == header["save_id"] == idx.save_id
+    (tmp_path / "ix" / "markguard.json").write_text("{}")  # emptied by hand: no longer this save's metadata
+    assert "markguard.json" in _load_error(tmp_path / "ix") and "checksum" in _load_error(tmp_path / "ix")
+
+
+def test_index_without_meta_is_refused_by_the_application(tmp_path):
+    build("flat", X[:20]).save(tmp_path / "ix")
+    back = MarkIndex.load(tmp_path / "ix")
+    assert back.meta is None
+    with pytest.raises(MarkguardError) as e:
+        back.require_meta()
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "ix") in msg and "markguard.json" in msg and "index build" in msg
+
+
+def test_kill_right_after_the_swap_keeps_the_meta(tmp_path, monkeypatch):
+    # before, the metadata was written after the swap: a kill here left an index with none
+    idx = build("flat", X[:50])
+    idx.meta = {"brands": {"b0": {}}, "model": None}
+    idx.save(tmp_path / "ix")
+    idx.add(X[50:60], recs(10, 50))
+    idx.meta = {"brands": {"b0": {}, "b1": {}}, "model": None}
+    real = index_store.swap_in_folder
+
+    def swap_then_die(tmp, path):
+        real(tmp, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index_store, "swap_in_folder", swap_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        idx.save(tmp_path / "ix")
+    back = MarkIndex.load(tmp_path / "ix")
+    assert len(back) == 60 and back.require_meta()["brands"] == {"b0": {}, "b1": {}}
+
+
+def test_loads_during_repeated_saves_see_one_whole_save(tmp_path):
+    """Another process saves the folder again and again (as `index add`/`remove` do) while this one loads it:
+    every load must see the vectors, records and metadata of one save."""
+    path = tmp_path / "ix"
+    idx = build("flat", X[:100])
+    idx.meta = {"n": 100}
+    idx.save(path)
+    np.save(tmp_path / "x.npy", X[100:140])
+    child = textwrap.dedent(f"""
+        import sys, time, numpy as np
+        from markguard.infer.index import MarkIndex
+        idx = MarkIndex.load({str(path)!r})
+        x = np.load({str(tmp_path / 'x.npy')!r})
+        t0, saves = time.monotonic(), 0
+        while time.monotonic() - t0 < 4.0:
+            n = 100 + 1 + saves % 40
+            if len(idx) < n:
+                idx.add(x[len(idx) - 100:n - 100], [{{"brand": "k", "mark": f"m{{i}}"}} for i in range(len(idx), n)])
+            else:
+                idx.remove(ids=list(range(n, len(idx) + 1000)))
+            idx.meta = {{"n": len(idx)}}
+            idx.save({str(path)!r})
+            saves += 1
+        print(saves)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, loads, problems = set(), 0, []
+    try:
+        while proc.poll() is None:
+            try:
+                back = MarkIndex.load(path)
+            except MarkguardError as e:
+                problems.append(str(e))
+                continue
+            loads += 1
+            seen.add(back.save_id)
+            if back.meta is None or back.meta.get("n") != len(back) or len(list(back.records())) != len(back):
+                problems.append(f"mixed save: meta {back.meta}, {len(back)} vectors")
+    finally:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert problems == []
+    assert int(out) >= 5 and len(seen) >= 3, (out, len(seen), loads)  # the loads really overlapped saves

@@ -125,3 +125,33 @@ def test_head_learns_where_marks_are():
 def test_unknown_mode_names_the_choices():
     with pytest.raises(MarkguardError, match="none, grid, tiles, learned, learned\\+grid"):
         select_regions("learnt", None, CARD, None, [(64, 64)], 64)
+
+
+@pytest.mark.parametrize("mode", list(RegionMode))
+def test_every_registered_mode_gives_the_whole_photo_first_and_boxes_inside(mode):
+    model = EmbeddingModel("resnet10t", 16, output_stride=16, proposals={"top_k": 5, "score_thresh": 0.0})
+    fmap = model.forward_features(torch.randn(2, 3, 64, 64)) if mode.value.needs_fmap else None
+    valid = [(64, 48), (40, 64)]
+    assert RegionMode(mode.label) is mode and RegionMode.named(mode.label) is mode
+    boxes = select_regions(mode, model, CARD, fmap, valid, 64)
+    assert len(boxes) == 2
+    for b, (w, h) in zip(boxes, valid):
+        assert b[0].tolist() == [0.0, 0.0, float(w), float(h)]
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+        assert ((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all()
+    expect = {"none": 1, "grid": None, "tiles": None, "learned": None, "learned+grid": None}[mode.label]
+    assert expect is None or all(len(b) == expect for b in boxes)
+
+
+def test_region_defaults_come_from_one_place():
+    from markguard.preprocess import REGION_DEFAULTS, resolve_preprocessing
+
+    assert ModelCard().regions == REGION_DEFAULTS and ModelCard().regions is not REGION_DEFAULTS
+    bare = ModelCard(regions={"mode": "learned"})  # a card that names only its mode
+    prep = resolve_preprocessing(bare)
+    assert (prep.regions.mode, list(prep.regions.scales), prep.regions.overlap) == (
+        "learned", REGION_DEFAULTS["scales"], REGION_DEFAULTS["overlap"])
+    grid = select_regions(RegionMode.grid, None, bare, None, [(64, 64)], 64)[0]
+    assert grid.tolist() == grid_boxes(64, 64, REGION_DEFAULTS["scales"], REGION_DEFAULTS["overlap"]).tolist()
+    with pytest.raises(MarkguardError, match="field resize is 'stretch'"):
+        resolve_preprocessing(ModelCard(resize="stretch"))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from markguard.infer.writer import PARTIAL, recover_partial
+from markguard.infer.results import PARTIAL
+from markguard.infer.writer import recover_partial
 from test_scan import read_rows, make_world
 
 

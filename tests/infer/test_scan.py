@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from markguard.checkpoint import ModelCard, create_model, save_checkpoint
 from markguard.errors import MarkguardError
 from markguard.infer.build import build_index
 from markguard.infer.scan import Progress, ScanOptions, run_scan
-from markguard.infer.writer import ROW_KEYS, check_rows
+from markguard.infer.results import ROW_KEYS, check_rows
 
 HOSTILE = {  # listing_id → (image_path, expected reason fragment)
     "X-empty": ("empty.jpg", ""),
@@ -251,3 +252,73 @@ def test_several_indexes_in_one_pass(world, scanned, tmp_path):
         assert [b for b, _ in mine] == [b for b, _ in alone]
         assert [s for _, s in mine] == pytest.approx([s for _, s in alone], abs=0.02)
     assert seen == {"index", "logos"}
+
+
+def test_stage_times_take_new_stages():
+    from markguard.infer.scan import StageTimes
+
+    times = StageTimes()
+    times.add("evidence", time.perf_counter() - 0.5)  # a stage this module never heard of
+    times.merge({"evidence": 0.25, "decode": 1.0})
+    assert times.seconds["evidence"] == pytest.approx(0.75, abs=0.05) and times.seconds["decode"] == 1.0
+
+
+def test_unknown_region_mode_in_a_model_card_is_one_line(world, tmp_path):
+    from markguard.checkpoint import load_checkpoint
+
+    model = tmp_path / "model"
+    card = ModelCard(backbone="resnet10t", dim=32, input_size=48, scan_size=64, regions={"mode": "everywhere"})
+    save_checkpoint(create_model(card), card, model)  # a card from elsewhere: its fingerprint is sound
+    try:
+        load_checkpoint(model)
+    except MarkguardError as e:  # a card check at load time is just as good: one line naming the field
+        assert "regions" in str(e) and "\n" not in str(e)
+        return
+    index = tmp_path / "index"
+    build_index(world.gallery, index, model=model, device="cpu")
+    with pytest.raises(MarkguardError) as e:
+        run_scan(world.dump, [index], tmp_path / "out", opts=OPTS, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "regions.mode" in msg and "everywhere" in msg and "learned+grid" in msg
+    assert str(model / "model_card.json") in msg
+
+
+def _recorded_queries(searchers) -> dict[str, list]:
+    """Wrap each searcher's index so every query vector it is searched with is kept, by index name."""
+    seen = {}
+    for s in searchers:
+        seen[s.path.name] = []
+
+        def search(q, k, _orig=s.index.search, _keep=seen[s.path.name]):
+            _keep.append(np.array(q))
+            return _orig(q, k)
+
+        s.index.search = search
+    return seen
+
+
+def test_each_index_sees_photos_normalised_by_its_own_card(world, tmp_path):
+    # two models whose cards differ in mean/std (same scan size): each one's region embeddings in a
+    # two-index scan must be those of a scan with its index alone
+    from markguard.infer.scan import load_searchers, resolve_policy, scan_rows
+
+    torch.manual_seed(7)
+    card = ModelCard(backbone="resnet10t", dim=32, input_size=48, scan_size=64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.3, 0.2),
+                     regions={"mode": "grid", "scales": [1.0, 0.5], "overlap": 0.0})
+    save_checkpoint(create_model(card), card, tmp_path / "model-b")
+    other = tmp_path / "other"
+    build_index(world.gallery, other, model=tmp_path / "model-b", device="cpu")
+    opts = ScanOptions(batch_size=4, workers=0, device="cpu")
+
+    def queries(paths):
+        searchers = load_searchers(paths, None, "cpu")
+        seen = _recorded_queries(searchers)
+        policy = resolve_policy(searchers[0].card.thresholds, {})
+        list(scan_rows(world.dump, searchers, policy, opts))
+        return {name: np.concatenate(v) for name, v in seen.items()}
+
+    both = queries([world.index, other])
+    for name, path in (("index", world.index), ("other", other)):
+        alone = queries([path])[name]
+        assert both[name].shape == alone.shape
+        np.testing.assert_allclose(both[name], alone, atol=1e-4)

@@ -13,7 +13,7 @@ from markguard.checkpoint import ModelCard
 from markguard.datasets.synth import make_marks, paste_mark, procedural_background, write_gallery
 from markguard.datasets.transforms import letterbox
 from markguard.errors import MarkguardError
-from markguard.infer.decide import Match
+from markguard.infer.results import Match
 from markguard.infer.index import MarkIndex
 from markguard.infer.scan import Searcher
 from markguard.infer.verify import VerifyConfig, reference_features, verify_matches, verify_region

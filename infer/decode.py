@@ -1,10 +1,11 @@
-"""Read and decode: listing photos streamed in order, decoded and letterboxed in worker processes while the model works."""
+"""Decode: listing photos decoded and letterboxed in worker processes while the model works, then shaped for each model."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -13,6 +14,7 @@ from markguard.datasets.decode import orient_tensor as orient
 from markguard.datasets.listings import ListingItem
 from markguard.datasets.transforms import letterbox, letterbox_geometry
 from markguard.errors import DecodeError, MarkguardError
+from markguard.infer import read
 
 MIN_SIDE = 16  # smaller photos cannot show a recognisable mark
 
@@ -28,6 +30,8 @@ class Batch:
     errors: dict[int, str] = field(default_factory=dict)  # position → reason
     decode_s: float = 0.0
     pending: list[PendingJpeg] = field(default_factory=list)  # JPEGs left for the model's device to decode
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # what ``x`` is normalised with (each model renormalises to its own)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
 
 @dataclass
@@ -62,7 +66,7 @@ class DecodedBatches(IterableDataset):
 
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        items = itertools.islice(self.items_fn(), self.skip, None)
+        items = read.skip(self.items_fn(), self.skip)
         try:
             for b, chunk in enumerate(_chunks(items, self.batch_size)):
                 if b % nw != wid:
@@ -115,10 +119,10 @@ def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: 
         to_orig.append((sx / lb.factor, sy / lb.factor))
         orig.append(dec.orig_size)
     x = torch.stack(tensors) if tensors else torch.zeros(0, 3, size, size)
-    return Batch(chunk, x, ok, valid, to_orig, orig, errors, pending=pending)
+    return Batch(chunk, x, ok, valid, to_orig, orig, errors, pending=pending, mean=tuple(mean), std=tuple(std))
 
 
-def finish_decode(batch: Batch, *, size: int, mean, std, device: str) -> None:
+def finish_decode(batch: Batch, *, size: int, device: str) -> None:
     """Decode ``batch.pending`` JPEGs in one batched call on ``device`` (nvJPEG on a GPU), orient,
     letterbox and normalise them there, and merge them with the rest of the batch in input order.
 
@@ -130,6 +134,7 @@ def finish_decode(batch: Batch, *, size: int, mean, std, device: str) -> None:
     import torch.nn.functional as F
 
     imgs = _decode_jpegs([p.data for p in batch.pending], device)
+    mean, std = batch.mean, batch.std
     m = torch.tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
     sd = torch.tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
     done = {pos: (x.to(device), v, t, o) for pos, x, v, t, o in zip(batch.ok, batch.x, batch.valid, batch.to_orig, batch.orig_size)}
@@ -154,6 +159,52 @@ def finish_decode(batch: Batch, *, size: int, mean, std, device: str) -> None:
     batch.to_orig = [done[pos][2] for pos in batch.ok]
     batch.orig_size = [done[pos][3] for pos in batch.ok]
     batch.pending = []
+
+
+def renormalise(x: torch.Tensor, valid: list[tuple[int, int]], frm: tuple, to: tuple) -> torch.Tensor:
+    """``x`` normalised with ``frm`` = (mean, std) as if normalised with ``to``; the letterbox padding stays
+    zero (the mean colour of ``to``), exactly as a batch decoded with ``to`` would have it."""
+    if tuple(frm[0]) == tuple(to[0]) and tuple(frm[1]) == tuple(to[1]):
+        return x
+    view = lambda v: torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)  # noqa: E731
+    out = (x * view(frm[1]) + view(frm[0]) - view(to[0])) / view(to[1])
+    for i, (w, h) in enumerate(valid):
+        out[i, :, h:, :] = 0
+        out[i, :, :, w:] = 0
+    return out
+
+
+@dataclass
+class ModelInput:
+    """One decoded batch as one model sees it: normalised by its card, rescaled to its scan size, and the
+    geometry back to the photos' own pixels."""
+
+    x: torch.Tensor  # (n_ok, 3, S, S) at this model's scan size S
+    valid: list[tuple[int, int]]  # content size of each photo at S (the rest is padding)
+    factor: float  # S / the decoded batch's size
+    to_orig: list[tuple[float, float]]  # decoded letterbox pixel → photo pixel factors (x, y)
+    orig_size: list[tuple[int, int]]
+
+    def to_photo(self, boxes: list[torch.Tensor]) -> list[np.ndarray]:
+        """Boxes in this input's pixels → the photos' pixels, clipped to each photo."""
+        out = []
+        for b, (fx, fy), (w, h) in zip(boxes, self.to_orig, self.orig_size):
+            p = (b.numpy() / self.factor) * np.array([fx, fy, fx, fy], dtype=np.float32)
+            out.append(np.clip(p, 0, [w, h, w, h], out=p))
+        return out
+
+
+def model_input(batch: Batch, prep) -> ModelInput:
+    """``batch`` (decoded once for every model of the scan) for the model whose Preprocessing is ``prep``."""
+    import torch.nn.functional as F
+
+    x = renormalise(batch.x, batch.valid, (batch.mean, batch.std), prep.norm)
+    factor = 1.0
+    if len(x) and x.shape[-1] != prep.scan_size:
+        factor = prep.scan_size / x.shape[-1]
+        x = F.interpolate(x, size=(prep.scan_size, prep.scan_size), mode="bilinear", align_corners=False, antialias=True)
+    valid = [(max(1, int(w * factor)), max(1, int(h * factor))) for w, h in batch.valid]
+    return ModelInput(x, valid, factor, batch.to_orig, batch.orig_size)
 
 
 def _decode_jpegs(datas: list[torch.Tensor], device: str) -> list[torch.Tensor | None]:

@@ -1,0 +1,112 @@
+"""One decoded batch through the stages — regions → embed → search (→ verify) for each index, then decide — each timed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR
+from markguard.errors import MarkguardError
+from markguard.infer.decide import Policy, decide_rows
+from markguard.infer.decode import Batch, finish_decode, model_input
+from markguard.infer.embed import feature_maps, region_vectors
+from markguard.infer.regions import RegionMode, find_regions
+from markguard.infer.results import Match, ScanRow
+from markguard.infer.search import search_batch
+from markguard.infer.searchers import Searcher
+
+
+@dataclass
+class ScanOptions:
+    """What the command line chooses for a scan (the model cards choose the rest)."""
+
+    regions: str | None = None  # None: the model card's region mode
+    batch_size: int = 16
+    workers: int = 1
+    device: str = "cpu"
+    precision: str = "auto"
+    k: int = 3
+    max_matches: int = 5
+    flag: float | None = None
+    review: float | None = None
+    shard: tuple[int, int] | None = None
+    verify: bool = False  # geometric check of the best candidates (infer/verify.py)
+    backend: str = "torch"  # torch | onnx | torchscript (infer/backends.py)
+    engine: str = "local"  # local | ray (infer/ray_engine.py)
+    address: str | None = None  # Ray cluster address; None starts a local instance
+    actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)
+    decode: str = "auto"  # cpu (Pillow, in the loader workers) | device (JPEGs by torchvision.io on the model's device) | auto
+    compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
+
+
+STAGES = ("decode", "regions", "embed", "search", "verify", "decide", "write")  # always reported, in this order
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent in each stage; a stage not in STAGES is added the first time it is timed."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def add(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - t0
+        return now
+
+    def merge(self, seconds: dict[str, float]) -> None:
+        for k, v in seconds.items():
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
+
+
+def resolve_decode(decode: str, device: str) -> str:
+    """auto: JPEGs decode on the GPU when the model runs on one (nvJPEG), else on the CPU with Pillow."""
+    if decode == "auto":
+        return "device" if device.startswith("cuda") else "cpu"
+    if decode not in ("cpu", "device"):
+        raise MarkguardError(f"unknown decode {decode!r}; choose cpu, device or auto")
+    return decode
+
+
+def region_mode(s: Searcher, opts: ScanOptions) -> RegionMode:
+    """The region mode a searcher scans with: ``--regions`` if given, else its model card's ``regions.mode``."""
+    if opts.regions:
+        return RegionMode.named(opts.regions)
+    card_file = (s.model_dir or DEFAULT_MODEL_DIR) / CARD
+    return RegionMode.named(s.prep.regions.mode, f"{card_file}: field regions.mode")
+
+
+def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts: ScanOptions, times: StageTimes) -> list[ScanRow]:
+    """One decoded batch through regions → embed → search (→ verify) for each index, then decide; each stage timed."""
+    t = time.perf_counter()
+    if batch.pending:  # JPEGs left to decode on the model's device
+        finish_decode(batch, size=max(s.prep.scan_size for s in searchers), device=opts.device)
+        t = times.add("decode", t)
+    per_photo: list[list[Match]] = [[] for _ in batch.ok]
+    for s in searchers:
+        if not batch.ok:
+            break
+        mode = region_mode(s, opts)
+        inp = model_input(batch, s.prep)
+        t = times.add("decode", t)
+        fmap = None
+        if mode.value.embed == "pool":  # one backbone pass; the regions are pooled from it
+            fmap = feature_maps(s.model, inp.x, device=opts.device, precision=opts.precision)
+            t = times.add("embed", t)
+        regions = find_regions(mode, s.model, s.card, inp, fmap)
+        t = times.add("regions", t)
+        emb = region_vectors(mode.value, s.model, s.card, inp.x, regions.boxes, fmap, device=opts.device, precision=opts.precision)
+        t = times.add("embed", t)
+        found = search_batch(s.index, emb.vectors.float().cpu().numpy(), emb.counts, regions.photo_boxes, k=opts.k,
+                             max_matches=opts.max_matches, index_name=s.name or None)
+        t = times.add("search", t)
+        if opts.verify:
+            from markguard.infer.verify import verify_matches
+
+            found = verify_matches(inp.x, found, s, inp.to_orig, inp.factor, orig_size=inp.orig_size)
+            t = times.add("verify", t)
+        for i, matches in enumerate(found):
+            per_photo[i].extend(matches)
+    rows = decide_rows(batch, per_photo, policy, opts.max_matches)
+    times.add("decide", t)
+    return rows
+

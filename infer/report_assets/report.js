@@ -1,0 +1,166 @@
+(function () {
+  "use strict";
+  var DATA = window.MARKGUARD_REPORT;
+  var DEFAULT_SIZE = {{PAGE_SIZE}};
+  var THUMBS = "report/thumbs/";
+  var $ = function (id) { return document.getElementById(id); };
+  var state = { status: "", brand: "", q: "", page: 1, size: DEFAULT_SIZE };
+
+  function el(tag, cls, text) {
+    var n = document.createElement(tag);
+    if (cls) n.className = cls;
+    if (text != null) n.textContent = String(text);  // textContent: scan data never becomes markup
+    return n;
+  }
+
+  function readHash() {
+    var p = new URLSearchParams(location.hash.replace(/^#/, ""));
+    state.status = p.get("status") || "";
+    state.brand = p.get("brand") || "";
+    state.q = p.get("q") || "";
+    state.page = Math.max(1, parseInt(p.get("page"), 10) || 1);
+    var size = parseInt(p.get("size"), 10);
+    state.size = size > 0 ? Math.min(size, 1000) : DEFAULT_SIZE;
+  }
+
+  function writeHash() {
+    var p = new URLSearchParams();
+    if (state.status) p.set("status", state.status);
+    if (state.brand) p.set("brand", state.brand);
+    if (state.q) p.set("q", state.q);
+    if (state.page > 1) p.set("page", String(state.page));
+    if (state.size !== DEFAULT_SIZE) p.set("size", String(state.size));
+    var h = "#" + p.toString();
+    // replaceState keeps typing in the search box out of the back-button history
+    try { history.replaceState(null, "", h === "#" ? location.pathname + location.search : h); }
+    catch (e) { location.hash = h; }
+  }
+
+  function ensureOption(select, value) {
+    // a hash may name a brand/status with no row; keep it selectable so the page shows what was asked
+    if (!value) return;
+    for (var i = 0; i < select.options.length; i++) if (select.options[i].value === value) return;
+    select.appendChild(new Option(value, value));
+  }
+
+  function syncControls() {
+    ensureOption($("f-status"), state.status);
+    ensureOption($("f-brand"), state.brand);
+    ensureOption($("f-size"), String(state.size));
+    $("f-status").value = state.status;
+    $("f-brand").value = state.brand;
+    $("f-size").value = String(state.size);
+    if (document.activeElement !== $("f-q")) $("f-q").value = state.q;
+  }
+
+  function matches(r, q) {
+    if (state.status && r.status !== state.status) return false;
+    if (state.brand && r.brand !== state.brand) return false;
+    if (q) {
+      var hay = ((r.id || "") + "\n" + (r.seller || "") + "\n" + (r.title || "")).toLowerCase();
+      if (hay.indexOf(q) < 0) return false;
+    }
+    return true;
+  }
+
+  function picture(src, alt, caption) {
+    var fig = el("figure");
+    var img = el("img");
+    img.loading = "lazy";
+    img.alt = alt;
+    // data-loaded lets tests (and curious reviewers) see which pictures actually arrived
+    img.onload = function () { img.setAttribute("data-loaded", "1"); };
+    img.onerror = function () { img.setAttribute("data-loaded", "0"); };
+    img.src = src;
+    fig.appendChild(img);
+    fig.appendChild(el("figcaption", null, caption));
+    return fig;
+  }
+
+  function rowNode(r) {
+    var tr = el("tr", "row");
+    tr.setAttribute("data-listing", r.id);
+    tr.setAttribute("data-status", r.status);
+    tr.setAttribute("data-brand", r.brand || "");
+    var pics = el("td");
+    var box = el("div", "pics");
+    box.appendChild(picture(THUMBS + (r.thumb || "unavailable.jpg"), "listing photo", "listing"));
+    if (r.ref) box.appendChild(picture(THUMBS + r.ref, "genuine mark", "genuine " + (r.mark || "")));
+    else if (r.mark) box.appendChild(el("div", "photo-note", "no reference image for this mark"));
+    pics.appendChild(box);
+    if (r.note) pics.appendChild(el("div", "photo-note", "photo: " + r.note));
+    tr.appendChild(pics);
+    var id = el("td");
+    id.appendChild(el("div", "id", r.id));
+    if (r.title) id.appendChild(el("div", "title", r.title));
+    tr.appendChild(id);
+    tr.appendChild(el("td", "id", r.seller == null ? "\u2014" : r.seller));
+    tr.appendChild(el("td", null, r.brand == null ? "\u2014" : r.brand));
+    var mark = el("td", null, r.mark == null ? "\u2014" : r.mark);
+    if (r.matches && r.matches.length) {
+      var more = r.matches.map(function (m) {
+        return (m.brand || "?") + "/" + (m.mark || "?") + (m.score == null ? "" : " " + m.score.toFixed(3));
+      });
+      mark.appendChild(el("div", "more", "also: " + more.join(", ")));
+    }
+    tr.appendChild(mark);
+    tr.appendChild(el("td", "score", r.score == null ? "\u2014" : r.score.toFixed(3)));
+    var st = el("td");
+    st.appendChild(el("span", "badge st-" + r.status.replace(/[^a-z]/g, ""), r.status));
+    tr.appendChild(st);
+    return tr;
+  }
+
+  function render() {
+    syncControls();
+    var rows = DATA.rows;
+    var q = state.q.trim().toLowerCase();
+    var hits = [];
+    for (var i = 0; i < rows.length; i++) if (matches(rows[i], q)) hits.push(rows[i]);
+    var n = hits.length;
+    var pages = Math.max(1, Math.ceil(n / state.size));
+    if (state.page > pages) state.page = pages;
+    var start = (state.page - 1) * state.size;
+    var end = Math.min(n, start + state.size);
+    var body = $("rows");
+    var frag = document.createDocumentFragment();
+    for (var j = start; j < end; j++) frag.appendChild(rowNode(hits[j]));
+    body.replaceChildren(frag);
+    $("table").hidden = n === 0;
+    $("empty").hidden = n !== 0;
+    $("empty").textContent = rows.length === 0 ? "Nothing flagged." : "No listing matches these filters.";
+    $("showing").textContent = n === 0 ? "showing 0 of 0" : "showing " + (start + 1) + "\u2013" + end + " of " + n;
+    $("prev").disabled = state.page <= 1;
+    $("next").disabled = state.page >= pages;
+    document.body.setAttribute("data-page", String(state.page));
+    document.body.setAttribute("data-ready", "1");
+  }
+
+  function update(change) {
+    for (var k in change) state[k] = change[k];
+    writeHash();
+    render();
+    if ("page" in change) window.scrollTo(0, 0);
+  }
+
+  if (!DATA || !DATA.rows) {
+    $("showing").textContent = "";
+    $("empty").hidden = false;
+    $("empty").textContent = "report/rows.js is missing or damaged; run `markguard report` again.";
+    return;
+  }
+  $("f-status").onchange = function () { update({ status: this.value, page: 1 }); };
+  $("f-brand").onchange = function () { update({ brand: this.value, page: 1 }); };
+  $("f-size").onchange = function () { update({ size: parseInt(this.value, 10), page: 1 }); };
+  $("f-q").oninput = function () { update({ q: this.value, page: 1 }); };
+  $("prev").onclick = function () { update({ page: state.page - 1 }); };
+  $("next").onclick = function () { update({ page: state.page + 1 }); };
+  document.addEventListener("keydown", function (ev) {
+    if (ev.target && /^(INPUT|SELECT|TEXTAREA)$/.test(ev.target.tagName)) return;
+    if (ev.key === "ArrowRight" && !$("next").disabled) $("next").click();
+    if (ev.key === "ArrowLeft" && !$("prev").disabled) $("prev").click();
+  });
+  window.addEventListener("hashchange", function () { readHash(); render(); });
+  readHash();
+  render();
+})();

@@ -1,0 +1,83 @@
+"""The indexes a scan searches, each opened with the model that built it (its fingerprint checked), and the device."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkpoint
+from markguard.errors import MarkguardError
+from markguard.model import compile_backbone
+from markguard.preprocess import Preprocessing, resolve_preprocessing
+
+
+@dataclass
+class Searcher:
+    """One index with the model that built it."""
+
+    name: str
+    path: Path
+    index: object
+    model: torch.nn.Module
+    card: ModelCard
+    brands: dict[str, dict]
+    model_dir: Path | None = None  # where the model was loaded from (None: the shipped default); engines reload it
+    prep: Preprocessing = field(init=False)  # resolved once from the card
+
+    def __post_init__(self):
+        self.prep = resolve_preprocessing(self.card, source=str((self.model_dir or DEFAULT_MODEL_DIR) / CARD))
+
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MarkguardError("--device cuda given but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = "torch",
+                   *, compile: str | None = None) -> list[Searcher]:
+    """Open each index with its model; the model's fingerprint must be the one the index was built with.
+
+    ``compile`` names a torch.compile backend for each model's backbone (PyTorch backend only).
+    """
+    from markguard.infer.index import MarkIndex
+
+    searchers, models = [], {}
+    names = [Path(p).name if len(index_paths) > 1 else "" for p in index_paths]
+    for name in set(names):
+        if names.count(name) > 1:
+            raise MarkguardError(f"two indexes are named {name!r}; matches say which index they came from by folder name, so give them different folder names")
+    for p, name in zip(index_paths, names):
+        p = Path(p)
+        index = MarkIndex.load(p)  # the vectors and their metadata, from one save
+        meta = index.require_meta()
+        mpath = model_path if model_path is not None else meta.get("model")
+        if mpath is not None and not Path(mpath).exists() and model_path is None:
+            mpath = None  # the recorded model moved: fall back to the shipped default, the fingerprint check decides
+        key = str(mpath)
+        if key not in models:
+            if backend == "torch":
+                models[key] = load_checkpoint(mpath, device=device)
+                if compile:
+                    compile_backbone(models[key][0], compile)
+            else:
+                from markguard.infer.backends import load_backend
+
+                models[key] = load_backend(mpath, backend, device=device)
+        model, card = models[key]
+        try:
+            index.require_fingerprint(card.fingerprint)
+        except MarkguardError as e:
+            hint = "" if model_path is None else f" (model given with -m {model_path})"
+            raise MarkguardError(f"{e}{hint}") from None
+        if device.startswith("cuda"):
+            sys.stderr.write(f"index {p}: {index.use_gpu()}\n")
+        searchers.append(Searcher(name, p, index, model, card, meta.get("brands", {}), None if mpath is None else Path(mpath)))
+    return searchers
+
