@@ -44,9 +44,23 @@ def _report_errors(errors, stream=None) -> None:
         stream.write(f"skipped mark {path}: {reason}\n")
 
 
+def bank_meta(net, card, vectors, ids, *, images: int, device: str, previous: dict | None = None) -> dict:
+    """The background bank's record in the index metadata: each reference's bias (infer/bank.py), by record id."""
+    from markguard.infer.bank import BANK_K, background_bank, bank_images, reference_bias
+
+    bank = background_bank(net, card, bank_images(images, card.scan_size), device=device)
+    bias = dict((previous or {}).get("bias", {}))
+    bias.update({str(int(i)): round(float(b), 5) for i, b in zip(ids, reference_bias(vectors, bank))})
+    return {"images": images, "regions": len(bank), "k": BANK_K, "bias": bias}
+
+
 def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path | None = None, kind: str = "auto",
-                device: str = "auto", memory_budget_mb: float | None = None, recall_target: float = 0.95) -> dict:
-    """Embed every mark of the gallery and save the index at ``out``; returns the index's info."""
+                device: str = "auto", memory_budget_mb: float | None = None, recall_target: float = 0.95, bank: int = 0) -> dict:
+    """Embed every mark of the gallery and save the index at ``out``; returns the index's info.
+
+    ``bank`` > 0 embeds that many mark-free background pictures and stores each reference's bias
+    against them, so a scan scores matches normalised against the background (infer/bank.py).
+    """
     from markguard.infer.index import MarkIndex
 
     device = resolve_device(device)
@@ -60,6 +74,9 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
     index = MarkIndex.build(emb.vectors, emb.records, fingerprint=card.fingerprint, kind=kind,
                             memory_budget_mb=memory_budget_mb, recall_target=recall_target)
     index.meta = index_meta(model_dir, card.fingerprint, _brands_meta(gallery), gallery.root)
+    if bank > 0:
+        ids = [r.id for r in index.records()]
+        index.meta["bank"] = bank_meta(net, card, emb.vectors, ids, images=bank, device=device)
     index.save(Path(out))
     info = index.info()
     info["skipped"] = len(emb.errors)
@@ -104,6 +121,8 @@ def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str
     _report_errors(emb.errors)
     ids = index.add(emb.vectors, emb.records) if emb.records else []
     index.meta = index_meta(model_dir, card.fingerprint, _brands_meta(gallery), gallery.root, meta)
+    if meta.get("bank") and len(ids):  # new references get their bias against the same bank
+        index.meta["bank"] = bank_meta(net, card, emb.vectors, ids, images=int(meta["bank"]["images"]), device=device, previous=meta["bank"])
     index.save(index_path)
     return {"added": len(ids), "already_indexed": len(gallery.marks) - len(new), "skipped": len(emb.errors), "total": len(index)}
 

@@ -97,7 +97,7 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         emb = region_vectors(mode.value, s.model, s.card, inp.x, regions.boxes, fmap, device=opts.device, precision=opts.precision)
         t = times.add("embed", t)
         found = search_batch(s.index, emb.vectors.float().cpu().numpy(), emb.counts, regions.photo_boxes, k=opts.k,
-                             max_matches=opts.max_matches, index_name=s.name or None)
+                             max_matches=opts.max_matches, index_name=s.name or None, bias=s.bias)
         t = times.add("search", t)
         if opts.verify:
             from markguard.infer.verify import verify_matches

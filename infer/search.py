@@ -8,11 +8,20 @@ from markguard.infer.results import Match
 
 
 def search_batch(index, vectors: np.ndarray, counts: list[int], boxes_orig: list[np.ndarray], *, k: int = 3,
-                 max_matches: int = 5, index_name: str | None = None) -> list[list[Match]]:
-    """For each photo, its best region per matched mark, best first; ``boxes_orig[i]`` are its regions in original pixels."""
+                 max_matches: int = 5, index_name: str | None = None, bias: dict[int, float] | None = None) -> list[list[Match]]:
+    """For each photo, its best region per matched mark, best first; ``boxes_orig[i]`` are its regions in original pixels.
+
+    With ``bias`` (record id → the reference's background level, from the index's bank), scores are
+    normalised against the background (infer/bank.py) before the best region and mark are chosen.
+    """
     if len(vectors) == 0:
         return [[] for _ in counts]
     scores, ids = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+    if bias:
+        from markguard.infer.bank import normalise
+
+        level = np.vectorize(lambda i: bias.get(int(i), 0.0), otypes=[np.float32])(ids) if ids.size else ids.astype(np.float32)
+        scores = np.where(ids >= 0, normalise(scores, level), scores)
     uniq = np.unique(ids[ids >= 0])
     records = dict(zip(uniq.tolist(), index.get(uniq.tolist())))
     out, start = [], 0

@@ -25,6 +25,7 @@ class Searcher:
     card: ModelCard
     brands: dict[str, dict]
     model_dir: Path | None = None  # where the model was loaded from (None: the shipped default); engines reload it
+    bias: dict[int, float] | None = None  # each reference's background level (the index's bank), when it has one
     prep: Preprocessing = field(init=False)  # resolved once from the card
 
     def __post_init__(self):
@@ -78,6 +79,7 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
             raise MarkguardError(f"{e}{hint}") from None
         if device.startswith("cuda"):
             sys.stderr.write(f"index {p}: {index.use_gpu()}\n")
-        searchers.append(Searcher(name, p, index, model, card, meta.get("brands", {}), None if mpath is None else Path(mpath)))
+        bias = {int(k): float(v) for k, v in (meta.get("bank") or {}).get("bias", {}).items()} or None
+        searchers.append(Searcher(name, p, index, model, card, meta.get("brands", {}), None if mpath is None else Path(mpath), bias))
     return searchers
 

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "give --memory-budget-mb for a large registry)")
     b.add_argument("--memory-budget-mb", type=float, help="memory the index may use")
     b.add_argument("--recall", type=float, default=0.95, help="recall@10 target against exact search when tuning (default 0.95)")
+    b.add_argument("--bank", type=int, default=0, metavar="N", help="embed N mark-free background pictures and score matches "
+                   "normalised against them, so no reference is the best match of every photo (default 0: raw similarity)")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=run_build)
 
@@ -42,8 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_build(args) -> int:
     from markguard.infer.build import build_index
 
+    if args.bank < 0:
+        from markguard.errors import MarkguardError
+
+        raise MarkguardError(f"--bank {args.bank}: give a number of background pictures, 0 or more (256 is a good start)")
     info = build_index(args.gallery, args.out, model=args.model, kind=args.kind, device=args.device,
-                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall)
+                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank)
     print(json.dumps(info, indent=2, default=str))
     return 0
 

@@ -47,3 +47,34 @@ def test_bank_images_deterministic():
     b = bank_images(3, 64, seed=2)
     assert [np.asarray(x).tobytes() for x in a] == [np.asarray(x).tobytes() for x in b]
     assert all(im.size == (64, 64) for im in a)
+
+
+def test_index_with_bank_scores_normalised(tiny_world, tmp_path):
+    """An index built with a bank stores each reference's bias; its scan's scores are the raw ones normalised."""
+    import json
+
+    from markguard.infer.build import build_index, read_index_meta
+    from markguard.infer.scan import ScanOptions, run_scan
+
+    build_index(tiny_world["gallery"], tmp_path / "bank", model=tiny_world["model"], kind="flat", device="cpu", bank=6)
+    meta = read_index_meta(tmp_path / "bank")
+    assert meta["bank"]["images"] == 6 and meta["bank"]["regions"] > 6
+    bias = {int(k): v for k, v in meta["bank"]["bias"].items()}
+    assert len(bias) == 6 and all(-1 <= v <= 1 for v in bias.values())
+    opts = ScanOptions(batch_size=4, workers=0, flag=-2.0, review=-2.0)
+    run_scan(tiny_world["manifest"], [tiny_world["index"]], tmp_path / "raw", opts=opts, progress=False)
+    run_scan(tiny_world["manifest"], [tmp_path / "bank"], tmp_path / "norm", opts=opts, progress=False)
+    raw = [json.loads(x) for x in (tmp_path / "raw" / "results.jsonl").read_text().splitlines()]
+    norm = [json.loads(x) for x in (tmp_path / "norm" / "results.jsonl").read_text().splitlines()]
+    from markguard.infer.index import MarkIndex
+
+    ids = {(r.brand, r.mark): r.id for r in MarkIndex.load(tmp_path / "bank").records()}
+    checked = 0
+    for a, b in zip(raw, norm):
+        by_mark = {(m["brand"], m["mark"]): m["score"] for m in a["matches"]}
+        for m in b["matches"]:
+            key = (m["brand"], m["mark"])
+            if key in by_mark and m["box"] == next(x["box"] for x in a["matches"] if (x["brand"], x["mark"]) == key):
+                assert m["score"] == pytest.approx(float(normalise(by_mark[key], bias[ids[key]])), abs=2e-3)
+                checked += 1
+    assert checked > 0
