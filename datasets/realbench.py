@@ -358,6 +358,12 @@ def _load_photos(folders: list[str | Path]) -> list[tuple[str, Image.Image]]:
     return photos
 
 
+def _trim(img: Image.Image) -> Image.Image:
+    """The mark without its transparent margin: paste scales then refer to what is visible."""
+    bbox = img.getchannel("A").getbbox()
+    return img.crop(bbox) if bbox else img
+
+
 def _render(path: Path, side: int) -> Image.Image | None:
     from markguard.datasets.decode import load_mark
 
@@ -365,7 +371,7 @@ def _render(path: Path, side: int) -> Image.Image | None:
         img = load_mark(path, size=side)
     except DecodeError:
         return None
-    return img if visible_share(img) >= MIN_INK else None
+    return _trim(img) if visible_share(img) >= MIN_INK else None
 
 
 def _cross_marks(simple_icons_dir: str | Path | None, brands: list[str], side: int) -> dict[str, Image.Image]:
@@ -386,7 +392,7 @@ def _cross_marks(simple_icons_dir: str | Path | None, brands: list[str], side: i
         except DecodeError:
             continue
         if visible_share(img) >= MIN_INK:
-            out[b] = img
+            out[b] = _trim(img)
     return out
 
 
@@ -505,3 +511,43 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
     }
     (out_dir / "bench.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+# --------------------------------------------------------------------------- a miniature of the sources
+
+def write_sample_sources(root: str | Path, *, brands: int = 12, photos: int = 4, seed: int = 0) -> dict[str, Path]:
+    """Generated stand-ins for the three sources in their real layouts (a devicon package, a simple-icons package,
+    a photo folder), small enough for the quick benchmark and the tests to build a bench without network."""
+    from markguard.datasets.synth import procedural_background
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    dev, si, ph = root / "devicon" / "package", root / "simple-icons" / "package", root / "photos" / "sample"
+    for d in (dev / "icons", si / "icons", si / "data", ph):
+        d.mkdir(parents=True, exist_ok=True)
+    meta, icons = [], []
+    for b in range(brands):
+        name = f"brand{b:02d}"
+        colours = ["#%02X%02X%02X" % tuple(int(c) for c in rng.integers(0, 200, 3)) for _ in range(3)]
+        shapes = []
+        for k in range(10):  # sharp-cornered polygons in several colours: keypoints for SIFT, a distinct picture per brand
+            cx, cy, r = rng.uniform(25, 75), rng.uniform(25, 75), rng.uniform(10, 28)
+            n = int(rng.integers(3, 7))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            pts = " ".join(f"{cx + r * np.cos(a):.1f},{cy + r * np.sin(a):.1f}" for a in angles)
+            shapes.append(f'<polygon points="{pts}" fill="{colours[k % 3]}"/>')
+        (dev / "icons" / name).mkdir(exist_ok=True)
+        (dev / "icons" / name / f"{name}-original.svg").write_text(
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100">{"".join(shapes)}</svg>')
+        meta.append({"name": name, "color": colours[0]})
+        if b % 2 == 0:  # half the brands have a one-colour glyph: the cross tier
+            glyph = "".join(re.sub(r' fill="[^"]*"', "", sh) for sh in shapes[:4])  # one colour, set by the importer
+            (si / "icons" / f"{name}.svg").write_text(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 100 100">{glyph}</svg>')
+            icons.append({"title": name.capitalize(), "slug": name, "hex": colours[0][1:]})
+    (dev / "devicon.json").write_text(json.dumps(meta))
+    (dev / "package.json").write_text(json.dumps({"name": "devicon", "version": "0.0.0-sample"}))
+    (si / "data" / "simple-icons.json").write_text(json.dumps(icons))
+    (si / "package.json").write_text(json.dumps({"name": "simple-icons", "version": "0.0.0-sample"}))
+    for i in range(photos):
+        procedural_background(800, 600, rng).save(ph / f"photo{i}.jpg", quality=92)
+    return {"marks": dev, "cross": si, "photos": ph.parent}

@@ -67,6 +67,7 @@ class SiftMatcher:
                 mark = load_mark(ref.path)
             except (DecodeError, OSError) as e:
                 raise MarkguardError(f"{ref.path}: {getattr(e, 'reason', e)}; fix or remove the mark") from None
+            bbox = (mark.getchannel("A").getbbox() if mark.mode == "RGBA" else None) or (0, 0, mark.width, mark.height)
             flat = composite(mark)
             f = cfg.ref_side / max(flat.size)
             flat = flat.resize((max(1, round(flat.width * f)), max(1, round(flat.height * f))), Image.BICUBIC)
@@ -79,7 +80,7 @@ class SiftMatcher:
             i = len(self.refs)
             self.refs.append((ref.brand, ref.mark))
             self.points.append(np.array([k.pt for k in kps], dtype=np.float32))
-            x0, y0, x1, y1 = pad, pad, pad + flat.width, pad + flat.height
+            x0, y0, x1, y1 = np.array(bbox, dtype=np.float32) * f + pad  # the mark's visible pixels, as truth boxes are
             self.corners.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32))
             owners.append(np.full(len(kps), i, dtype=np.int32))
             descs.append(desc)
@@ -124,12 +125,25 @@ class SiftMatcher:
             box = None
             if Hm is not None and inliers >= self.cfg.min_matches:
                 quad = cv2.perspectiveTransform(self.corners[r][None], Hm)[0]
+                if not _plausible(quad, W, H):
+                    out.append(SiftMatch(*self.refs[r], 0, None))
+                    continue
                 x0, y0 = np.clip(quad.min(0), 0, [W, H])
                 x1, y1 = np.clip(quad.max(0), 0, [W, H])
                 if x1 - x0 >= 2 and y1 - y0 >= 2:
                     box = [int(round(v)) for v in (x0, y0, x1, y1)]
             out.append(SiftMatch(*self.refs[r], inliers if box else 0, box))
         return sorted(out, key=lambda m: -m.inliers)
+
+
+def _plausible(quad: np.ndarray, W: int, H: int) -> bool:
+    """A homography fit to chance matches folds the reference, shrinks it to a point or throws it far outside the photo."""
+    cross = [(quad[(i + 1) % 4][0] - quad[i][0]) * (quad[(i + 2) % 4][1] - quad[(i + 1) % 4][1])
+             - (quad[(i + 1) % 4][1] - quad[i][1]) * (quad[(i + 2) % 4][0] - quad[(i + 1) % 4][0]) for i in range(4)]
+    if not (all(c > 0 for c in cross) or all(c < 0 for c in cross)):
+        return False
+    (x0, y0), (x1, y1) = quad.min(0), quad.max(0)
+    return x1 - x0 >= 4 and y1 - y0 >= 4 and x0 > -0.25 * W and y0 > -0.25 * H and x1 < 1.25 * W and y1 < 1.25 * H
 
 
 def sift_scan(manifest: str | Path, gallery: str | Path, out_dir: str | Path, cfg: SiftConfig = SiftConfig(), log=print) -> dict:
