@@ -47,7 +47,7 @@ def run_model(bench: Path, model: str | None, out: Path, scan_args: list[str]) -
 
 
 def run_sift(bench: Path, out: Path) -> tuple[dict, float]:
-    summary = sift_scan(bench / "listings" / "manifest.csv", bench / "gallery", out, SiftConfig())
+    summary = sift_scan(bench / "listings" / "manifest.csv", bench / "gallery", out, SiftConfig(), progress=True)
     # like the scan's rate: photos over the matching loop's time (indexing the references is timed apart)
     return score_bench(out / "results.jsonl", bench / "truth.csv").to_json(), float(summary["images_per_s"])
 

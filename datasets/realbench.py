@@ -42,6 +42,8 @@ TRUTH_COLUMNS = ("listing_id", "tier", "brand", "mark", "variant", "x0", "y0", "
 # Reserved for an independent evaluation: never build a bench (or train) from these.
 RESERVED_NPM = ("@iconify-json/logos", "super-tiny-icons", "@fortawesome/free-brands-svg-icons")
 RESERVED_DEBIAN = ("mate-backgrounds", "ukui-wallpapers", "gnome-backgrounds", "plasma-workspace-wallpapers")
+# The default model's training backgrounds: a bench built on them measures nothing new for it.
+TRAINING_DEBIAN = ("lomiri-wallpapers", "lomiri-wallpapers-16.04", "sway-backgrounds")
 
 # Where a package keeps its photographs, and what there is not a photograph of a scene (a rule per package
 # beats a heuristic: these lists were checked by eye). Everything else must be RGB with a short side >= MIN_PHOTO_SIDE.
@@ -498,13 +500,11 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
         w = csv.writer(f)
         w.writerow(TRUTH_COLUMNS)
         w.writerows(t.csv_row() for t in truth)
-    from markguard.datasets.simple_icons import _package_version
-
     info = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "listings_per_tier": counts,
         "sources": {"marks": {"package": "devicon", "version": package_version(marks_dir), "licence": "MIT"},
-                    "cross": {"package": "simple-icons", "version": _package_version(Path(cross_dir)) if cross_dir else None, "licence": "CC0-1.0"},
+                    "cross": {"package": "simple-icons", "version": package_version(cross_dir) if cross_dir else None, "licence": "CC0-1.0"},
                     "photos": sorted({p for p, _ in photos})},
         "gallery_brands": gallery_brands, "cross_brands": cross_brands, "unregistered_brands": sorted(unregistered),
         "skipped": [f"{n}: {why}" for n, why in skipped],

@@ -146,7 +146,7 @@ def _plausible(quad: np.ndarray, W: int, H: int) -> bool:
     return x1 - x0 >= 4 and y1 - y0 >= 4 and x0 > -0.25 * W and y0 > -0.25 * H and x1 < 1.25 * W and y1 < 1.25 * H
 
 
-def sift_scan(manifest: str | Path, gallery: str | Path, out_dir: str | Path, cfg: SiftConfig = SiftConfig(), log=print) -> dict:
+def sift_scan(manifest: str | Path, gallery: str | Path, out_dir: str | Path, cfg: SiftConfig = SiftConfig(), *, progress: bool = False) -> dict:
     """Match every photo of a manifest against the gallery; writes ``OUT/results.jsonl`` (scan rows) and returns its summary."""
     import csv
 
@@ -162,6 +162,10 @@ def sift_scan(manifest: str | Path, gallery: str | Path, out_dir: str | Path, cf
         items = [(r["listing_id"], r["image_path"]) for r in csv.DictReader(f)]
     t0 = time.perf_counter()
     rows = []
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="sift", unit="img")
     for lid, rel in items:
         row = {"listing_id": lid, "image": rel, "seller_id": None, "status": "pass", "score": None, "brand": None, "mark": None,
                "box": None, "matches": [], "error": None}

@@ -55,6 +55,11 @@ def run_photos(args: argparse.Namespace) -> int:
         debs[pkg] = path
     if not args.debian and not debs:
         raise MarkguardError("name packages with --debian PKG... or --deb PKG=PATH")
+    from markguard.datasets.realbench import TRAINING_DEBIAN
+
+    for pkg in dict.fromkeys([*args.debian, *debs]):
+        if pkg in TRAINING_DEBIAN:
+            print(f"warning: the default model trains on {pkg}'s photos; a benchmark of them is not one of unseen photos")
     result = fetch_photos(args.debian, args.out, debs=debs)
     for name, reason in result.skipped:
         print(f"left out {name}: {reason}")
