@@ -8,7 +8,7 @@ import tempfile
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="import reference marks and check training sets", description="Import reference marks and check training sets.")
-    sub = data.add_subparsers(dest="data_command", metavar="{simple-icons,icons,wordmarks,check-trainset}", required=True)
+    sub = data.add_subparsers(dest="data_command", metavar="{simple-icons,icons,wordmarks,check-trainset,devicon,photos,realbench}", required=True)
 
     p = sub.add_parser(
         "icons",
@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=_positive, default=20, metavar="N", help="labels to list, most samples first (default 20)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad image or annotation instead of skipping it")
     p.set_defaults(func=run_check_trainset)
+
+    from markguard.commands._realbench import register_data
+
+    register_data(sub)  # devicon, photos, realbench: the real-photo benchmark
 
     gallery = subparsers.add_parser("gallery", help="check a brand gallery before indexing it", description="Check a brand gallery before indexing it.")
     gsub = gallery.add_subparsers(dest="gallery_command", metavar="{check}", required=True)

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--write-card", action="store_true", help="also record the metrics in the model card (training.holdout)")
+    p.add_argument("--write-card", action="store_true", help="also record the metrics in the model card (metrics.heldout; with --bench, metrics.real)")
+    p.add_argument("--bench", metavar="DIR", help="score on a real-photo benchmark (`markguard data realbench`) instead: per tier TPR at FPR 1%%, "
+                                                  "right brand, box IoU, the hub figure; writes OUT/real.json")
     p.set_defaults(func=run)
 
 
@@ -26,6 +28,11 @@ def run(args) -> int:
     from markguard.infer.scan import resolve_device
     from markguard.train.evaluate import EvalConfig, evaluate_model
 
+    if args.bench:
+        from markguard.train.realeval import evaluate_bench
+
+        evaluate_bench(args.bench, args.out, model=args.model, device=resolve_device(args.device), write_card=args.write_card)
+        return 0
     if args.listings < 1 or args.queries_per_mark < 1:
         raise MarkguardError("--listings and --queries-per-mark must be at least 1")
     ec = EvalConfig(queries_per_mark=args.queries_per_mark, listings=args.listings, backgrounds=args.backgrounds,
