@@ -37,9 +37,9 @@ def markguard(*args: str) -> None:
         sys.exit(f"failed: {shlex.join(cmd)}\n{done.stderr[-2000:]}")
 
 
-def run_model(bench: Path, model: str | None, out: Path, scan_args: list[str]) -> tuple[dict, float]:
+def run_model(bench: Path, model: str | None, out: Path, scan_args: list[str], index_args: list[str] = ()) -> tuple[dict, float]:
     index, scan = out / "index", out / "scan"
-    markguard("index", "build", str(bench / "gallery"), "-o", str(index), *(["-m", model] if model else []))
+    markguard("index", "build", str(bench / "gallery"), "-o", str(index), *(["-m", model] if model else []), *index_args)
     markguard("scan", str(bench / "listings" / "manifest.csv"), "-i", str(index), "-o", str(scan), "--quiet",
               "--flag-threshold", "-1", "--review-threshold", "-1", *scan_args)
     summary = json.loads((scan / "summary.json").read_text())  # the scan's own rate: photos over the scan loop's time
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--bench", help="a bench folder from `markguard data realbench`")
     ap.add_argument("--model", action="append", help="checkpoint folder; repeat to compare several (default: the shipped model)")
     ap.add_argument("--no-sift", action="store_true", help="skip the SIFT + RANSAC baseline")
+    ap.add_argument("--bank", type=int, default=0, metavar="N",
+                    help="also run each model with an index built with --bank N (scores normalised against N background pictures)")
     ap.add_argument("--scan-args", default="", help="extra `markguard scan` arguments, e.g. '--verify --workers 1'")
     ap.add_argument("--out", help="folder for the scans and bench_real.json (default: a temporary one)")
     ap.add_argument("--quick", action="store_true", help="a tiny bench from generated sources (for the tests)")
@@ -99,6 +101,9 @@ def main() -> None:
     for i, model in enumerate(models):
         name = Path(model).name if model else "shipped model"
         results[name] = run_model(bench, model, out / f"model-{i}", shlex.split(args.scan_args))
+        if args.bank:
+            results[f"{name} + bank {args.bank}"] = run_model(bench, model, out / f"model-{i}-bank", shlex.split(args.scan_args),
+                                                              ["--bank", str(args.bank)])
     if not args.no_sift:
         results["SIFT + RANSAC"] = run_sift(bench, out / "sift")
     info = json.loads((bench / "bench.json").read_text()) if (bench / "bench.json").exists() else {}
