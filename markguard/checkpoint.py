@@ -58,14 +58,13 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "model card") -> "ModelCard":
+        from markguard.card import check_card_fields
+
+        d = check_card_fields(d, source)  # type, range and length of every field, before anything uses one
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise MarkguardError(f"{source}: unknown key(s) {sorted(unknown)}; was it written by a newer markguard?")
-        d = dict(d)
-        for k in ("mean", "std"):
-            if k in d:
-                d[k] = tuple(d[k])
         return cls(**d)
 
 
