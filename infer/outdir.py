@@ -103,9 +103,11 @@ def holds_output_folder(scan: Callable) -> Callable:
         try:
             return scan(source, index_paths, out_dir, *args, **kwargs)
         except BaseException as e:
+            full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+            where = _writing(out_dir, e) if full else None
             remove = _discard_stub(out_dir, created)
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise MarkguardError(f"{_writing(out_dir, e)}: no space left on the device; free some and rerun with "
+            if full:
+                raise MarkguardError(f"{where}: no space left on the device; free some and rerun with "
                                      f"--resume, which keeps the rows already written") from None
             raise
         finally:
