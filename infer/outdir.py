@@ -177,10 +177,12 @@ def input_digest(source) -> dict:
     return {"kind": kind, "files": len(files), "sha256": h.hexdigest()}
 
 
-def index_save_id(path: Path) -> str:
-    """Which save of an index folder this is: the hash of its metadata file, which lists every file's sha256."""
+def index_save_id(index, path: Path) -> str:
+    """Which save of an index folder this is: the id the save recorded, else the hash of its metadata file."""
     from markguard.infer.index import META_FILE
 
+    if getattr(index, "save_id", None):
+        return index.save_id
     try:
         return hashlib.sha256((Path(path) / META_FILE).read_bytes()).hexdigest()[:16]
     except OSError:
@@ -197,7 +199,7 @@ def pins(source, searchers, policy, opts) -> dict:
         "input": str(Path(source).resolve()),
         "input_digest": input_digest(source),
         "shard": list(opts.shard) if opts.shard else None,
-        "indexes": [{"path": str(s.path.resolve()), "fingerprint": s.card.fingerprint, "save": index_save_id(s.path)}
+        "indexes": [{"path": str(s.path.resolve()), "fingerprint": s.card.fingerprint, "save": index_save_id(s.index, s.path)}
                     for s in searchers],
         "regions": [region_mode(s, opts).value for s in searchers],
         "policy": {k: v for k, v in policy.to_json().items() if k != "sources"},

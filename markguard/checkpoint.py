@@ -106,6 +106,8 @@ def load_card(path: str | Path) -> ModelCard:
         return ModelCard.from_dict(json.loads(card_path.read_text(encoding="utf-8")), source=str(card_path))
     except json.JSONDecodeError as e:
         raise MarkguardError(f"{card_path}: not valid JSON ({e.msg}); re-export the checkpoint") from None
+    except UnicodeDecodeError:
+        raise MarkguardError(f"{card_path}: not UTF-8 text, so not a model card; re-export the checkpoint") from None
 
 
 def resolve_model_dir(path: str | Path | None) -> Path:

@@ -79,3 +79,10 @@ def test_card_that_is_not_an_object(tmp_path):
     path.write_text("[1, 2, 3]")
     with pytest.raises(MarkguardError, match="JSON object"):
         load_card(path)
+
+
+def test_card_that_is_not_utf8(tmp_path):
+    path = tmp_path / "model_card.json"
+    path.write_bytes(b'{"backbone": "\xff"}')
+    with pytest.raises(MarkguardError, match="not UTF-8"):
+        load_card(path)
