@@ -85,7 +85,7 @@ CASES = {  # id → (argv builder, words the message must hold)
     "synth --marks-per-brand 0": (lambda w, b: ["synth", "--out", str(b["root"] / "s"), "--marks-per-brand", "0"], ["--marks-per-brand 0"]),
     "synth --listings -1": (lambda w, b: ["synth", "--out", str(b["root"] / "s"), "--listings", "-1"], ["--listings -1"]),
     "synth --backgrounds missing": (lambda w, b: ["synth", "--out", str(b["root"] / "s"), "--backgrounds", str(b["root"] / "nope")],
-                                    ["--backgrounds", "no such folder"]),
+                                    ["nope", "backgrounds folder not found"]),
     "demo --out FILE": (lambda w, b: ["demo", "--out", str(b["file"])], ["is a file"]),
     "demo --brands 0": (lambda w, b: ["demo", "--out", str(b["root"] / "d"), "--brands", "0"], ["--brands 0"]),
     "demo --listings 0": (lambda w, b: ["demo", "--out", str(b["root"] / "d"), "--listings", "0"], ["--listings 0"]),
