@@ -231,40 +231,14 @@ def _index_meta(data: bytes, work: Path) -> None:
 
 
 def _brands_meta(data: bytes, work: Path) -> None:
-    """markguard.json beside an index, as a scan reads it (model path, brands' thresholds and sellers)."""
-    from markguard.infer.scan import INDEX_META, _policy, load_searchers, ScanOptions
+    """markguard.json as an index load reads it from its save, then as a scan uses it (the brands' thresholds, sellers)."""
+    from markguard.infer.decide import resolve_policy
+    from markguard.infer.index.store import _json_of
+    from markguard.infer.index_meta import check_index_meta
 
-    dst = work / "index"
-    shutil.copytree(_BrandsWorld.index(work.parent), dst)
-    (dst / INDEX_META).write_bytes(data)
-    searchers = load_searchers([dst], _BrandsWorld.model, "cpu")
-    _policy(searchers, ScanOptions())
-
-
-class _BrandsWorld:
-    model: Path | None = None
-    path: Path | None = None
-
-    @classmethod
-    def index(cls, work_root: Path) -> Path:
-        if cls.path is None:
-            import torch
-
-            from markguard.checkpoint import ModelCard, create_model, save_checkpoint
-            from markguard.infer.index import MarkIndex
-
-            torch.manual_seed(0)
-            card = ModelCard(backbone="resnet10t", dim=8, input_size=32, scan_size=32)
-            card = save_checkpoint(create_model(card), card, work_root / "model")
-            cls.model = work_root / "model"
-            import numpy as np
-
-            v = np.eye(4, 8, dtype="float32")
-            idx = MarkIndex.build(v, [{"brand": f"b{i}", "mark": f"m{i}", "source": f"s{i}.png"} for i in range(4)],
-                                  fingerprint=card.fingerprint, kind="flat")
-            cls.path = work_root / "brands-index"
-            idx.save(cls.path)
-        return cls.path
+    where = work / "markguard.json"
+    meta = check_index_meta(_json_of(io.BytesIO(data), where), where)
+    resolve_policy({"flag": 0.6, "review": 0.5, "per_brand": {}}, meta.get("brands", {}))
 
 
 def targets(seed: dict[str, list[bytes]], work_root: Path) -> dict[str, tuple[Callable, st.SearchStrategy[bytes]]]:

@@ -201,7 +201,7 @@ def pins(source, searchers, policy, opts) -> dict:
         "shard": list(opts.shard) if opts.shard else None,
         "indexes": [{"path": str(s.path.resolve()), "fingerprint": s.card.fingerprint, "save": index_save_id(s.index, s.path)}
                     for s in searchers],
-        "regions": [region_mode(s, opts).value for s in searchers],
+        "regions": [region_mode(s, opts).label for s in searchers],
         "policy": {k: v for k, v in policy.to_json().items() if k != "sources"},
         "options": options,
     }

@@ -33,7 +33,7 @@ BAD = [  # (field, value, words the message must hold)
     ("std", [0.2, 0.0, 0.2], "between"),
     ("std", [0.2, float("nan"), 0.2], "finite"),
     ("resize", "stretch", "resize policy"),
-    ("regions", {"mode": "everywhere"}, "mode 'everywhere' is unknown"),
+    ("regions", {"mode": 3}, "name of a region mode"),
     ("regions", {"mode": "grid", "scales": []}, "scales"),
     ("regions", {"mode": "grid", "scales": [0.5, 3]}, "scales"),
     ("regions", {"mode": "grid", "overlap": 1.5}, "overlap"),

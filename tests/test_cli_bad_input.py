@@ -75,7 +75,7 @@ CASES = {  # id → (argv builder, words the message must hold)
     "scan --review-threshold -inf": (lambda w, b: _scan(w, b, "--review-threshold=-inf"), ["--review-threshold"]),
     "scan card scan_size 0": (lambda w, b: _scan(w, b, "-m", str(b["card_scan0"])), ["'scan_size'"]),
     "scan card dim string": (lambda w, b: _scan(w, b, "-m", str(b["card_dim"])), ["'dim'"]),
-    "scan card region mode": (lambda w, b: _scan(w, b, "-m", str(b["card_mode"])), ["'regions'", "everything"]),
+    "scan card region mode": (lambda w, b: _scan(w, b, "-m", str(b["card_mode"])), ["card_mode", "fingerprint"]),  # the mode is part of the fingerprint: an edited card is caught first
     "scan card mean length 1": (lambda w, b: _scan(w, b, "-m", str(b["card_mean"])), ["'mean'"]),
     "scan card threshold string": (lambda w, b: _scan(w, b, "-m", str(b["card_thr"])), ["'thresholds'", "flag"]),
     "merge garbage line in a shard": (lambda w, b: ["merge", *map(str, b["shards"]), "-o", str(b["root"] / "merged")],

@@ -16,7 +16,8 @@ import pytest
 from markguard.errors import MarkguardError
 from markguard.infer.outdir import LOCK, OutputLock, keep_matching_rows
 from markguard.infer.scan import run_scan
-from markguard.infer.writer import PARTIAL, RESULTS, ResultsWriter
+from markguard.infer.results import PARTIAL, RESULTS
+from markguard.infer.writer import ResultsWriter
 from test_scan import OPTS, make_world, manifest_order, read_rows
 
 
@@ -171,7 +172,7 @@ def test_resume_keeps_rows_only_while_they_are_the_inputs(world, tmp_path, intru
 
 def test_keep_matching_rows_cuts_at_the_first_mismatch(tmp_path):
     from markguard.datasets.listings import ListingItem
-    from markguard.infer.writer import ROW_KEYS
+    from markguard.infer.results import ROW_KEYS
 
     def row(lid):
         return json.dumps(dict.fromkeys(ROW_KEYS) | {"listing_id": lid, "image": f"{lid}.jpg", "status": "pass", "matches": []}).encode() + b"\n"
