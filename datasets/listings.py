@@ -214,8 +214,11 @@ def _manifest_rows(path: Path) -> Iterator[dict]:
             # utf-8-sig: spreadsheets save CSV with a byte-order mark that would rename the first column
             with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
-                _missing_columns(path, reader.fieldnames or [])
-                yield from reader
+                try:
+                    _missing_columns(path, reader.fieldnames or [])
+                    yield from reader
+                except csv.Error as e:  # a field over the csv module's limit (128 KiB), a NUL byte, a stray quote
+                    raise MarkguardError(f"{path}:{reader.line_num + 1}: unreadable CSV ({e}); fix or remove that line") from None
         elif suffix == ".jsonl":
             with path.open(encoding="utf-8-sig") as f:
                 for n, line in enumerate(f, 1):
@@ -230,13 +233,15 @@ def _manifest_rows(path: Path) -> Iterator[dict]:
                     _missing_columns(path, row, f":{n}")
                     yield row
         else:
-            pq = _pyarrow_parquet()
-            f = pq.ParquetFile(path)
+            f = _parquet_file(path)
             names = f.schema_arrow.names
             _missing_columns(path, names)
             columns = [c for c in (*REQUIRED_COLUMNS, "seller_id", "title") if c in names]
-            for batch in f.iter_batches(batch_size=4096, columns=columns):
-                yield from batch.to_pylist()
+            try:
+                for batch in f.iter_batches(batch_size=4096, columns=columns):
+                    yield from batch.to_pylist()
+            except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid/ArrowIOError are these
+                raise MarkguardError(f"{path}: damaged parquet manifest ({_first_line(e)}); write it again") from None
     except UnicodeDecodeError:
         raise MarkguardError(f"{path}: not UTF-8 text; save the manifest as UTF-8") from None
 
@@ -247,6 +252,18 @@ def _pyarrow_parquet():
     except ImportError:
         raise MarkguardError("reading .parquet manifests needs pyarrow: pip install 'markguard[parquet]'") from None
     return pq
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _parquet_file(path: Path):
+    pq = _pyarrow_parquet()
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, ValueError) as e:  # ArrowInvalid: not a parquet file, a bad footer
+        raise MarkguardError(f"{path}: not a readable parquet file ({_first_line(e)}); write the manifest again") from None
 
 
 def _text(value) -> str | None:
@@ -285,7 +302,7 @@ def iter_manifest(path: Path) -> Iterator[ListingItem]:
 def _count_manifest(path: Path) -> int:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        f = _pyarrow_parquet().ParquetFile(path)
+        f = _parquet_file(path)
         _missing_columns(path, f.schema_arrow.names)
         return f.metadata.num_rows
     if suffix == ".jsonl":

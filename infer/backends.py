@@ -66,6 +66,10 @@ def _onnx_fingerprint(path: Path) -> str | None:
     return meta.get(FINGERPRINT_KEY)
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def load_backend(model_dir: str | Path | None = None, backend: str = "torch", *, device: str = "cpu",
                  path: str | Path | None = None) -> tuple[torch.nn.Module, ModelCard]:
     """The scan's model and card; ``backend`` onnx/torchscript runs the backbone from ``path``
@@ -85,14 +89,19 @@ def load_backend(model_dir: str | Path | None = None, backend: str = "torch", *,
             runner = _OnnxRunner(file, device)
         except ImportError:
             raise MarkguardError("--backend onnx needs onnx and onnxruntime; pip install 'markguard[onnx]'") from None
+        except Exception as e:  # protobuf's DecodeError and onnxruntime's pybind errors share no narrower base
+            raise MarkguardError(f"{file}: not a readable ONNX model ({_first_line(e)}); export it again") from None
     else:
         import warnings
 
         extra = {"fingerprint": ""}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still the portable format
-            runner = torch.jit.load(str(file), map_location=device, _extra_files=extra)
-        found = json.loads(extra["fingerprint"] or "null")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream but still the portable format
+                runner = torch.jit.load(str(file), map_location=device, _extra_files=extra)
+            found = json.loads(extra["fingerprint"] or "null")
+        except (RuntimeError, ValueError) as e:  # not a TorchScript archive; a fingerprint that is not JSON
+            raise MarkguardError(f"{file}: not a readable TorchScript model ({_first_line(e)}); export it again") from None
     if found != card.fingerprint:
         raise MarkguardError(f"{file}: exported from model {found}, not from this checkpoint ({card.fingerprint}); export it again")
     return ExportedModel(model, runner, backend).eval(), card

@@ -136,7 +136,7 @@ def read_summary(out_dir: str | Path, *, fix: str = "re-run the scan") -> dict:
 
 def check_rows(path: Path) -> None:
     """Refuse a results file whose rows do not follow the contract, keys in their order (used by tests and ``merge``)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # bytes that are not UTF-8 fail as JSON, with a line number
         for n, line in enumerate(f, 1):
             try:
                 row = json.loads(line)

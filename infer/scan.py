@@ -21,6 +21,7 @@ from markguard.fsio import atomic_write_text
 from markguard.infer.decide import Policy, resolve_policy
 from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader
 from markguard.infer.pipeline import STAGES, ScanOptions, StageTimes, process_batch, region_mode, resolve_decode  # noqa: F401
+from markguard.infer.outdir import holds_output_folder, open_output, pins
 from markguard.infer.read import item_source
 from markguard.infer.results import PARQUET, PARTIAL, RESULTS, STATE, SUMMARY, ScanRow, read_results, read_summary
 from markguard.infer.searchers import Searcher, load_searchers, resolve_device  # noqa: F401  (the scan's public names)
@@ -50,12 +51,6 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
             raise MarkguardError(batch.message)
         times.merge({"decode": batch.decode_s})
         yield from process_batch(batch, searchers, policy, opts, times)
-
-
-def _state(source, searchers: list[Searcher], opts: ScanOptions) -> dict:
-    return {"input": str(Path(source).resolve()), "shard": list(opts.shard) if opts.shard else None,
-            "indexes": [{"path": str(s.path.resolve()), "fingerprint": s.card.fingerprint} for s in searchers],
-            "regions": opts.regions}
 
 
 class Progress:
@@ -133,6 +128,7 @@ def _policy(searchers: list[Searcher], opts: ScanOptions) -> Policy:
     return resolve_policy(searchers[0].card.thresholds, brands, flag=opts.flag, review=opts.review, per_index_cards=per_index)
 
 
+@holds_output_folder
 def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | Path, *, model: str | Path | None = None,
              opts: ScanOptions | None = None, resume: bool = False, progress: bool = True, formats: tuple[str, ...] = ("jsonl",),
              progress_stream=None, progress_every_s: float = 10.0) -> dict:
@@ -156,31 +152,10 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     open_dump(source)
     card = searchers[0].card
     policy = _policy(searchers, opts)
-    state = _state(source, searchers, opts)
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MarkguardError(f"{out_dir}: is a file; -o names the output folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / STATE
-    if state_path.exists():
-        try:
-            previous = json.loads(state_path.read_text())
-        except json.JSONDecodeError:
-            previous = {}
-        if previous != state:
-            raise MarkguardError(f"{out_dir}: holds the output of another scan ({previous.get('input')}); choose a new -o folder or delete it")
-        if (out_dir / RESULTS).exists() and (out_dir / SUMMARY).exists():
-            summary = read_summary(out_dir)
-            if "parquet" in formats and not (out_dir / PARQUET).exists():
-                summary["parquet"] = str(write_parquet(out_dir / RESULTS, out_dir / PARQUET))
-                atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
-            summary["note"] = "already finished; nothing to do"
-            return summary
-        if (out_dir / PARTIAL).exists() and not resume:
-            raise MarkguardError(f"{out_dir}: an unfinished scan is here; pass --resume to continue it, or delete the folder to start over")
-    elif any(out_dir.iterdir()):
-        raise MarkguardError(f"{out_dir}: folder is not empty and holds no markguard scan; choose a new -o folder")
-    atomic_write_text(state_path, json.dumps(state, indent=2))
+    finished = open_output(out_dir, pins(source, searchers, policy, opts), resume=resume, formats=formats,
+                           items=item_source(source, opts.shard))
+    if finished is not None:
+        return finished
 
     writer = ResultsWriter(out_dir, resume=resume or (out_dir / RESULTS).exists())
     skipped = writer.rows

@@ -10,6 +10,7 @@ import torch
 
 from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkpoint
 from markguard.errors import MarkguardError
+from markguard.infer.index_meta import check_index_meta
 from markguard.model import compile_backbone
 from markguard.preprocess import Preprocessing, resolve_preprocessing
 
@@ -36,6 +37,10 @@ class Searcher:
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise MarkguardError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MarkguardError("--device cuda given but no CUDA GPU is visible; use --device cpu")
     return device
@@ -57,7 +62,7 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
     for p, name in zip(index_paths, names):
         p = Path(p)
         index = MarkIndex.load(p)  # the vectors and their metadata, from one save
-        meta = index.require_meta()
+        meta = check_index_meta(index.require_meta(), p / "markguard.json")
         mpath = model_path if model_path is not None else meta.get("model")
         if mpath is not None and not Path(mpath).exists() and model_path is None:
             mpath = None  # the recorded model moved: fall back to the shipped default, the fingerprint check decides

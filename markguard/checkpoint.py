@@ -58,14 +58,13 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "model card") -> "ModelCard":
+        from markguard.card import check_card_fields
+
+        d = check_card_fields(d, source)  # type, range and length of every field, before anything uses one
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise MarkguardError(f"{source}: unknown key(s) {sorted(unknown)}; was it written by a newer markguard?")
-        d = dict(d)
-        for k in ("mean", "std"):
-            if k in d:
-                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -107,6 +106,8 @@ def load_card(path: str | Path) -> ModelCard:
         return ModelCard.from_dict(json.loads(card_path.read_text(encoding="utf-8")), source=str(card_path))
     except json.JSONDecodeError as e:
         raise MarkguardError(f"{card_path}: not valid JSON ({e.msg}); re-export the checkpoint") from None
+    except UnicodeDecodeError:
+        raise MarkguardError(f"{card_path}: not UTF-8 text, so not a model card; re-export the checkpoint") from None
 
 
 def resolve_model_dir(path: str | Path | None) -> Path:

@@ -21,10 +21,17 @@ def run_demo(out: str | Path, *, steps: int | None = None, listings: int = 200, 
     from markguard.infer.scan import ScanOptions, run_scan
     from markguard.train.config import TrainConfig
     from markguard.train.evaluate import score_scan
-    from markguard.train.loop import train
+    from markguard.train.loop import load_training_marks, train
+
+    from markguard.commands.synth import check_synth_args
 
     log = log or (lambda s: (print(s, file=sys.stderr), sys.stderr.flush()))
     out = Path(out)
+    check_synth_args(out, brands=brands, listings=listings)
+    if listings < 1:
+        raise MarkguardError(f"--listings {listings} must be at least 1: the demo scans the listings it generates")
+    if steps is not None and steps < 1:
+        raise MarkguardError(f"--steps {steps} must be at least 1")
     if out.exists() and any(out.iterdir()):
         raise MarkguardError(f"{out}: folder is not empty; the demo writes a fresh one (give --out NEW or delete it)")
     t0 = time.perf_counter()
@@ -34,6 +41,9 @@ def run_demo(out: str | Path, *, steps: int | None = None, listings: int = 200, 
     timings["synth"] = time.perf_counter() - t0
     extra = [f"gallery={paths['gallery']}", f"seed={seed}"] + ([f"steps={steps}"] if steps else []) + list(overrides or [])
     cfg = load_layered(TrainConfig, resolve_recipe("demo"), extra)
+    fill = len(load_training_marks(cfg)[0]) * cfg.m_per_class  # one class a mark: a small demo sizes its own batch
+    if cfg.sampler == "m_per_class" and fill < cfg.batch_size and not any(o.startswith("batch_size=") for o in overrides or []):
+        cfg = load_layered(TrainConfig, resolve_recipe("demo"), extra + [f"batch_size={fill}"])
     log(f"demo: 2/5 train: {cfg.backbone}, {cfg.steps} steps of {cfg.batch_size} → {out / 'model'}")
     t = time.perf_counter()
     card = train(cfg, out / "model", log=log)

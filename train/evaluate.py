@@ -31,12 +31,24 @@ class ScanScore:
 
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, required: tuple[str, ...] = ("listing_id", "image")) -> list[dict]:
+    """JSON objects, one a line, each with the ``required`` keys; anything else is one line naming file and line."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise MarkguardError(f"{path}: not found")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MarkguardError(f"{path}:{n}: not JSON Lines ({e.msg}); give a .jsonl file, one JSON object a line") from None
+            if not isinstance(row, dict) or not all(k in row for k in required):
+                raise MarkguardError(f"{path}:{n}: expected a JSON object with {', '.join(required)}")
+            rows.append(row)
+    return rows
 
 
 def score_scan(results_path: str | Path, truth_path: str | Path, *, statuses=("flag",), authorized: dict[str, list[str]] | None = None) -> ScanScore:

@@ -259,7 +259,8 @@ def freeze_stages(backbone: torch.nn.Module, n: int) -> list[torch.nn.Module]:
 def _check_classes(n_classes: int, cfg: TrainConfig, source) -> None:
     if cfg.sampler == "m_per_class" and n_classes * cfg.m_per_class < cfg.batch_size:
         raise MarkguardError(f"{source}: {n_classes} classes x m_per_class={cfg.m_per_class} cannot fill batch_size={cfg.batch_size}; "
-                             f"lower batch_size to at most {n_classes * cfg.m_per_class} or add classes")
+                             f"lower batch_size to at most {n_classes * cfg.m_per_class} (batch_size={n_classes * cfg.m_per_class} "
+                             f"as a KEY=VALUE override) or add classes")
 
 
 def _rng_state() -> dict:

@@ -137,9 +137,11 @@ def _read(cls, snap: FolderSnapshot, path: Path):
         kind = IndexKind.named(header["kind"])
         fingerprint, dim, count = str(header["fingerprint"]), int(header["dim"]), int(header["count"])
         sums = dict(header["sha256"])
+        settings = _settings_from_json(kind, header.get("settings") or {})
+        header_next_id, params = int(header.get("next_id", 0)), dict(header.get("params") or {})
     except FileNotFoundError:
         raise MarkguardError(f"{meta_file}: missing, so {path} is not a complete index; {REBUILD}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # a field of the wrong type: the file is damaged
         raise MarkguardError(f"{meta_file}: unreadable index metadata ({e}); {REBUILD}") from None
     if header.get("format") != FORMAT_VERSION:
         raise MarkguardError(f"{meta_file}: index format {header.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
@@ -180,7 +182,6 @@ def _read(cls, snap: FolderSnapshot, path: Path):
             row = db.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
         except (sqlite3.DatabaseError, MemoryError) as e:  # MemoryError: sqlite's answer to some garbage
             raise MarkguardError(f"{path / MARKS_FILE}: unreadable metadata ({e}); {REBUILD}") from None
-        settings = _settings_from_json(kind, header.get("settings") or {})
 
         def read_faiss(name: str):
             if name not in files:
@@ -201,14 +202,17 @@ def _read(cls, snap: FolderSnapshot, path: Path):
     if not backend.live == n_marks == count:
         raise MarkguardError(f"{path}: {INDEX_FILE} holds {backend.live:,} vectors, {MARKS_FILE} {n_marks:,} "
                              f"marks, {META_FILE} says {count:,}; the files are from different saves; {REBUILD}")
-    next_id = max(int(row[0]) if row else 0, int(header.get("next_id", 0)), max_id + 1)
+    next_id = max(int(row[0]) if row else 0, header_next_id, max_id + 1)
     index = cls(fingerprint=fingerprint, dim=dim, backend=backend, db=db, next_id=next_id,
                 recall=header.get("recall_at_10"), recall_target=header.get("recall_target"), path=path,
                 meta=app_meta)
     index.save_id = str(header.get("save_id") or header.get("saved") or "")
-    param = (header.get("params") or {}).get(backend.param_name) if backend.param_name else None
+    param = params.get(backend.param_name) if backend.param_name else None
     if param is not None:
-        backend.set_param(param)
+        try:
+            backend.set_param(param)
+        except (TypeError, ValueError):
+            raise MarkguardError(f"{meta_file}: search parameter {backend.param_name}={param!r} is not a number; {REBUILD}") from None
     return index
 
 

@@ -131,9 +131,17 @@ def run_check_trainset(args: argparse.Namespace) -> int:
 
 
 def run_gallery_check(args: argparse.Namespace) -> int:
-    from markguard.datasets.registry import SAME_PICTURE, check_gallery
+    import math
 
-    report = check_gallery(args.gallery, min_similarity=SAME_PICTURE if args.min_similarity is None else args.min_similarity)
+    from markguard.datasets.registry import SAME_PICTURE, check_gallery
+    from markguard.errors import MarkguardError
+
+    s = args.min_similarity
+    if s is not None and not (math.isfinite(s) and 0 < s <= 1):
+        raise MarkguardError(f"--min-similarity {s} must lie in (0, 1]: the thumbnail correlation above which two marks count as one picture")
+    report = check_gallery(args.gallery, min_similarity=SAME_PICTURE if s is None else s)
+    if not report.marks and not report.errors:  # as `index build` fails on it
+        raise MarkguardError(f"{args.gallery}: gallery has no mark images; add <brand_id>/<mark_id>.png|jpg|webp|svg files")
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
 

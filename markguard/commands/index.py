@@ -42,12 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args) -> int:
+    import math
+
+    from markguard.errors import MarkguardError
     from markguard.infer.build import build_index
 
     if args.bank < 0:
-        from markguard.errors import MarkguardError
-
         raise MarkguardError(f"--bank {args.bank}: give a number of background pictures, 0 or more (256 is a good start)")
+    if args.memory_budget_mb is not None and not (math.isfinite(args.memory_budget_mb) and args.memory_budget_mb > 0):
+        raise MarkguardError(f"--memory-budget-mb {args.memory_budget_mb} must be a positive number of megabytes")
+    if not (math.isfinite(args.recall) and 0 < args.recall <= 1):
+        raise MarkguardError(f"--recall {args.recall} must lie in (0, 1]")
+
     info = build_index(args.gallery, args.out, model=args.model, kind=args.kind, device=args.device,
                        memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank)
     print(json.dumps(info, indent=2, default=str))

@@ -20,6 +20,13 @@ def parse_shard(text: str | None):
     return i, n
 
 
+def check_compile_backend(name: str) -> None:
+    import torch
+
+    if name not in torch.compiler.list_backends(exclude_tags=()):
+        raise MarkguardError(f"--compile {name!r}: not a torch.compile backend; choose one of {', '.join(torch.compiler.list_backends())}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("scan", help="scan a listing dump against one or more brand indexes",
                        description="Writes OUT/results.jsonl (one row per photo, input order) and OUT/summary.json.")
@@ -63,6 +70,11 @@ def run(args) -> int:
         raise MarkguardError("--batch-size and --actors must be at least 1, --workers at least 0")
     if args.address and args.engine != "ray":
         raise MarkguardError("--address is for --engine ray")
+    for name, v in (("--flag-threshold", args.flag_threshold), ("--review-threshold", args.review_threshold)):
+        if v is not None and not -1 <= v <= 1:  # also refuses nan and inf: a similarity lies in [-1, 1]
+            raise MarkguardError(f"{name} {v} must be a similarity between -1 and 1")
+    if args.compile is not None:
+        check_compile_backend(args.compile)
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, backend=args.backend,

@@ -19,6 +19,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_synth_args(out, *, brands: int, listings: int, marks_per_brand: int = 1, distractors: int = 0) -> None:
+    """Counts that make sense and an output that is a folder, before anything is written (synth and demo)."""
+    from pathlib import Path
+
+    from markguard.errors import MarkguardError
+
+    for name, v, low in (("--brands", brands, 1), ("--marks-per-brand", marks_per_brand, 1), ("--listings", listings, 0),
+                         ("--distractors", distractors, 0)):
+        if v < low:
+            raise MarkguardError(f"{name} {v} must be at least {low}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise MarkguardError(f"{out}: is a file; --out names the folder to write")
+
+
 def run(args) -> int:
     import os
 
@@ -27,6 +41,8 @@ def run(args) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise MarkguardError("--workers must be 0 (this process) or more")
+    check_synth_args(args.out, brands=args.brands, marks_per_brand=args.marks_per_brand, listings=args.listings,
+                     distractors=args.distractors)
     workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
     paths = synth_dataset(args.out, brands=args.brands, marks_per_brand=args.marks_per_brand, distractor_brands=args.distractors,
                           listings=args.listings, seed=args.seed, backgrounds=args.backgrounds, workers=workers)

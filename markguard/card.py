@@ -1,0 +1,178 @@
+"""Model-card fields checked at the door: a card from someone else is untrusted input.
+
+Each field has one check (type, range, length); a failure is one line naming the field, before a
+value can reach a resize, a DataLoader worker or a threshold comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from markguard.errors import MarkguardError
+
+MAX_SIDE = 4096  # scan_size/input_size: a 4096-pixel square is already ~200 MB of float32 per photo
+MAX_DIM = 16384
+MAX_TEXT = 256
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _Bad(f"must be a whole number, got {type(v).__name__} {v!r}")
+        if not lo <= v <= hi:
+            raise _Bad(f"must lie between {lo} and {hi}, got {v}")
+        return v
+    return check
+
+
+def _number(v, lo: float, hi: float, what: str = "") -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Bad(f"{what}must be a number, got {type(v).__name__} {v!r}")
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise _Bad(f"{what}must be a finite number between {lo} and {hi}, got {v}")
+    return v
+
+
+def _text(v) -> str:
+    if not isinstance(v, str):
+        raise _Bad(f"must be text, got {type(v).__name__} {v!r}")
+    if len(v) > MAX_TEXT:
+        raise _Bad(f"must be at most {MAX_TEXT} characters, got {len(v)}")
+    return v
+
+
+def _name(v) -> str:
+    if not _text(v).strip():
+        raise _Bad("must not be empty")
+    return v
+
+
+def _dict(v) -> dict:
+    if not isinstance(v, dict):
+        raise _Bad(f"must be a JSON object, got {type(v).__name__}")
+    if not all(isinstance(k, str) for k in v):
+        raise _Bad("keys must be text")
+    return v
+
+
+def _triple(lo: float, hi: float) -> Callable[[Any], tuple]:
+    def check(v):
+        if not isinstance(v, (list, tuple)) or len(v) != 3:
+            raise _Bad(f"must be 3 numbers (one per RGB channel), got {v!r}")
+        return tuple(_number(x, lo, hi) for x in v)
+    return check
+
+
+def _pooling(v) -> str:
+    from markguard.model import Pooling
+
+    if _name(v) not in Pooling.__members__:
+        raise _Bad(f"unknown pooling {v!r}; one of {', '.join(Pooling.__members__)}")
+    return v
+
+
+def _stride(v) -> int:
+    if _int(1, 64)(v) not in (8, 16, 32):
+        raise _Bad(f"must be 8, 16 or 32, got {v}")
+    return v
+
+
+def _resize(v) -> str:
+    if v != "letterbox":
+        raise _Bad(f"unknown resize policy {v!r}; markguard knows 'letterbox'")
+    return v
+
+
+def _regions(v) -> dict:
+    _dict(v)
+    if "mode" in v and not (isinstance(v["mode"], str) and v["mode"].strip()):
+        # a mode's name only: markguard/ does not import the scan, whose registry refuses an unknown one
+        raise _Bad(f"mode must be the name of a region mode, got {v['mode']!r}")
+    if "scales" in v:
+        if not isinstance(v["scales"], list) or not 1 <= len(v["scales"]) <= 16:
+            raise _Bad(f"scales must be a list of 1 to 16 numbers, got {v['scales']!r}")
+        for s in v["scales"]:
+            _number(s, 0.01, 1.0, "scales: ")
+    if "overlap" in v:
+        _number(v["overlap"], 0.0, 0.95, "overlap ")
+    return v
+
+
+def _proposals(v) -> dict:
+    _dict(v)
+    for k, x in v.items():
+        if k == "grid_scales":
+            if not isinstance(x, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in x):
+                raise _Bad(f"grid_scales must be a list of numbers, got {x!r}")
+            for s in x:
+                _number(s, 0.01, 1.0, "grid_scales: ")
+        else:
+            _number(x, 0, 1e6, f"{k} ")
+    return v
+
+
+SIMILARITY = (-1.0, 1.001)  # cosine, plus the calibration's 1e-4 step above a top score
+
+
+def _thresholds(v) -> dict:
+    _dict(v)
+    for k in ("flag", "review"):
+        if k in v:
+            _number(v[k], *SIMILARITY, f"{k} ")
+    per_brand = _dict(v.get("per_brand", {}))
+    for brand, t in per_brand.items():
+        _number(t, *SIMILARITY, f"per_brand[{brand!r}] ")
+    return v
+
+
+def _init(v) -> dict:
+    """Where the weights started (source, sha256, licence): optional, text only."""
+    _dict(v)
+    for k, x in v.items():
+        if not isinstance(x, str) or len(x) > 4 * MAX_TEXT:
+            raise _Bad(f"{k} must be text of at most {4 * MAX_TEXT} characters, got {type(x).__name__}")
+    return v
+
+
+CHECKS: dict[str, Callable[[Any], Any]] = {
+    "backbone": _name,
+    "dim": _int(1, MAX_DIM),
+    "pooling": _pooling,
+    "output_stride": _stride,
+    "roi_size": _int(1, 16),
+    "input_size": _int(16, MAX_SIDE),
+    "scan_size": _int(16, MAX_SIDE),
+    "mean": _triple(0.0, 1.0),
+    "std": _triple(1e-3, 10.0),  # a zero std divides by zero
+    "resize": _resize,
+    "regions": _regions,
+    "proposals": _proposals,
+    "thresholds": _thresholds,
+    "training": _dict,
+    "metrics": _dict,
+    "init": _init,
+    "fingerprint": _text,
+    "created": _text,
+    "markguard_version": _text,
+}
+
+
+def check_card_fields(d: dict, source: str) -> dict:
+    """``d`` with every field checked (and mean/std as tuples); raises MarkguardError naming the first bad one."""
+    if not isinstance(d, dict):
+        raise MarkguardError(f"{source}: a model card is a JSON object, got {type(d).__name__}")
+    out = dict(d)
+    for key, value in d.items():
+        check = CHECKS.get(key)
+        if check is None:
+            continue  # unknown keys are the caller's to refuse
+        try:
+            out[key] = check(value)
+        except _Bad as e:
+            raise MarkguardError(f"{source}: field {key!r} {e}; fix the card or re-export the checkpoint") from None
+    return out
