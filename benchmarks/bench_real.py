@@ -8,7 +8,7 @@ scored by ``train/realeval.score_bench``: per tier TPR at FPR 1%, right brand, b
 correctly named marks; ROC AUC, the hub figure and images/s.
 
     markguard data realbench --marks devicon-2.17.0.tgz --cross simple-icons-16.37.0.tgz --photos PHOTOS --out BENCH
-    python benchmarks/bench_real.py --bench BENCH [--model RUN ...] [--out DIR]
+    python benchmarks/bench_real.py --bench BENCH [--model RUN ...] [--out DIR] [--every 2]
     python benchmarks/bench_real.py --quick       # generated sources, the shipped model: for the tests
 """
 
@@ -37,19 +37,40 @@ def markguard(*args: str) -> None:
         sys.exit(f"failed: {shlex.join(cmd)}\n{done.stderr[-2000:]}")
 
 
-def run_model(bench: Path, model: str | None, out: Path, scan_args: list[str], index_args: list[str] = ()) -> tuple[dict, float]:
+def subset(bench: Path, out: Path, every: int) -> tuple[Path, Path]:
+    """Every ``every``-th listing of each tier: a manifest beside the bench's own (a scan reads only under its folder), and its truth."""
+    import csv
+
+    if every == 1:
+        return bench / "listings" / "manifest.csv", bench / "truth.csv"
+    with open(bench / "truth.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if int(r["listing_id"].rsplit("-", 1)[1]) % every == 0]
+        fields = reader.fieldnames
+    manifest, truth = bench / "listings" / f"manifest-every{every}.csv", out / f"truth-every{every}.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([["listing_id", "image_path"], *([r["listing_id"], f"{r['listing_id']}.jpg"] for r in rows)])
+    with open(truth, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return manifest, truth
+
+
+def run_model(bench: Path, manifest: Path, truth: Path, model: str | None, out: Path, scan_args: list[str],
+              index_args: list[str] = ()) -> tuple[dict, float]:
     index, scan = out / "index", out / "scan"
     markguard("index", "build", str(bench / "gallery"), "-o", str(index), *(["-m", model] if model else []), *index_args)
-    markguard("scan", str(bench / "listings" / "manifest.csv"), "-i", str(index), "-o", str(scan), "--quiet",
+    markguard("scan", str(manifest), "-i", str(index), "-o", str(scan), "--quiet",
               "--flag-threshold", "-1", "--review-threshold", "-1", *scan_args)
     summary = json.loads((scan / "summary.json").read_text())  # the scan's own rate: photos over the scan loop's time
-    return score_bench(scan / "results.jsonl", bench / "truth.csv").to_json(), float(summary["images_per_s"])
+    return score_bench(scan / "results.jsonl", truth).to_json(), float(summary["images_per_s"])
 
 
-def run_sift(bench: Path, out: Path) -> tuple[dict, float]:
-    summary = sift_scan(bench / "listings" / "manifest.csv", bench / "gallery", out, SiftConfig(), progress=True)
+def run_sift(bench: Path, manifest: Path, truth: Path, out: Path) -> tuple[dict, float]:
+    summary = sift_scan(manifest, bench / "gallery", out, SiftConfig(), progress=True)
     # like the scan's rate: photos over the matching loop's time (indexing the references is timed apart)
-    return score_bench(out / "results.jsonl", bench / "truth.csv").to_json(), float(summary["images_per_s"])
+    return score_bench(out / "results.jsonl", truth).to_json(), float(summary["images_per_s"])
 
 
 def _cell(s: dict, positive: bool) -> str:
@@ -81,6 +102,7 @@ def main() -> None:
     ap.add_argument("--bank", type=int, default=0, metavar="N",
                     help="also run each model with an index built with --bank N (scores normalised against N background pictures)")
     ap.add_argument("--scan-args", default="", help="extra `markguard scan` arguments, e.g. '--verify --workers 1'")
+    ap.add_argument("--every", type=int, default=1, help="score every N-th listing of each tier only (a slow machine; default 1: all)")
     ap.add_argument("--out", help="folder for the scans and bench_real.json (default: a temporary one)")
     ap.add_argument("--quick", action="store_true", help="a tiny bench from generated sources (for the tests)")
     args = ap.parse_args()
@@ -96,19 +118,22 @@ def main() -> None:
         build_realbench(src["marks"], [src["photos"]], bench, cross_dir=src["cross"], cfg=BenchConfig(brands=6, listings=33))
     if bench is None:
         ap.error("--bench is required (or --quick)")
+    if args.every < 1:
+        ap.error("--every must be at least 1")
+    manifest, truth = subset(bench, out, args.every)
     models = args.model or [None]
     results: dict[str, tuple[dict, float]] = {}
     for i, model in enumerate(models):
         name = Path(model).name if model else "shipped model"
-        results[name] = run_model(bench, model, out / f"model-{i}", shlex.split(args.scan_args))
+        results[name] = run_model(bench, manifest, truth, model, out / f"model-{i}", shlex.split(args.scan_args))
         if args.bank:
-            results[f"{name} + bank {args.bank}"] = run_model(bench, model, out / f"model-{i}-bank", shlex.split(args.scan_args),
-                                                              ["--bank", str(args.bank)])
+            results[f"{name} + bank {args.bank}"] = run_model(bench, manifest, truth, model, out / f"model-{i}-bank",
+                                                              shlex.split(args.scan_args), ["--bank", str(args.bank)])
     if not args.no_sift:
-        results["SIFT + RANSAC"] = run_sift(bench, out / "sift")
+        results["SIFT + RANSAC"] = run_sift(bench, manifest, truth, out / "sift")
     info = json.loads((bench / "bench.json").read_text()) if (bench / "bench.json").exists() else {}
     print(f"# bench {bench}: {len(info.get('gallery_brands', []))} registered brands, {len(info.get('sources', {}).get('photos', []))} photos, "
-          f"listings per tier {info.get('listings_per_tier')}")
+          f"listings per tier {info.get('listings_per_tier')}" + (f", every {args.every}th scored" if args.every > 1 else ""))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print("\n".join(table(results)))
     (out / "bench_real.json").write_text(json.dumps({"bench": str(bench), "listings_per_tier": info.get("listings_per_tier"),
