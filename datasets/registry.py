@@ -30,6 +30,13 @@ class Brand:
     authorized_sellers: list[str] = field(default_factory=list)
     threshold: float | None = None
     marks: list[MarkRef] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # other names a listing's text may show the brand as
+    wordmarks: list[str] = field(default_factory=list)  # the words the brand's wordmark marks spell, when not its name
+
+    @property
+    def names(self) -> list[str]:
+        """Every text that points at the brand: its name, aliases and wordmark words (text evidence reads these)."""
+        return list(dict.fromkeys([self.name, *self.aliases, *self.wordmarks]))
 
 
 @dataclass
@@ -42,7 +49,8 @@ class Gallery:
         return [m for b in self.brands.values() for m in b.marks]
 
 
-BRAND_KEYS = {"name": str, "authorized_sellers": list, "threshold": (int, float)}
+BRAND_KEYS = {"name": str, "authorized_sellers": list, "threshold": (int, float), "aliases": list, "wordmarks": list}
+TEXT_LISTS = ("aliases", "wordmarks")  # lists of names: each entry must be a non-empty string
 
 
 def _read_brands_yaml(path: Path) -> dict[str, dict]:
@@ -66,6 +74,10 @@ def _read_brands_yaml(path: Path) -> dict[str, dict]:
             # bool is an int to isinstance, but "threshold: yes" is a mistake, not a similarity
             if not isinstance(value, BRAND_KEYS[key]) or isinstance(value, bool):
                 raise MarkguardError(f"{path}: brands.{brand_id}.{key} has the wrong type ({type(value).__name__})")
+        for key in TEXT_LISTS:
+            for i, name in enumerate(entry.get(key) or []):
+                if not isinstance(name, str) or not name.strip():
+                    raise MarkguardError(f"{path}: brands.{brand_id}.{key}[{i}] must be a non-empty string, not {name!r}")
         threshold = entry.get("threshold")
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise MarkguardError(f"{path}: brands.{brand_id}.threshold={threshold} must be a similarity in [-1, 1]")
@@ -112,6 +124,8 @@ def _scan_gallery(root: Path) -> Gallery:
             name=entry.get("name", brand_dir.name),
             authorized_sellers=[str(s) for s in entry.get("authorized_sellers", [])],
             threshold=entry.get("threshold"),
+            aliases=list(entry.get("aliases") or []),
+            wordmarks=list(entry.get("wordmarks") or []),
         )
         for f in sorted(brand_dir.iterdir()):
             if f.is_file() and f.suffix.lower() in MARK_SUFFIXES:

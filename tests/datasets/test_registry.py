@@ -79,13 +79,22 @@ def test_brands_yaml_is_read(tmp_path):
     assert (brand.name, brand.authorized_sellers, brand.threshold, [m.mark for m in brand.marks]) == ("Acme Corp", ["s1"], 0.6, ["logo"])
 
 
+def test_aliases_and_wordmarks_are_read_and_name_the_brand(tmp_path):
+    root = _yaml(tmp_path, "brands:\n  acme:\n    name: Acme Corp\n    aliases: [ACME, Acme Corp]\n    wordmarks: [acmé]\n")
+    brand = load_gallery(root).brands["acme"]
+    assert (brand.aliases, brand.wordmarks) == (["ACME", "Acme Corp"], ["acmé"])
+    assert brand.names == ["Acme Corp", "ACME", "acmé"]  # the repeated name once
+    bare = _yaml(tmp_path / "bare", "brands:\n  acme: {}\n")
+    assert load_gallery(bare).brands["acme"].names == ["acme"]
+
+
 def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
     root = _yaml(tmp_path, "brands:\n  acme:\n    nmae: Acme\n")
     with pytest.raises(MarkguardError) as e:
         load_gallery(root)
     msg = str(e.value)
     assert "brands.yaml" in msg and "brands.acme.nmae is not a known key" in msg
-    assert "allowed: authorized_sellers, name, threshold" in msg
+    assert "allowed: aliases, authorized_sellers, name, threshold, wordmarks" in msg
     assert "\n" not in msg
 
 
@@ -96,6 +105,9 @@ def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
         ("brands:\n  acme:\n    threshold: 3\n", "must be a similarity in [-1, 1]"),
         ("brands:\n  acme:\n    authorized_sellers: s1\n", "brands.acme.authorized_sellers has the wrong type"),
         ("brands:\n  ghost:\n    name: Ghost\n", "brand 'ghost' has no folder"),
+        ("brands:\n  acme:\n    aliases: ACME\n", "brands.acme.aliases has the wrong type"),
+        ("brands:\n  acme:\n    aliases: [ACME, 7]\n", "brands.acme.aliases[1] must be a non-empty string, not 7"),
+        ("brands:\n  acme:\n    wordmarks: ['  ']\n", "brands.acme.wordmarks[0] must be a non-empty string"),
         ("brand:\n  acme: {}\n", "unknown top-level key(s) ['brand']"),
         ("brands: [acme]\n", "expected a mapping"),
         ("brands:\n  acme: [\n", "not valid YAML"),
