@@ -1,0 +1,124 @@
+"""OCR: the per-batch gate, crops of the original photo, timeouts and failures as reasons, and a real read offline."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from markguard.infer.ocr import OcrConfig, OcrReader, OcrRequest, crop_for_reading, gate
+from markguard.infer.textmatch import Lexicon
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+
+
+def _requests(n_photos: int, per_photo: int = 2) -> list[OcrRequest]:
+    return [OcrRequest(p, (0, 0, 10, 10), priority=p + 0.1 * r) for p in range(n_photos) for r in range(per_photo)]
+
+
+def test_gate_reads_a_bounded_share_of_photos_highest_priority_first():
+    reqs = _requests(10)
+    read, skipped = gate(reqs, 10, OcrConfig(budget=0.2, regions_per_photo=1))
+    assert sorted({r.photo for r in read}) == [8, 9] and len(read) == 2  # two photos of ten, one region each
+    assert all(r.priority == max(q.priority for q in reqs if q.photo == r.photo) for r in read)
+    assert len(read) + len(skipped) == len(reqs)
+    read, _ = gate(reqs, 10, OcrConfig(budget=0.25, regions_per_photo=2))
+    assert sorted({r.photo for r in read}) == [7, 8, 9] and len(read) == 6  # ceil(2.5) photos
+    assert gate(reqs, 10, OcrConfig(budget=0.0))[0] == []
+    # the budget is a share of the batch's photos, not of the photos that asked: 3 asking of 100 photos, 1% budget
+    assert len(gate(_requests(3), 100, OcrConfig(budget=0.01))[0]) == 1
+
+
+class FakeEngine:
+    """Stands in for RapidOCR: records the arrays it was given and answers with fixed lines."""
+
+    def __init__(self, lines=None, delay: threading.Event | None = None, error: Exception | None = None):
+        self.lines, self.delay, self.error, self.seen = lines, delay, error, []
+
+    def __call__(self, array, **kwargs):
+        self.seen.append(array.shape)
+        if self.delay is not None:
+            self.delay.wait(5)
+        if self.error is not None:
+            raise self.error
+        return self.lines, [0.0]
+
+
+def test_read_joins_confident_lines_from_a_crop_of_the_original_photo():
+    engine = FakeEngine([[None, "ADI", 0.9], [None, "BAS", 0.8], [None, "noise", 0.2]])
+    reader = OcrReader(OcrConfig(margin=0.5, det_side=1000), engine=engine)
+    photo = Image.new("RGB", (400, 300), "white")
+    read = reader.read(photo, (100, 100, 200, 150))
+    assert read.ok and read.text == "ADI BAS" and read.box == (50, 75, 250, 175)  # half the region's size added each side
+    assert engine.seen == [(100, 200, 3)]
+    edge = reader.read(photo, (350, 250, 420, 330))  # the margin is clipped at the photo's edges
+    assert edge.box == (315, 210, 400, 300)
+
+
+def test_crops_are_shrunk_to_the_detector_side_and_empty_regions_are_not_read():
+    array, box = crop_for_reading(Image.new("RGB", (2000, 1000)), None, 0.1, 480)
+    assert array.shape == (240, 480, 3) and box == (0, 0, 2000, 1000)
+    read = OcrReader(engine=FakeEngine([])).read(Image.new("RGB", (50, 50)), (60, 60, 80, 80))
+    assert read.text is None and read.reason.startswith("not read: region")
+
+
+def test_nothing_read_is_no_text_and_no_error():
+    for lines in (None, [], [[None, "   ", 0.99]]):
+        read = OcrReader(engine=FakeEngine(lines)).read(Image.new("RGB", (64, 64)))
+        assert read.ok and read.text is None
+
+
+def test_a_failing_read_says_why_and_the_next_one_still_runs():
+    engine = FakeEngine(error=RuntimeError("onnxruntime: bad input"))
+    reader = OcrReader(engine=engine)
+    read = reader.read(Image.new("RGB", (64, 64)))
+    assert read.text is None and read.reason == "failed: RuntimeError: onnxruntime: bad input"
+    engine.error, engine.lines = None, [[None, "ACME", 0.9]]
+    assert reader.read(Image.new("RGB", (64, 64))).text == "ACME"
+
+
+def test_a_read_past_its_timeout_gives_no_text_and_holds_the_reader_until_it_ends():
+    release = threading.Event()
+    engine = FakeEngine([[None, "LATE", 0.9]], delay=release)
+    reader = OcrReader(OcrConfig(timeout_s=0.05), engine=engine)
+    photo = Image.new("RGB", (64, 64))
+    first = reader.read(photo)
+    assert first.text is None and first.reason == "timed out after 0.05 s"
+    busy = reader.read(photo)
+    assert busy.text is None and "earlier read timed out" in busy.reason and len(engine.seen) == 1  # not queued behind it
+    release.set()
+    reader._pending.result(timeout=5)
+    engine.delay = None
+    assert reader.read(photo).text == "LATE"
+    reader.close()
+
+
+def test_read_batch_marks_what_the_budget_left_out():
+    reader = OcrReader(OcrConfig(budget=0.5), engine=FakeEngine([[None, "ACME", 0.9]]))
+    photos = [Image.new("RGB", (32, 32)) for _ in range(4)]
+    reqs = [OcrRequest(p, None, priority=p) for p in range(4)]
+    out = reader.read_batch(photos, reqs)
+    assert [out[r].text for r in reqs] == [None, None, "ACME", "ACME"]
+    assert out[reqs[0]].reason == "not read: over the batch's OCR budget (50% of photos)"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("OCR tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_rapidocr_reads_a_letter_swapped_wordmark_offline(no_network):
+    photo = Image.new("RGB", (640, 480), (235, 230, 220))
+    ImageDraw.Draw(photo).text((180, 200), "ADIBAS", font=ImageFont.truetype(FONT, 64), fill=(20, 20, 20))
+    reader = OcrReader()
+    read = reader.read(photo, (170, 190, 460, 280))
+    reader.close()
+    assert read.ok and read.text is not None, read
+    match = Lexicon({"adidas": ["adidas"], "aldi": ["ALDI"]}).best(read.text)
+    assert match is not None and match.brand == "adidas" and match.distance == 1
