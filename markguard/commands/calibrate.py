@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--target-precision", type=float, help="share of flags that must name a brand the photo shows")
     p.add_argument("--min-positives", type=int, default=5, help="positives a brand needs for a threshold of its own")
     p.add_argument("--dry-run", action="store_true", help="print the thresholds, leave the card as it is")
+    p.add_argument("--combiner", action="store_true", help="instead fit the evidence combiner (one probability a match) on the "
+                   "scan's results.jsonl and --truth (.jsonl, or .csv with listing_id,brand); saved beside the scan's first index")
+    p.add_argument("--isotonic", action="store_true", help="with --combiner: follow the logistic fit by an isotonic one")
+    p.add_argument("--combiner-out", help="with --combiner: write it here instead (a folder or a .json path)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=run)
 
@@ -28,6 +32,8 @@ def run(args) -> int:
     from markguard.infer.scan import resolve_device
     from markguard.train.calibrate import calibrate_results
 
+    if args.combiner:
+        return run_combiner(args)
     fpr, precision = args.target_fpr, args.target_precision
     if fpr is None and precision is None:
         fpr = 0.01
@@ -37,4 +43,18 @@ def run(args) -> int:
     cal = calibrate_results(args.results, args.truth, args.model, target_fpr=fpr, target_precision=precision,
                             device=resolve_device(args.device), min_positives=args.min_positives, write=not args.dry_run)
     print(json.dumps({"thresholds": cal.thresholds(), "at_flag": cal.report["at_flag"]}, indent=2))
+    return 0
+
+
+def run_combiner(args) -> int:
+    import json
+
+    from markguard.checkpoint import load_card
+    from markguard.infer.combine import calibrate_combiner
+
+    combiner, target = calibrate_combiner(args.results, args.truth, out=args.combiner_out, isotonic=args.isotonic, write=False)
+    combiner.check(load_card(args.model).fingerprint, source=f"{args.results} (scanned by another model than --model)")
+    path = None if args.dry_run else combiner.save(target)
+    print(json.dumps({"combiner": str(path) if path else None, "features": combiner.features,
+                      "weights": [round(w, 4) for w in combiner.weights], "fitted": combiner.fitted}, indent=2))
     return 0

@@ -1,0 +1,229 @@
+"""Evidence: what each signal says about one candidate (a brand's mark in a region of a photo), by name, for the combiner.
+
+A signal is one typed record and one :class:`Signal` entry in ``SIGNALS``: how the record is
+written into a match's ``evidence`` in results.jsonl, and which numbers it gives the combiner.
+A signal that did not run for a candidate gives its features as 0 with ``<name>_seen`` = 0, so
+the combiner learns what "not checked" means apart from "checked and failed".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from markguard.errors import MarkguardError
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """The embedding's cosine similarity between the region and the mark's reference."""
+
+    value: float
+
+
+@dataclass(frozen=True)
+class SimilarityNorm:
+    """The similarity less how alike the region is to ordinary background regions (its mean top-k similarity to a bank of them).
+
+    A region that resembles everything (a plain stripe, a generic swoosh) scores high against any
+    mark; subtracting its background similarity leaves what is specific to this mark.
+    """
+
+    value: float
+    background: float  # the region's mean similarity to its k nearest background regions
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Keypoint verification of the candidate against its reference: RANSAC inliers, and the share of the reference's keypoints they cover."""
+
+    inliers: int
+    coverage: float  # inliers / reference keypoints, in [0, 1]
+    verified: bool  # a plausible homography was found
+
+
+@dataclass(frozen=True)
+class Text:
+    """The text read in (or around) the candidate's region, and which registered brand it names, if any.
+
+    ``text`` None with a ``reason`` is "no text evidence" (OCR skipped, failed or timed out);
+    ``text`` set with ``brand`` None is text that names no registered brand.
+    """
+
+    text: str | None
+    brand: str | None = None  # the brand the text names (maybe another than the candidate's: a veto)
+    alias: str | None = None
+    distance: int | None = None  # edits from the brand's name, after folding
+    reason: str | None = None
+
+
+@dataclass
+class Candidate:
+    """One (brand, mark, region) of a photo and the evidence collected for it, keyed by signal name."""
+
+    brand: str
+    mark: str | None  # None for a candidate only the text proposed (no region of the photo matched a mark of it)
+    box: list[int] | None
+    evidence: dict[str, object] = field(default_factory=dict)
+    probability: float | None = None  # set by a combiner
+
+    def evidence_json(self) -> dict:
+        out: dict = {}
+        for name, ev in self.evidence.items():
+            out.update(SIGNALS[name].to_json(ev))
+        return out
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A kind of evidence: its record type, its JSON form in a match, and the combiner's numbers from it."""
+
+    name: str
+    kind: type
+    features: tuple[str, ...]  # names of the numbers ``encode`` returns, "<name>_seen" first
+    encode: Callable[[object, Candidate], tuple[float, ...]]  # the record (never None) and its candidate -> the numbers after "_seen"
+    to_json: Callable[[object], dict]
+    from_json: Callable[[dict], object | None]  # a match's ``evidence`` -> the record, None when absent
+
+
+SIGNALS: dict[str, Signal] = {}
+
+
+def register(signal: Signal) -> Signal:
+    if signal.name in SIGNALS:
+        raise ValueError(f"evidence signal '{signal.name}' is registered twice")
+    SIGNALS[signal.name] = signal
+    return signal
+
+
+def feature_names(signals: list[str] | None = None) -> list[str]:
+    return [f for name in (signals or list(SIGNALS)) for f in SIGNALS[name].features]
+
+
+def encode(candidate: Candidate, signals: list[str] | None = None) -> np.ndarray:
+    """The combiner's input for one candidate: each signal's numbers, zeros where it gave no evidence."""
+    out: list[float] = []
+    for name in signals or list(SIGNALS):
+        sig = SIGNALS[name]
+        ev = candidate.evidence.get(name)
+        if ev is None:
+            out += [0.0] * len(sig.features)
+        else:
+            out += [1.0, *map(float, sig.encode(ev, candidate))]
+    return np.asarray(out, dtype=np.float64)
+
+
+def candidate_from_json(match: dict) -> Candidate:
+    """A match as written in results.jsonl back into a candidate with typed evidence; a match without
+    ``evidence`` (a scan from before evidence) keeps its ``score`` as the similarity."""
+    raw = match.get("evidence") or {"similarity": match.get("score")}
+    evidence = {}
+    for name, sig in SIGNALS.items():
+        ev = sig.from_json(raw)
+        if ev is not None:
+            evidence[name] = ev
+    return Candidate(match["brand"], match.get("mark"), match.get("box"), evidence, match.get("probability"))
+
+
+def _num(raw: dict, key: str, kind=float):
+    v = raw.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise MarkguardError(f"evidence '{key}' is {v!r}, not a number")
+    return kind(v)
+
+
+# --------------------------------------------------------------------------- the signals
+
+register(Signal(
+    "similarity", Similarity, ("similarity_seen", "similarity"),
+    encode=lambda ev, c: (ev.value,),
+    to_json=lambda ev: {"similarity": round(float(ev.value), 4)},
+    from_json=lambda raw: None if _num(raw, "similarity") is None else Similarity(_num(raw, "similarity")),
+))
+
+register(Signal(
+    "similarity_norm", SimilarityNorm, ("similarity_norm_seen", "similarity_norm"),
+    encode=lambda ev, c: (ev.value,),
+    to_json=lambda ev: {"similarity_norm": round(float(ev.value), 4), "background": round(float(ev.background), 4)},
+    from_json=lambda raw: None if _num(raw, "similarity_norm") is None
+    else SimilarityNorm(_num(raw, "similarity_norm"), _num(raw, "background") or 0.0),
+))
+
+register(Signal(
+    "geometry", Geometry, ("geometry_seen", "log_inliers", "coverage", "verified"),
+    # inliers grow with the mark's detail: their logarithm keeps a 200-inlier copy from swamping every other signal
+    encode=lambda ev, c: (math.log1p(ev.inliers), ev.coverage, float(ev.verified)),
+    to_json=lambda ev: {"inliers": int(ev.inliers), "coverage": round(float(ev.coverage), 4), "verified": bool(ev.verified)},
+    from_json=lambda raw: None if _num(raw, "inliers", int) is None
+    else Geometry(_num(raw, "inliers", int), _num(raw, "coverage") or 0.0, bool(raw.get("verified", False))),
+))
+
+
+def _text_encode(ev: Text, c: Candidate) -> tuple[float, ...]:
+    """(read, names this brand, names another brand): the strength of a naming falls with its edits."""
+    if ev.text is None:
+        return (0.0, 0.0, 0.0)
+    strength = 1.0 / (1.0 + (ev.distance or 0)) if ev.brand is not None else 0.0
+    return (1.0, strength if ev.brand == c.brand else 0.0, strength if ev.brand not in (None, c.brand) else 0.0)
+
+
+def _text_json(ev: Text) -> dict:
+    out = {"text": ev.text}
+    if ev.brand is not None:
+        out |= {"text_brand": ev.brand, "text_distance": ev.distance}
+    if ev.reason is not None:
+        out["text_error"] = ev.reason
+    return out
+
+
+def _text_from_json(raw: dict) -> Text | None:
+    if "text" not in raw and "text_error" not in raw:
+        return None
+    text = raw.get("text")
+    if text is not None and not isinstance(text, str):
+        raise MarkguardError(f"evidence 'text' is {text!r}, not a string")
+    return Text(text, raw.get("text_brand"), None, _num(raw, "text_distance", int), raw.get("text_error"))
+
+
+register(Signal("text", Text, ("text_seen", "text_read", "text_same_brand", "text_other_brand"),
+                encode=_text_encode, to_json=_text_json, from_json=_text_from_json))
+
+
+# --------------------------------------------------------------------------- producing evidence
+
+def normalised_similarity(similarity: float, region: np.ndarray, bank: np.ndarray, k: int = 10) -> SimilarityNorm:
+    """``similarity`` less the region's mean similarity to its ``k`` most similar background regions
+    (``region`` (D,) and ``bank`` (N, D) L2-normalised embeddings of the same model)."""
+    if len(bank) == 0:
+        raise MarkguardError("the background bank is empty; give it embeddings of ordinary listing regions without marks")
+    sims = bank @ np.asarray(region, dtype=bank.dtype)
+    top = np.partition(sims, len(sims) - min(k, len(sims)))[-min(k, len(sims)):]
+    background = float(top.mean())
+    return SimilarityNorm(float(similarity) - background, background)
+
+
+def geometry(verification, reference_points: int) -> Geometry:
+    """Evidence from an ``infer.verify.Verification`` of a reference with ``reference_points`` keypoints."""
+    return Geometry(int(verification.inliers), min(1.0, verification.inliers / max(1, reference_points)), bool(verification.verified))
+
+
+def text_evidence(read, lexicon) -> Text:
+    """Evidence from an ``infer.ocr.OcrRead``: the read text and the brand it names best (``infer.textmatch.Lexicon``)."""
+    if read.text is None:
+        return Text(None, reason=read.reason)
+    m = lexicon.best(read.text)
+    return Text(read.text, m.brand if m else None, m.alias if m else None, m.distance if m else None)
+
+
+def add_text_candidates(candidates: list[Candidate], text: Text, box: list[int] | None) -> list[Candidate]:
+    """Give every candidate the photo's text evidence, and add a candidate for a brand the text names that no region matched:
+    text can find a wordmark the embedding missed."""
+    out = [Candidate(c.brand, c.mark, c.box, {**c.evidence, "text": text}, c.probability) for c in candidates]
+    if text.brand is not None and all(c.brand != text.brand for c in out):
+        out.append(Candidate(text.brand, None, box, {"text": text}))
+    return out
