@@ -227,3 +227,49 @@ def add_text_candidates(candidates: list[Candidate], text: Text, box: list[int] 
     if text.brand is not None and all(c.brand != text.brand for c in out):
         out.append(Candidate(text.brand, None, box, {"text": text}))
     return out
+
+
+# --------------------------------------------------------------------------- the scan's evidence stage
+
+def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, combiner=None,
+            geometry: list[list[Geometry | None]] | None = None, read_unmatched: bool = True) -> list[list[Candidate]]:
+    """Each photo's matches (``decide.Match``, boxes in the pixels of ``photos[i]``) as candidates with their evidence.
+
+    With an OCR ``reader`` and a ``lexicon``, the gate picks the photos to read: a photo's best
+    candidates' regions, by similarity, and (``read_unmatched``) the whole photo, last, for one no
+    region matched; the text read becomes every candidate's text evidence, and a brand it names that
+    no region matched becomes a candidate of its own. ``geometry[i][j]`` is the verification of
+    match j of photo i, if it was checked. With a ``combiner``, each candidate gets its probability.
+    """
+    from markguard.infer.ocr import OcrRequest
+
+    out = []
+    for i, found in enumerate(matches):
+        cands = []
+        for j, m in enumerate(found):
+            ev: dict[str, object] = {"similarity": Similarity(float(m.score))}
+            g = geometry[i][j] if geometry is not None else None
+            if g is not None:
+                ev["geometry"] = g
+            cands.append(Candidate(m.brand, m.mark, m.box, ev))
+        out.append(cands)
+    if reader is not None and lexicon is not None:
+        requests = []
+        for i, cands in enumerate(out):
+            boxed = [c for c in cands if c.box is not None]
+            requests += [OcrRequest(i, tuple(c.box), c.evidence["similarity"].value) for c in boxed]
+            if not cands and read_unmatched:
+                requests.append(OcrRequest(i, None, -2.0))  # below any similarity: read only when the budget has room
+        reads = reader.read_batch(photos, requests)
+        by_photo: dict[int, list] = {}
+        for r in requests:
+            by_photo.setdefault(r.photo, []).append((r, reads[r]))
+        for i, pairs in by_photo.items():
+            texts = [(r, text_evidence(read, lexicon), read) for r, read in pairs]
+            # what decides: a read naming a brand, else any text read, else why nothing was read
+            r, text, read = min(texts, key=lambda t: (t[1].brand is None, t[1].text is None, -t[0].priority))
+            box = r.box if r.box is not None else read.box  # a whole-photo read: the crop it read
+            out[i] = add_text_candidates(out[i], text, [int(round(v)) for v in box] if box is not None else None)
+    if combiner is not None:
+        out = [combiner.apply(c) for c in out]
+    return out

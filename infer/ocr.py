@@ -122,7 +122,8 @@ class OcrReader:
     def _run(self, array: np.ndarray) -> str | None:
         engine = self.engine()
         try:
-            result, _ = engine(array, use_cls=False)  # marks on listings are upright; the angle model costs a pass
+            # marks on listings are upright: the angle model would cost a pass; RapidOCR's own score filter follows ours
+            result, _ = engine(array, use_cls=False, text_score=self.config.min_confidence)
         except Exception as e:  # noqa: BLE001 - only OpenCV's error, which derives from Exception alone, is renamed
             if type(e).__name__ == "error" and type(e).__module__.startswith("cv2"):
                 raise RuntimeError(f"OpenCV: {e}") from None

@@ -3,7 +3,8 @@
 Counterfeits spell the brand almost right ("ADIBAS", "Adldas", "NlKE"): the match folds case,
 accents and letters that look alike, then allows an edit distance that grows with the name's
 length. Short names must match exactly after folding: at four letters one edit already turns
-"nike" into "mike" and "bike", words a listing may well show. The policy is ``max_distance``.
+"nike" into "mike" and "bike", words a listing may well show; the rule holds for the read text's
+length too ("Sano" is not "Osano"). The policy is ``max_distance``.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class Lexicon:
                 candidates = set().union(*(self._by_deletion.get(d, ()) for d in _deletions(folded, depth)))
                 for i in candidates:
                     brand, name, target, k = self._names[i]
+                    k = min(k, max_distance(len(folded)))  # a short read is held to the short-name rule too: "Sano" is not "Osano"
                     d = edit_distance(folded, target, k)
                     if d <= k:
                         key = (d, -len(target))

@@ -1,0 +1,209 @@
+"""Text evidence: how often letter-swapped and re-typeset wordmarks of registered brands are matched to their brand, how
+often ordinary words are matched to some brand, and what OCR costs a crop.
+
+Two parts:
+
+* text match alone (no OCR): every registered name (a simple-icons package's titles and aliases,
+  or a built-in list) as written, upper-cased, and with one letter swapped the way
+  ``datasets/synth.py: swap_letters`` counterfeits it; against pronounceable non-brand words;
+* OCR + text match: wordmarks of sampled brands drawn in this machine's fonts (as registered, with
+  a letter swapped, re-typeset in another font), pasted into a 480x360 procedural listing photo;
+  the region around the wordmark (jittered as a proposal would be) is read by RapidOCR and matched.
+  Non-brand words drawn the same way are the negatives.
+
+    python benchmarks/bench_evidence.py --names /path/to/simple-icons/package/data/simple-icons.json
+    python benchmarks/bench_evidence.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from markguard.datasets.synth import SYLLABLES, draw_wordmark, find_fonts, procedural_background, swap_letters, wordmark_spec
+from markguard.infer.ocr import OcrConfig, OcrReader
+from markguard.infer.textmatch import Lexicon, fold
+
+BUILTIN = {"adidas": ["adidas"], "nike": ["Nike"], "puma": ["Puma"], "reebok": ["Reebok"], "chanel": ["Chanel"],
+           "gucci": ["Gucci"], "levis": ["Levi's"], "cocacola": ["Coca-Cola"], "samsung": ["Samsung"], "lacoste": ["Lacoste"],
+           "northface": ["The North Face"], "timberland": ["Timberland"], "ralphlauren": ["Ralph Lauren"], "rolex": ["Rolex"]}
+
+
+def read_names(path: str | None) -> dict[str, list[str]]:
+    """brand -> names, from a simple-icons ``data/simple-icons.json`` (title + ``aliases.aka``), or the built-in list."""
+    if not path:
+        return BUILTIN
+    icons = json.loads(Path(path).read_text(encoding="utf-8"))
+    icons = icons["icons"] if isinstance(icons, dict) else icons
+    return {i.get("slug") or i["title"]: [i["title"], *((i.get("aliases") or {}).get("aka") or [])] for i in icons}
+
+
+def non_brand_words(n: int, lexicon: Lexicon, names: dict[str, list[str]], rng: np.random.Generator) -> list[str]:
+    """Pronounceable words of 2-4 syllables that are not themselves a registered name (after folding)."""
+    taken = {fold(v) for vs in names.values() for v in vs}
+    out = []
+    while len(out) < n:
+        w = "".join(rng.choice(SYLLABLES) for _ in range(int(rng.integers(2, 5)))).capitalize()
+        if fold(w) not in taken:
+            out.append(w)
+    return out
+
+
+def bucket(name: str) -> str:
+    n = len(fold(name))
+    return "<=4" if n <= 4 else "5-8" if n <= 8 else ">=9"
+
+
+def text_part(names, lexicon, samples: int, rng) -> dict:
+    brands = sorted(names)
+    picked = [brands[i] for i in rng.choice(len(brands), size=min(samples, len(brands)), replace=False)]
+    rows = {}
+    t0 = time.perf_counter()
+    calls = 0
+    for brand in picked:
+        name = names[brand][0]
+        if len(fold(name)) < 2:
+            continue
+        for variant, text in (("as registered", name), ("upper case", name.upper()), ("letter swapped", swap_letters(name, rng))):
+            found = lexicon.match(text)
+            calls += 1
+            r = rows.setdefault((variant, bucket(name)), {"n": 0, "top1": 0, "named": 0, "wrong_top1": 0})
+            r["n"] += 1
+            r["top1"] += bool(found) and found[0].brand == brand
+            r["named"] += any(m.brand == brand for m in found)
+            r["wrong_top1"] += bool(found) and found[0].brand != brand
+    words = non_brand_words(max(200, samples), lexicon, names, rng)
+    false = sum(bool(lexicon.match(w)) for w in words)
+    calls += len(words)
+    seconds = time.perf_counter() - t0
+    return {"rows": rows, "negatives": len(words), "false_matches": false,
+            "false_examples": [(w, lexicon.best(w).alias) for w in words if lexicon.match(w)][:8],
+            "us_per_match": 1e6 * seconds / max(1, calls)}
+
+
+def paste(photo, mark, rng, frac):
+    """Paste RGBA ``mark`` scaled to ``frac`` of the photo's width at a random place; its box."""
+    w = max(8, int(photo.width * frac))
+    h = max(4, round(mark.height * w / mark.width))
+    if h > photo.height * 0.8:
+        h = int(photo.height * 0.8)
+        w = max(8, round(mark.width * h / mark.height))
+    mark = mark.resize((w, h))
+    x, y = int(rng.integers(0, photo.width - w + 1)), int(rng.integers(0, photo.height - h + 1))
+    photo.paste(mark, (x, y), mark)
+    return (x, y, x + w, y + h)
+
+
+def jitter(box, rng, amount=0.1):
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    d = rng.uniform(-amount, amount, 4) * np.array([w, h, w, h])
+    return tuple(float(v) for v in np.array(box, dtype=float) + d)
+
+
+def ocr_part(names, lexicon, crops: int, rng, negatives: int) -> dict:
+    fonts = find_fonts()
+    latin = sorted(b for b, vs in names.items() if vs[0].isascii() and len(fold(vs[0])) >= 2 and len(vs[0]) <= 18)
+    reader = OcrReader(OcrConfig())
+    reader.engine()  # load once, outside the timings
+    variants = ("as registered", "letter swapped", "re-typeset")
+    rows, seconds, cpu = {}, [], []
+    examples = []
+
+    def read_one(text, spec_font_other: bool, spec):
+        photo = procedural_background(480, 360, rng).convert("RGB")
+        if spec_font_other and len(fonts) > 1:
+            others = [f for f in fonts if f != spec.font]
+            spec = wordmark_spec(spec.text, rng, [others[int(rng.integers(len(others)))]])
+        box = paste(photo, draw_wordmark(spec, text), rng, float(rng.uniform(0.3, 0.7)))
+        c0 = time.process_time()
+        read = reader.read(photo, jitter(box, rng))
+        cpu.append(time.process_time() - c0)
+        seconds.append(read.seconds)
+        return read
+
+    for i in range(crops):
+        brand = latin[int(rng.integers(len(latin)))]
+        name = names[brand][0]
+        variant = variants[i % len(variants)]
+        spec = wordmark_spec(name, rng, fonts)
+        text = swap_letters(name, rng) if variant == "letter swapped" else name
+        read = read_one(text, variant == "re-typeset", spec)
+        found = lexicon.match(read.text)
+        r = rows.setdefault(variant, {"n": 0, "read": 0, "top1": 0, "named": 0, "wrong_top1": 0, "failed": 0})
+        r["n"] += 1
+        r["read"] += read.text is not None
+        r["failed"] += read.reason is not None
+        r["top1"] += bool(found) and found[0].brand == brand
+        r["named"] += any(m.brand == brand for m in found)
+        r["wrong_top1"] += bool(found) and found[0].brand != brand
+        if len(examples) < 9:
+            examples.append((variant, text, read.text, found[0].brand if found else None, brand))
+    false, false_examples = 0, []
+    for w in non_brand_words(negatives, lexicon, names, rng):
+        read = read_one(w, False, wordmark_spec(w, rng, fonts))
+        m = lexicon.best(read.text)
+        if m is not None:
+            false += 1
+            false_examples.append((w, read.text, m.alias))
+    reader.close()
+    return {"rows": rows, "negatives": negatives, "false_matches": false, "false_examples": false_examples[:8],
+            "examples": examples, "fonts": len(fonts),
+            "seconds": {"median": statistics.median(seconds), "p90": float(np.percentile(seconds, 90)), "mean": statistics.fmean(seconds)},
+            "cpu_seconds": {"median": statistics.median(cpu), "mean": statistics.fmean(cpu)}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--names", help="simple-icons data/simple-icons.json (default: a built-in list of 14 brands)")
+    ap.add_argument("--text-samples", type=int, default=1000, help="brands whose names are varied for the text-only part")
+    ap.add_argument("--ocr-crops", type=int, default=60, help="wordmark crops read by OCR (a third each variant)")
+    ap.add_argument("--ocr-negatives", type=int, default=30, help="non-brand word crops read by OCR")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="a few samples, for the test suite")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.text_samples, args.ocr_crops, args.ocr_negatives = 10, 3, 1
+    rng = np.random.default_rng(args.seed)
+    names = read_names(args.names)
+    t0 = time.perf_counter()
+    lexicon = Lexicon(names)
+    build_s = time.perf_counter() - t0
+    print(f"# bench_evidence  {platform.processor() or platform.machine()}  {time.strftime('%Y-%m-%d')}")
+    print(f"lexicon: {len(names)} brands, {len(lexicon)} folded names, built in {build_s:.2f} s")
+
+    text = text_part(names, lexicon, args.text_samples, rng)
+    print("\n## text match alone\n")
+    print("| variant | name length (folded) | names | top-1 right brand | names the brand | top-1 another brand |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (variant, b), r in sorted(text["rows"].items()):
+        print(f"| {variant} | {b} | {r['n']} | {r['top1'] / r['n']:.3f} | {r['named'] / r['n']:.3f} | {r['wrong_top1'] / r['n']:.3f} |")
+    print(f"\nnon-brand words matched to some brand: {text['false_matches']} of {text['negatives']} "
+          f"({text['false_matches'] / text['negatives']:.3%}); e.g. {text['false_examples']}")
+    print(f"match cost: {text['us_per_match']:.0f} us a text against {len(lexicon)} names")
+
+    ocr = ocr_part(names, lexicon, args.ocr_crops, rng, args.ocr_negatives)
+    print(f"\n## OCR + text match ({ocr['fonts']} fonts)\n")
+    print("| variant | crops | read some text | top-1 right brand | names the brand | top-1 another brand | failed |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for variant, r in ocr["rows"].items():
+        print(f"| {variant} | {r['n']} | {r['read'] / r['n']:.3f} | {r['top1'] / r['n']:.3f} | {r['named'] / r['n']:.3f} | "
+              f"{r['wrong_top1'] / r['n']:.3f} | {r['failed']} |")
+    print(f"\nnon-brand wordmarks matched to some brand: {ocr['false_matches']} of {ocr['negatives']}; e.g. {ocr['false_examples']}")
+    s, c = ocr["seconds"], ocr["cpu_seconds"]
+    print(f"OCR cost a crop (1 ONNX Runtime thread): wall median {s['median'] * 1000:.0f} ms, p90 {s['p90'] * 1000:.0f} ms, "
+          f"mean {s['mean'] * 1000:.0f} ms; CPU median {c['median'] * 1000:.0f} ms")
+    print("examples (variant, drawn, read, matched, truth):")
+    for e in ocr["examples"]:
+        print(f"  {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
