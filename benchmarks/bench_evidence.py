@@ -107,10 +107,10 @@ def jitter(box, rng, amount=0.1):
     return tuple(float(v) for v in np.array(box, dtype=float) + d)
 
 
-def ocr_part(names, lexicon, crops: int, rng, negatives: int) -> dict:
+def ocr_part(names, lexicon, crops: int, rng, negatives: int, config: OcrConfig = OcrConfig()) -> dict:
     fonts = find_fonts()
     latin = sorted(b for b, vs in names.items() if vs[0].isascii() and len(fold(vs[0])) >= 2 and len(vs[0]) <= 18)
-    reader = OcrReader(OcrConfig())
+    reader = OcrReader(config)
     reader.engine()  # load once, outside the timings
     variants = ("as registered", "letter swapped", "re-typeset")
     rows, seconds, cpu = {}, [], []
@@ -165,6 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--text-samples", type=int, default=1000, help="brands whose names are varied for the text-only part")
     ap.add_argument("--ocr-crops", type=int, default=60, help="wordmark crops read by OCR (a third each variant)")
     ap.add_argument("--ocr-negatives", type=int, default=30, help="non-brand word crops read by OCR")
+    ap.add_argument("--min-confidence", type=float, default=OcrConfig.min_confidence, help="recognised lines below this are dropped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few samples, for the test suite")
     args = ap.parse_args(argv)
@@ -188,8 +189,9 @@ def main(argv=None) -> int:
           f"({text['false_matches'] / text['negatives']:.3%}); e.g. {text['false_examples']}")
     print(f"match cost: {text['us_per_match']:.0f} us a text against {len(lexicon)} names")
 
-    ocr = ocr_part(names, lexicon, args.ocr_crops, rng, args.ocr_negatives)
-    print(f"\n## OCR + text match ({ocr['fonts']} fonts)\n")
+    ocr = ocr_part(names, lexicon, args.ocr_crops, np.random.default_rng(args.seed + 1), args.ocr_negatives,
+                   OcrConfig(min_confidence=args.min_confidence))
+    print(f"\n## OCR + text match ({ocr['fonts']} fonts, lines read with confidence >= {args.min_confidence})\n")
     print("| variant | crops | read some text | top-1 right brand | names the brand | top-1 another brand | failed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for variant, r in ocr["rows"].items():

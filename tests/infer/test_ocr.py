@@ -51,10 +51,10 @@ def test_read_joins_confident_lines_from_a_crop_of_the_original_photo():
     reader = OcrReader(OcrConfig(margin=0.5, det_side=1000), engine=engine)
     photo = Image.new("RGB", (400, 300), "white")
     read = reader.read(photo, (100, 100, 200, 150))
-    assert read.ok and read.text == "ADI BAS" and read.box == (50, 75, 250, 175)  # half the region's size added each side
-    assert engine.seen == [(100, 200, 3)]
+    assert read.ok and read.text == "ADI BAS" and read.box == (50, 50, 250, 200)  # half the long side added each side
+    assert engine.seen == [(150, 200, 3)]
     edge = reader.read(photo, (350, 250, 420, 330))  # the margin is clipped at the photo's edges
-    assert edge.box == (315, 210, 400, 300)
+    assert edge.box == (310, 210, 400, 300)
 
 
 def test_crops_are_shrunk_to_the_detector_side_and_empty_regions_are_not_read():
@@ -122,3 +122,30 @@ def test_rapidocr_reads_a_letter_swapped_wordmark_offline(no_network):
     assert read.ok and read.text is not None, read
     match = Lexicon({"adidas": ["adidas"], "aldi": ["ALDI"]}).best(read.text)
     assert match is not None and match.brand == "adidas" and match.distance == 1
+
+
+def test_original_photos_are_decoded_only_for_the_reads_the_gate_allows():
+    import io
+
+    from markguard.infer.ocr import OriginalPhotos
+
+    class Item:
+        reads = 0
+
+        def __init__(self, data):
+            self.data = data
+
+        def read_bytes(self):
+            Item.reads += 1
+            return self.data
+
+    buf = io.BytesIO()
+    Image.new("RGB", (120, 90), "white").save(buf, "JPEG")
+    items = [Item(buf.getvalue()) for _ in range(3)] + [Item(b"not a photo")]
+    photos = OriginalPhotos(items)
+    reader = OcrReader(OcrConfig(budget=0.5), engine=FakeEngine([[None, "ACME", 0.9]]))
+    reqs = [OcrRequest(0, None, 0.1), OcrRequest(1, None, 0.2), OcrRequest(2, None, 0.9), OcrRequest(3, None, 0.8)]
+    out = reader.read_batch(photos, reqs)
+    assert Item.reads == 2  # the two best photos; the others are never read again
+    assert out[reqs[2]].text == "ACME" and out[reqs[2]].box == (0, 0, 120, 90)
+    assert out[reqs[3]].text is None and out[reqs[3]].reason.startswith("not read: ") and "budget" not in out[reqs[3]].reason
