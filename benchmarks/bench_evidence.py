@@ -9,7 +9,13 @@ Two parts:
 * OCR + text match: wordmarks of sampled brands drawn in this machine's fonts (as registered, with
   a letter swapped, re-typeset in another font), pasted into a 480x360 procedural listing photo;
   the region around the wordmark (jittered as a proposal would be) is read by RapidOCR and matched.
-  Non-brand words drawn the same way are the negatives.
+  Non-brand words drawn the same way are the negatives;
+* per signal on synthetic listings (``--listings``): a gallery of logos and wordmarks (their words
+  registered as ``wordmarks`` in brands.yaml), listings with half the registered marks near-matched
+  (letter-swapped wordmarks among them), scanned by the shipped model with every threshold off;
+  each batch's candidates go through ``infer.evidence.collect`` with the OCR budget; a combiner is
+  fitted on the first half of the listings and every signal is scored on the second half:
+  TPR at FPR 1% (a listing scores its best candidate), and the time OCR adds to the scan.
 
     python benchmarks/bench_evidence.py --names /path/to/simple-icons/package/data/simple-icons.json
     python benchmarks/bench_evidence.py --quick
@@ -159,18 +165,114 @@ def ocr_part(names, lexicon, crops: int, rng, negatives: int, config: OcrConfig 
             "cpu_seconds": {"median": statistics.median(cpu), "mean": statistics.fmean(cpu)}}
 
 
+def tpr_at_fpr(scores, positive, fpr=0.01):
+    from markguard.train.calibrate import threshold_at_fpr
+
+    s, p = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    t = threshold_at_fpr(s[~p], fpr)
+    return float((s[p] >= t).mean()), float((s[~p] >= t).mean()), t
+
+
+def listings_part(n: int, seed: int, config: OcrConfig, workdir: Path) -> dict:
+    """Scan synthetic listings with every threshold off, collect evidence per batch, fit on half, score the rest."""
+    import yaml
+
+    from markguard.checkpoint import DEFAULT_MODEL_DIR
+    from markguard.datasets.registry import load_gallery
+    from markguard.datasets.synth import SynthConfig, make_marks, synth_dataset
+    from markguard.infer.build import build_index
+    from markguard.infer.combine import fit_combiner
+    from markguard.infer.decide import Policy
+    from markguard.infer.evidence import collect
+    from markguard.infer.scan import ScanOptions, load_searchers, scan_rows
+
+    brands = 24
+    data = synth_dataset(workdir / "data", brands=brands, marks_per_brand=2, distractor_brands=8, listings=n, seed=seed,
+                         cfg=SynthConfig(p_near_match=0.5))
+    doc = yaml.safe_load((data["gallery"] / "brands.yaml").read_text())
+    for m in make_marks(brands, 2, seed=seed):  # the same marks synth_dataset drew: register the wordmarks' words
+        if m.wordmark is not None:
+            doc["brands"][m.brand]["wordmarks"] = [m.wordmark.text]
+    (data["gallery"] / "brands.yaml").write_text(yaml.safe_dump(doc))
+    lexicon = Lexicon.from_gallery(load_gallery(data["gallery"]))
+    build_index(data["gallery"], workdir / "index", model=DEFAULT_MODEL_DIR, kind="flat", device="cpu")
+    searchers = load_searchers([workdir / "index"], DEFAULT_MODEL_DIR, "cpu")
+    truth = {}
+    for line in Path(data["truth"]).read_text().splitlines():
+        t = json.loads(line)
+        truth[t["listing_id"]] = t
+    t0 = time.perf_counter()
+    rows = [r for r in scan_rows(data["manifest"], searchers, Policy(-1.0, -1.0), ScanOptions(workers=0, k=10, max_matches=10, batch_size=16))
+            if r.status != "error"]
+    scan_s = time.perf_counter() - t0
+    from PIL import Image
+
+    reader = OcrReader(config)
+    reader.engine()
+    cands, ocr_s, reads = [], 0.0, 0
+    for start in range(0, len(rows), 16):  # the scan's batch size: the OCR budget is per batch
+        batch = rows[start:start + 16]
+        photos = [Image.open(data["listings"] / r.image).convert("RGB") for r in batch]
+        t1 = time.perf_counter()
+        cands += collect(photos, [r.matches for r in batch], lexicon=lexicon, reader=reader)
+        ocr_s += time.perf_counter() - t1
+    reader.close()
+    reads = sum(1 for cs in cands for c in cs[:1] if "text" in c.evidence and c.evidence["text"].reason is None)
+
+    def shown(r):
+        return {m["brand"] for m in truth[r.listing_id]["marks"] if m["registered"]}
+
+    def letters(r):
+        return any(m["variant"] == "letters" for m in truth[r.listing_id]["marks"] if m["registered"])
+
+    half = len(rows) // 2
+    fit_c = [c for r, cs in zip(rows[:half], cands[:half]) for c in cs]
+    fit_y = [c.brand in shown(r) for r, cs in zip(rows[:half], cands[:half]) for c in cs]
+    combiner = fit_combiner(fit_c, fit_y, model_fingerprint=searchers[0].card.fingerprint)
+    test = list(zip(rows[half:], cands[half:]))
+    for _, cs in test:
+        combiner.apply(cs)
+
+    def text_strength(c):
+        t = c.evidence.get("text")
+        return 1.0 / (1 + (t.distance or 0)) if t is not None and t.brand == c.brand else 0.0
+
+    signals = {
+        "similarity": lambda c: c.evidence["similarity"].value if "similarity" in c.evidence else -1.0,
+        "text": text_strength,
+        "combined probability": lambda c: c.probability,
+    }
+    pos = [bool(shown(r)) for r, _ in test]
+    table = {}
+    for name, f in signals.items():
+        best = [max(cs, key=f) if cs else None for _, cs in test]
+        scores = [f(b) if b is not None else -1.0 for b in best]
+        tpr, fpr, thr = tpr_at_fpr(scores, pos)
+        right = [b is not None and b.brand in shown(r) for b, (r, _) in zip(best, test)]
+        s, p = np.asarray(scores), np.asarray(pos)
+        hit = s >= thr
+        lt = np.asarray([letters(r) for r, _ in test])
+        table[name] = {"tpr": tpr, "fpr": fpr, "tpr_right_brand": float((hit & np.asarray(right))[p].mean()),
+                       "tpr_letters": float(hit[p & lt].mean()) if (p & lt).any() else None}
+    return {"listings": len(rows), "test": len(test), "positives": int(sum(pos)), "negatives": len(pos) - int(sum(pos)),
+            "letter_swapped": int(sum(letters(r) for r, _ in test)), "table": table, "scan_s": scan_s, "ocr_s": ocr_s,
+            "photos_read": reads, "weights": dict(zip(combiner.features, np.round(combiner.weights, 3).tolist()))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--names", help="simple-icons data/simple-icons.json (default: a built-in list of 14 brands)")
     ap.add_argument("--text-samples", type=int, default=1000, help="brands whose names are varied for the text-only part")
     ap.add_argument("--ocr-crops", type=int, default=60, help="wordmark crops read by OCR (a third each variant)")
     ap.add_argument("--ocr-negatives", type=int, default=30, help="non-brand word crops read by OCR")
+    ap.add_argument("--listings", type=int, default=400, help="synthetic listings for the per-signal table (0: skip)")
+    ap.add_argument("--ocr-budget", type=float, default=OcrConfig.budget, help="share of each batch's photos OCR reads (listings part)")
     ap.add_argument("--min-confidence", type=float, default=OcrConfig.min_confidence, help="recognised lines below this are dropped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few samples, for the test suite")
     args = ap.parse_args(argv)
     if args.quick:
-        args.text_samples, args.ocr_crops, args.ocr_negatives = 10, 3, 1
+        args.text_samples, args.ocr_crops, args.ocr_negatives, args.listings = 10, 3, 1, 24
     rng = np.random.default_rng(args.seed)
     names = read_names(args.names)
     t0 = time.perf_counter()
@@ -204,6 +306,21 @@ def main(argv=None) -> int:
     print("examples (variant, drawn, read, matched, truth):")
     for e in ocr["examples"]:
         print(f"  {e}")
+    if args.listings:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
+            res = listings_part(args.listings, args.seed, OcrConfig(budget=args.ocr_budget, min_confidence=args.min_confidence), Path(tmp))
+        print(f"\n## per signal on {res['listings']} synthetic listings (fit on the first half, scored on the {res['test']} others: "
+              f"{res['positives']} positive, {res['negatives']} negative, {res['letter_swapped']} with a letter-swapped wordmark)\n")
+        print("| signal | TPR at FPR 1% | FPR there | TPR, right brand | TPR on letter-swapped wordmarks |")
+        print("|---|---:|---:|---:|---:|")
+        for name, r in res["table"].items():
+            lt = "-" if r["tpr_letters"] is None else f"{r['tpr_letters']:.3f}"
+            print(f"| {name} | {r['tpr']:.3f} | {r['fpr']:.3f} | {r['tpr_right_brand']:.3f} | {lt} |")
+        share = res["ocr_s"] / (res["scan_s"] + res["ocr_s"])
+        print(f"\nscan {res['scan_s']:.1f} s, evidence + OCR {res['ocr_s']:.1f} s ({share:.0%} of the total) at an OCR budget of "
+              f"{args.ocr_budget:.0%} of each batch's photos; combiner weights {res['weights']}")
     return 0
 
 
