@@ -173,7 +173,30 @@ def tpr_at_fpr(scores, positive, fpr=0.01):
     return float((s[p] >= t).mean()), float((s[~p] >= t).mean()), t
 
 
-def listings_part(n: int, seed: int, config: OcrConfig, workdir: Path) -> dict:
+def add_swapped_listings(data: dict, marks, n: int, seed: int) -> None:
+    """Append ``n`` listings showing a registered wordmark with one letter swapped (``swap_letters``) to the synthetic dump."""
+    import csv
+
+    from markguard.datasets.synth import jpeg_roundtrip
+
+    rng = np.random.default_rng(seed + 777)
+    wordmarks = [m for m in marks if m.wordmark is not None]
+    with open(data["manifest"], "a", newline="") as mf, open(data["truth"], "a") as truth:
+        writer = csv.writer(mf)
+        for i in range(n):
+            m = wordmarks[int(rng.integers(len(wordmarks)))]
+            w, h = (480, 360) if rng.random() < 0.5 else (360, 480)
+            photo = procedural_background(w, h, rng).convert("RGB")
+            box = paste(photo, draw_wordmark(m.wordmark, swap_letters(m.wordmark.text, rng)), rng, float(rng.uniform(0.25, 0.6)))
+            lid = f"W{i:05d}"
+            jpeg_roundtrip(photo, int(rng.integers(60, 95))).save(Path(data["listings"]) / f"{lid}.jpg", quality=95)
+            writer.writerow([lid, f"{lid}.jpg", "S9999", f"listing {lid}"])
+            truth.write(json.dumps({"listing_id": lid, "image": f"{lid}.jpg", "seller_id": "S9999",
+                                    "marks": [{"brand": m.brand, "mark": m.mark, "box": list(box), "registered": True,
+                                               "variant": "letters"}]}) + "\n")
+
+
+def listings_part(n: int, seed: int, budgets: list[float], workdir: Path, swapped: int, min_confidence: float) -> dict:
     """Scan synthetic listings with every threshold off, collect evidence per batch, fit on half, score the rest."""
     import yaml
 
@@ -181,7 +204,6 @@ def listings_part(n: int, seed: int, config: OcrConfig, workdir: Path) -> dict:
     from markguard.datasets.registry import load_gallery
     from markguard.datasets.synth import SynthConfig, make_marks, synth_dataset
     from markguard.infer.build import build_index
-    from markguard.infer.combine import fit_combiner
     from markguard.infer.decide import Policy
     from markguard.infer.evidence import collect
     from markguard.infer.scan import ScanOptions, load_searchers, scan_rows
@@ -194,6 +216,8 @@ def listings_part(n: int, seed: int, config: OcrConfig, workdir: Path) -> dict:
         if m.wordmark is not None:
             doc["brands"][m.brand]["wordmarks"] = [m.wordmark.text]
     (data["gallery"] / "brands.yaml").write_text(yaml.safe_dump(doc))
+    # the swapped ones are interleaved by the manifest's order only at its end: both halves get some
+    add_swapped_listings(data, make_marks(brands, 2, seed=seed), swapped, seed)
     lexicon = Lexicon.from_gallery(load_gallery(data["gallery"]))
     build_index(data["gallery"], workdir / "index", model=DEFAULT_MODEL_DIR, kind="flat", device="cpu")
     searchers = load_searchers([workdir / "index"], DEFAULT_MODEL_DIR, "cpu")
@@ -207,17 +231,26 @@ def listings_part(n: int, seed: int, config: OcrConfig, workdir: Path) -> dict:
     scan_s = time.perf_counter() - t0
     from PIL import Image
 
-    reader = OcrReader(config)
-    reader.engine()
-    cands, ocr_s, reads = [], 0.0, 0
-    for start in range(0, len(rows), 16):  # the scan's batch size: the OCR budget is per batch
-        batch = rows[start:start + 16]
-        photos = [Image.open(data["listings"] / r.image).convert("RGB") for r in batch]
-        t1 = time.perf_counter()
-        cands += collect(photos, [r.matches for r in batch], lexicon=lexicon, reader=reader)
-        ocr_s += time.perf_counter() - t1
-    reader.close()
-    reads = sum(1 for cs in cands for c in cs[:1] if "text" in c.evidence and c.evidence["text"].reason is None)
+    by_budget = {}
+    for budget in budgets:
+        reader = OcrReader(OcrConfig(budget=budget, min_confidence=min_confidence))
+        reader.engine()
+        cands, ocr_s = [], 0.0
+        for start in range(0, len(rows), 16):  # the scan's batch size: the OCR budget is per batch
+            batch = rows[start:start + 16]
+            photos = [Image.open(data["listings"] / r.image).convert("RGB") for r in batch]
+            t1 = time.perf_counter()
+            cands += collect(photos, [r.matches for r in batch], lexicon=lexicon, reader=reader)
+            ocr_s += time.perf_counter() - t1
+        reader.close()
+        by_budget[budget] = (cands, ocr_s)
+    return {"budgets": {b: score_signals(rows, cands, truth, searchers[0].card.fingerprint) | {"ocr_s": ocr_s}
+                        for b, (cands, ocr_s) in by_budget.items()}, "scan_s": scan_s, "listings": len(rows)}
+
+
+def score_signals(rows, cands, truth, fingerprint) -> dict:
+    """Fit a combiner on every other listing; TPR at FPR 1% of each signal (and the combination) on the rest."""
+    from markguard.infer.combine import fit_combiner
 
     def shown(r):
         return {m["brand"] for m in truth[r.listing_id]["marks"] if m["registered"]}
@@ -225,11 +258,11 @@ def listings_part(n: int, seed: int, config: OcrConfig, workdir: Path) -> dict:
     def letters(r):
         return any(m["variant"] == "letters" for m in truth[r.listing_id]["marks"] if m["registered"])
 
-    half = len(rows) // 2
-    fit_c = [c for r, cs in zip(rows[:half], cands[:half]) for c in cs]
-    fit_y = [c.brand in shown(r) for r, cs in zip(rows[:half], cands[:half]) for c in cs]
-    combiner = fit_combiner(fit_c, fit_y, model_fingerprint=searchers[0].card.fingerprint)
-    test = list(zip(rows[half:], cands[half:]))
+    pairs = list(zip(rows, cands))
+    fit, test = pairs[0::2], pairs[1::2]  # alternate listings: each half gets its share of every tier
+    fit_c = [c for r, cs in fit for c in cs]
+    fit_y = [c.brand in shown(r) for r, cs in fit for c in cs]
+    combiner = fit_combiner(fit_c, fit_y, model_fingerprint=fingerprint)
     for _, cs in test:
         combiner.apply(cs)
 
@@ -254,9 +287,10 @@ def listings_part(n: int, seed: int, config: OcrConfig, workdir: Path) -> dict:
         lt = np.asarray([letters(r) for r, _ in test])
         table[name] = {"tpr": tpr, "fpr": fpr, "tpr_right_brand": float((hit & np.asarray(right))[p].mean()),
                        "tpr_letters": float(hit[p & lt].mean()) if (p & lt).any() else None}
-    return {"listings": len(rows), "test": len(test), "positives": int(sum(pos)), "negatives": len(pos) - int(sum(pos)),
-            "letter_swapped": int(sum(letters(r) for r, _ in test)), "table": table, "scan_s": scan_s, "ocr_s": ocr_s,
-            "photos_read": reads, "weights": dict(zip(combiner.features, np.round(combiner.weights, 3).tolist()))}
+    read = sum(1 for _, cs in test if cs and "text" in cs[0].evidence and cs[0].evidence["text"].reason is None)
+    return {"test": len(test), "positives": int(sum(pos)), "negatives": len(pos) - int(sum(pos)),
+            "letter_swapped": int(sum(letters(r) for r, _ in test)), "table": table, "photos_read": read,
+            "weights": dict(zip(combiner.features, np.round(combiner.weights, 3).tolist()))}
 
 
 def main(argv=None) -> int:
@@ -266,13 +300,14 @@ def main(argv=None) -> int:
     ap.add_argument("--ocr-crops", type=int, default=60, help="wordmark crops read by OCR (a third each variant)")
     ap.add_argument("--ocr-negatives", type=int, default=30, help="non-brand word crops read by OCR")
     ap.add_argument("--listings", type=int, default=400, help="synthetic listings for the per-signal table (0: skip)")
-    ap.add_argument("--ocr-budget", type=float, default=OcrConfig.budget, help="share of each batch's photos OCR reads (listings part)")
+    ap.add_argument("--ocr-budget", default=f"{OcrConfig.budget}", help="share(s) of each batch's photos OCR reads, comma-separated (listings part)")
+    ap.add_argument("--swapped", type=int, default=100, help="extra listings showing a letter-swapped registered wordmark")
     ap.add_argument("--min-confidence", type=float, default=OcrConfig.min_confidence, help="recognised lines below this are dropped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few samples, for the test suite")
     args = ap.parse_args(argv)
     if args.quick:
-        args.text_samples, args.ocr_crops, args.ocr_negatives, args.listings = 10, 3, 1, 24
+        args.text_samples, args.ocr_crops, args.ocr_negatives, args.listings, args.swapped = 10, 3, 1, 24, 6
     rng = np.random.default_rng(args.seed)
     names = read_names(args.names)
     t0 = time.perf_counter()
@@ -310,17 +345,20 @@ def main(argv=None) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
-            res = listings_part(args.listings, args.seed, OcrConfig(budget=args.ocr_budget, min_confidence=args.min_confidence), Path(tmp))
-        print(f"\n## per signal on {res['listings']} synthetic listings (fit on the first half, scored on the {res['test']} others: "
-              f"{res['positives']} positive, {res['negatives']} negative, {res['letter_swapped']} with a letter-swapped wordmark)\n")
-        print("| signal | TPR at FPR 1% | FPR there | TPR, right brand | TPR on letter-swapped wordmarks |")
-        print("|---|---:|---:|---:|---:|")
-        for name, r in res["table"].items():
-            lt = "-" if r["tpr_letters"] is None else f"{r['tpr_letters']:.3f}"
-            print(f"| {name} | {r['tpr']:.3f} | {r['fpr']:.3f} | {r['tpr_right_brand']:.3f} | {lt} |")
-        share = res["ocr_s"] / (res["scan_s"] + res["ocr_s"])
-        print(f"\nscan {res['scan_s']:.1f} s, evidence + OCR {res['ocr_s']:.1f} s ({share:.0%} of the total) at an OCR budget of "
-              f"{args.ocr_budget:.0%} of each batch's photos; combiner weights {res['weights']}")
+            budgets = [float(b) for b in args.ocr_budget.split(",")]
+            res = listings_part(args.listings, args.seed, budgets, Path(tmp), args.swapped, args.min_confidence)
+        for budget, b in res["budgets"].items():
+            print(f"\n## per signal, OCR budget {budget:.0%} of each batch's photos: {res['listings']} synthetic listings "
+                  f"(fitted on every other one, scored on the {b['test']} others: {b['positives']} positive, {b['negatives']} "
+                  f"negative, {b['letter_swapped']} with a letter-swapped wordmark; {b['photos_read']} read by OCR)\n")
+            print("| signal | TPR at FPR 1% | FPR there | TPR, right brand | TPR on letter-swapped wordmarks |")
+            print("|---|---:|---:|---:|---:|")
+            for name, r in b["table"].items():
+                lt = "-" if r["tpr_letters"] is None else f"{r['tpr_letters']:.3f}"
+                print(f"| {name} | {r['tpr']:.3f} | {r['fpr']:.3f} | {r['tpr_right_brand']:.3f} | {lt} |")
+            share = b["ocr_s"] / (res["scan_s"] + b["ocr_s"])
+            print(f"\nscan {res['scan_s']:.1f} s, evidence + OCR {b['ocr_s']:.1f} s ({share:.0%} of the total); "
+                  f"combiner weights {b['weights']}")
     return 0
 
 
