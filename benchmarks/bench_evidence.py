@@ -196,7 +196,8 @@ def add_swapped_listings(data: dict, marks, n: int, seed: int) -> None:
                                                "variant": "letters"}]}) + "\n")
 
 
-def listings_part(n: int, seed: int, budgets: list[float], workdir: Path, swapped: int, min_confidence: float) -> dict:
+def listings_part(n: int, seed: int, budgets: list[float], workdir: Path, swapped: int, min_confidence: float,
+                  wheres: list[str] = ("candidates",)) -> dict:
     """Scan synthetic listings with every threshold off, collect evidence per batch, fit on half, score the rest."""
     import yaml
 
@@ -232,8 +233,8 @@ def listings_part(n: int, seed: int, budgets: list[float], workdir: Path, swappe
     from PIL import Image
 
     by_budget = {}
-    for budget in budgets:
-        reader = OcrReader(OcrConfig(budget=budget, min_confidence=min_confidence))
+    for budget, where in [(b, w) for w in wheres for b in budgets]:
+        reader = OcrReader(OcrConfig(budget=budget, min_confidence=min_confidence, where=where))
         reader.engine()
         cands, ocr_s = [], 0.0
         for start in range(0, len(rows), 16):  # the scan's batch size: the OCR budget is per batch
@@ -243,7 +244,7 @@ def listings_part(n: int, seed: int, budgets: list[float], workdir: Path, swappe
             cands += collect(photos, [r.matches for r in batch], lexicon=lexicon, reader=reader)
             ocr_s += time.perf_counter() - t1
         reader.close()
-        by_budget[budget] = (cands, ocr_s)
+        by_budget[(budget, where)] = (cands, ocr_s)
     return {"budgets": {b: score_signals(rows, cands, truth, searchers[0].card.fingerprint) | {"ocr_s": ocr_s}
                         for b, (cands, ocr_s) in by_budget.items()}, "scan_s": scan_s, "listings": len(rows)}
 
@@ -301,13 +302,14 @@ def main(argv=None) -> int:
     ap.add_argument("--ocr-negatives", type=int, default=30, help="non-brand word crops read by OCR")
     ap.add_argument("--listings", type=int, default=400, help="synthetic listings for the per-signal table (0: skip)")
     ap.add_argument("--ocr-budget", default=f"{OcrConfig.budget}", help="share(s) of each batch's photos OCR reads, comma-separated (listings part)")
+    ap.add_argument("--ocr-where", default="candidates", help="what OCR reads, comma-separated: candidates (the best matches' regions), photo")
     ap.add_argument("--swapped", type=int, default=100, help="extra listings showing a letter-swapped registered wordmark")
     ap.add_argument("--min-confidence", type=float, default=OcrConfig.min_confidence, help="recognised lines below this are dropped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few samples, for the test suite")
     args = ap.parse_args(argv)
     if args.quick:
-        args.text_samples, args.ocr_crops, args.ocr_negatives, args.listings, args.swapped = 10, 3, 1, 24, 6
+        args.text_samples, args.ocr_crops, args.ocr_negatives, args.listings, args.swapped = 10, 3, 1, 16, 4
     rng = np.random.default_rng(args.seed)
     names = read_names(args.names)
     t0 = time.perf_counter()
@@ -346,9 +348,10 @@ def main(argv=None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
             budgets = [float(b) for b in args.ocr_budget.split(",")]
-            res = listings_part(args.listings, args.seed, budgets, Path(tmp), args.swapped, args.min_confidence)
-        for budget, b in res["budgets"].items():
-            print(f"\n## per signal, OCR budget {budget:.0%} of each batch's photos: {res['listings']} synthetic listings "
+            res = listings_part(args.listings, args.seed, budgets, Path(tmp), args.swapped, args.min_confidence,
+                                args.ocr_where.split(","))
+        for (budget, where), b in res["budgets"].items():
+            print(f"\n## per signal, OCR of the {where} on {budget:.0%} of each batch's photos: {res['listings']} synthetic listings "
                   f"(fitted on every other one, scored on the {b['test']} others: {b['positives']} positive, {b['negatives']} "
                   f"negative, {b['letter_swapped']} with a letter-swapped wordmark; {b['photos_read']} read by OCR)\n")
             print("| signal | TPR at FPR 1% | FPR there | TPR, right brand | TPR on letter-swapped wordmarks |")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from markguard.errors import MarkguardError
+from markguard.infer.ocr import OcrRequest
 
 
 @dataclass(frozen=True)
@@ -236,13 +237,11 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
     """Each photo's matches (``decide.Match``, boxes in the pixels of ``photos[i]``) as candidates with their evidence.
 
     With an OCR ``reader`` and a ``lexicon``, the gate picks the photos to read: a photo's best
-    candidates' regions, by similarity, and (``read_unmatched``) the whole photo, last, for one no
-    region matched; the text read becomes every candidate's text evidence, and a brand it names that
+    candidates' regions (or, with ``where="photo"``, the whole photo), by similarity, and
+    (``read_unmatched``) the whole photo, last, for one no region matched; the text read becomes every candidate's text evidence, and a brand it names that
     no region matched becomes a candidate of its own. ``geometry[i][j]`` is the verification of
     match j of photo i, if it was checked. With a ``combiner``, each candidate gets its probability.
     """
-    from markguard.infer.ocr import OcrRequest
-
     out = []
     for i, found in enumerate(matches):
         cands = []
@@ -256,6 +255,9 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
     if reader is not None and lexicon is not None:
         requests = []
         for i, cands in enumerate(out):
+            if cands and reader.config.where == "photo":
+                requests.append(OcrRequest(i, None, max(c.evidence["similarity"].value for c in cands)))
+                continue
             boxed = [c for c in cands if c.box is not None]
             requests += [OcrRequest(i, tuple(c.box), c.evidence["similarity"].value) for c in boxed]
             if not cands and read_unmatched:

@@ -26,6 +26,7 @@ class OcrConfig:
     """How much OCR a scan may do and how each read is made."""
 
     budget: float = 0.25  # share of a batch's photos that may be read
+    where: str = "candidates"  # candidates: the regions of a photo's best matches | photo: the whole photo
     regions_per_photo: int = 1  # candidate regions read in one photo, best first
     timeout_s: float = 5.0  # a read running longer gives no text evidence
     margin: float = 0.25  # read this share of the region's long side beyond it on each side: a region may clip the word's ends
@@ -36,6 +37,8 @@ class OcrConfig:
     def __post_init__(self):
         if not 0.0 <= self.budget <= 1.0:
             raise MarkguardError(f"ocr budget {self.budget} must be a share of photos in [0, 1]")
+        if self.where not in ("candidates", "photo"):
+            raise MarkguardError(f"ocr where={self.where!r}; choose candidates (the best matches' regions) or photo")
         if self.regions_per_photo < 1 or self.timeout_s <= 0:
             raise MarkguardError("ocr regions_per_photo must be >= 1 and timeout_s > 0")
 

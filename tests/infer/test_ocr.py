@@ -149,3 +149,17 @@ def test_original_photos_are_decoded_only_for_the_reads_the_gate_allows():
     assert Item.reads == 2  # the two best photos; the others are never read again
     assert out[reqs[2]].text == "ACME" and out[reqs[2]].box == (0, 0, 120, 90)
     assert out[reqs[3]].text is None and out[reqs[3]].reason.startswith("not read: ") and "budget" not in out[reqs[3]].reason
+
+
+def test_where_photo_reads_the_whole_photo_and_unknown_places_are_refused():
+    from markguard.errors import MarkguardError
+    from markguard.infer.decide import Match
+    from markguard.infer.evidence import collect
+
+    engine = FakeEngine([[None, "ACME", 0.9]])
+    reader = OcrReader(OcrConfig(where="photo"), engine=engine)
+    out = collect([Image.new("RGB", (200, 100))], [[Match("acme", "m", 0.5, [10, 10, 40, 30])]],
+                  lexicon=Lexicon({"acme": ["ACME"]}), reader=reader)
+    assert engine.seen == [(100, 200, 3)] and out[0][0].evidence["text"].brand == "acme"
+    with pytest.raises(MarkguardError, match="ocr where='box'"):
+        OcrConfig(where="box")
