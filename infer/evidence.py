@@ -27,14 +27,11 @@ class Similarity:
 
 @dataclass(frozen=True)
 class SimilarityNorm:
-    """The similarity less how alike the region is to ordinary background regions (its mean top-k similarity to a bank of them).
+    """The similarity normalised by the reference's background level (``infer/bank.py``): a hub reference, close to
+    almost any region, scores high against photos that do not show it; above its own background it does not."""
 
-    A region that resembles everything (a plain stripe, a generic swoosh) scores high against any
-    mark; subtracting its background similarity leaves what is specific to this mark.
-    """
-
-    value: float
-    background: float  # the region's mean similarity to its k nearest background regions
+    value: float  # (similarity - background) / (1 - background)
+    background: float  # the reference's mean similarity to its k nearest mark-free bank regions (its bias)
 
 
 @dataclass(frozen=True)
@@ -197,15 +194,12 @@ register(Signal("text", Text, ("text_seen", "text_read", "text_same_brand", "tex
 
 # --------------------------------------------------------------------------- producing evidence
 
-def normalised_similarity(similarity: float, region: np.ndarray, bank: np.ndarray, k: int = 10) -> SimilarityNorm:
-    """``similarity`` less the region's mean similarity to its ``k`` most similar background regions
-    (``region`` (D,) and ``bank`` (N, D) L2-normalised embeddings of the same model)."""
-    if len(bank) == 0:
-        raise MarkguardError("the background bank is empty; give it embeddings of ordinary listing regions without marks")
-    sims = bank @ np.asarray(region, dtype=bank.dtype)
-    top = np.partition(sims, len(sims) - min(k, len(sims)))[-min(k, len(sims)):]
-    background = float(top.mean())
-    return SimilarityNorm(float(similarity) - background, background)
+def normalised_similarity(similarity: float, bias: float) -> SimilarityNorm:
+    """Evidence from the background bank (``infer/bank.py``): the similarity over the reference's ``bias``
+    (its mean similarity to its nearest mark-free regions), as ``bank.normalise`` scores it."""
+    from markguard.infer.bank import normalise
+
+    return SimilarityNorm(float(normalise(similarity, bias)), float(bias))
 
 
 def geometry(verification, reference_points: int) -> Geometry:

@@ -105,17 +105,18 @@ def test_text_evidence_names_this_brand_or_another():
     assert unread.text is None and encode(Candidate("acme", "m", None, {"text": unread}), ["text"]).tolist() == [1, 0, 0, 0]
 
 
-def test_normalised_similarity_subtracts_the_mean_of_the_nearest_background_regions():
+def test_normalised_similarity_is_the_background_banks_score():
+    from markguard.infer.bank import normalise, reference_bias
+
     rng = np.random.default_rng(2)
     bank = rng.normal(size=(50, 8)).astype(np.float32)
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
-    q = bank[0] + 0.1 * rng.normal(size=8).astype(np.float32)
-    q /= np.linalg.norm(q)
-    ev = normalised_similarity(0.8, q, bank, k=5)
-    brute = float(np.mean(sorted((bank @ q).tolist())[-5:]))
-    assert ev.background == pytest.approx(brute, abs=1e-6) and ev.value == pytest.approx(0.8 - brute, abs=1e-6)
-    with pytest.raises(MarkguardError, match="background bank is empty"):
-        normalised_similarity(0.8, q, bank[:0])
+    ref = bank[:1] + 0.1 * rng.normal(size=(1, 8)).astype(np.float32)  # a hub: close to a background region
+    ref /= np.linalg.norm(ref)
+    bias = float(reference_bias(ref, bank, k=5)[0])
+    ev = normalised_similarity(0.8, bias)
+    assert ev.background == pytest.approx(bias) and ev.value == pytest.approx(float(normalise(0.8, bias)))
+    assert bias > 0.5 and ev.value < 0.8  # a hub keeps less of its raw similarity
 
 
 # --------------------------------------------------------------------------- text flags and vetoes
