@@ -35,7 +35,8 @@ def embed_marks(marks: list[MarkRef], model, card, *, device: str = "cpu", batch
 
 
 def _brands_meta(gallery: Gallery) -> dict:
-    return {b.id: {"name": b.name, "authorized_sellers": b.authorized_sellers, "threshold": b.threshold} for b in gallery.brands.values()}
+    return {b.id: {"name": b.name, "authorized_sellers": b.authorized_sellers, "threshold": b.threshold,
+                   "aliases": b.aliases, "wordmarks": b.wordmarks} for b in gallery.brands.values()}  # names: the scan's text match
 
 
 def _report_errors(errors, stream=None) -> None:

@@ -125,3 +125,20 @@ def test_lexicon_finds_what_brute_force_finds():
         expected = {b for b, (n,) in names.items() for v in (fold(n), fold(n.upper()))  # a name folds per case
                     if _osa_reference(fold(read), v) <= min(max_distance(len(v)), max_distance(len(fold(read))))}
         assert {m.brand for m in lx.match(read)} == expected, read
+
+
+def test_an_index_carries_the_brands_names_for_the_scans_text_match(tmp_path):
+    import yaml
+
+    from markguard.datasets.synth import make_marks, write_gallery
+    from markguard.infer.build import build_index, read_index_meta
+    from test_scan import make_model
+
+    gallery = write_gallery(make_marks(2, 1, seed=1), tmp_path / "gallery")
+    doc = yaml.safe_load((gallery / "brands.yaml").read_text())
+    doc["brands"]["brand001"].update(aliases=["Globex Corp"], wordmarks=["GLOBEX"])
+    (gallery / "brands.yaml").write_text(yaml.safe_dump(doc))
+    build_index(gallery, tmp_path / "idx", model=make_model(tmp_path / "model"), device="cpu")
+    brands = read_index_meta(tmp_path / "idx")["brands"]
+    assert brands["brand001"]["aliases"] == ["Globex Corp"] and brands["brand001"]["wordmarks"] == ["GLOBEX"]
+    assert [m.brand for m in Lexicon.from_brands(brands).match("GL0BEX")] == ["brand001"]
