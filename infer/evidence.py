@@ -227,21 +227,22 @@ def add_text_candidates(candidates: list[Candidate], text: Text, box: list[int] 
 # --------------------------------------------------------------------------- the scan's evidence stage
 
 def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, combiner=None,
-            geometry: list[list[Geometry | None]] | None = None, read_unmatched: bool = True) -> list[list[Candidate]]:
+            verified: list[list[Geometry | None]] | None = None, read_unmatched: bool = True) -> list[list[Candidate]]:
     """Each photo's matches (``decide.Match``, boxes in the pixels of ``photos[i]``) as candidates with their evidence.
 
     With an OCR ``reader`` and a ``lexicon``, the gate picks the photos to read: a photo's best
     candidates' regions (or, with ``where="photo"``, the whole photo), by similarity, and
-    (``read_unmatched``) the whole photo, last, for one no region matched; the text read becomes every candidate's text evidence, and a brand it names that
-    no region matched becomes a candidate of its own. ``geometry[i][j]`` is the verification of
-    match j of photo i, if it was checked. With a ``combiner``, each candidate gets its probability.
+    (``read_unmatched``) the whole photo, last, for one no region matched; the text read becomes
+    every candidate's text evidence, and a brand it names that no region matched becomes a
+    candidate of its own. ``verified[i][j]`` is the geometric evidence for match j of photo i, if
+    it was checked (see :func:`geometry`). With a ``combiner``, each candidate gets its probability.
     """
     out = []
     for i, found in enumerate(matches):
         cands = []
         for j, m in enumerate(found):
             ev: dict[str, object] = {"similarity": Similarity(float(m.score))}
-            g = geometry[i][j] if geometry is not None else None
+            g = verified[i][j] if verified is not None else None
             if g is not None:
                 ev["geometry"] = g
             cands.append(Candidate(m.brand, m.mark, m.box, ev))

@@ -337,3 +337,15 @@ def test_collect_reads_the_gated_photos_and_adds_what_the_text_names():
     assert [c.brand for c in out[2]] == ["adidas"] and out[2][0].box is not None  # the whole photo was read
     assert all(c.probability is not None for cands in out for c in cands)
     assert ProbabilityPolicy().decide(out[2], None)[0] == "flag"
+
+
+def test_collect_attaches_geometric_evidence_from_a_verification():
+    from markguard.infer.decide import Match
+    from markguard.infer.evidence import collect, geometry
+    from markguard.infer.verify import Verification
+
+    matches = [[Match("acme", "a", 0.7, [0, 0, 9, 9]), Match("globex", "g", 0.5, [0, 0, 9, 9])]]
+    checked = geometry(Verification(30, 41, (0.0, 0.0, 9.0, 9.0), None), reference_points=120)
+    out = collect([None], matches, verified=[[checked, None]])
+    assert out[0][0].evidence_json() == {"similarity": 0.7, "inliers": 30, "coverage": 0.25, "verified": True}
+    assert "geometry" not in out[0][1].evidence  # not checked: no evidence, not a failed check
