@@ -37,6 +37,8 @@ class ScanOptions:
     actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)
     decode: str = "auto"  # cpu (Pillow, in the loader workers) | device (JPEGs by torchvision.io on the model's device) | auto
     compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
+    ocr: bool = False  # read text in the best matches' regions (infer/ocr.py) and match it to the brands' names
+    ocr_budget: float = 0.25  # share of each batch's photos OCR may read
 
 
 STAGES = ("decode", "regions", "embed", "search", "verify", "decide", "write")  # always reported, in this order
@@ -75,6 +77,32 @@ def region_mode(s: Searcher, opts: ScanOptions) -> RegionMode:
     return RegionMode.named(s.prep.regions.mode, f"{card_file}: field regions.mode")
 
 
+_READERS: dict[float, object] = {}  # one OCR reader (one loaded engine) per budget, per process
+_LEXICONS: dict[tuple, object] = {}
+
+
+def _text_evidence(batch: Batch, per_photo: list[list[Match]], searchers: list[Searcher], opts: ScanOptions) -> None:
+    """Read the gated photos' best regions (originals, decoded again only for those) and put each match's evidence on it."""
+    from markguard.infer.evidence import collect
+    from markguard.infer.ocr import OcrConfig, OcrReader, OriginalPhotos
+    from markguard.infer.textmatch import Lexicon
+
+    brands = {b: m for s in searchers for b, m in s.brands.items()}
+    key = tuple(sorted((b, str(m.get("name")), tuple(m.get("aliases") or ()), tuple(m.get("wordmarks") or ())) for b, m in brands.items()))
+    if key not in _LEXICONS:
+        _LEXICONS.clear()
+        _LEXICONS[key] = Lexicon.from_brands(brands)
+    if opts.ocr_budget not in _READERS:
+        _READERS[opts.ocr_budget] = OcrReader(OcrConfig(budget=opts.ocr_budget))
+    photos = OriginalPhotos([batch.items[pos] for pos in batch.ok])
+    cands = collect(photos, per_photo, lexicon=_LEXICONS[key], reader=_READERS[opts.ocr_budget], read_unmatched=False)
+    for matches, cs in zip(per_photo, cands):
+        # candidates keep the matches' order; a brand only the text named has no mark or similarity to decide on
+        # without a combiner, so it stays in the evidence of the photo's matches ("text_brand"), not a match of its own
+        for m, c in zip(matches, cs):
+            m.evidence = c.evidence_json()
+
+
 def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts: ScanOptions, times: StageTimes) -> list[ScanRow]:
     """One decoded batch through regions → embed → search (→ verify) for each index, then decide; each stage timed."""
     t = time.perf_counter()
@@ -106,6 +134,9 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
             t = times.add("verify", t)
         for i, matches in enumerate(found):
             per_photo[i].extend(matches)
+    if opts.ocr:
+        _text_evidence(batch, per_photo, searchers, opts)
+        t = times.add("evidence", t)
     rows = decide_rows(batch, per_photo, policy, opts.max_matches)
     times.add("decide", t)
     return rows

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--regions", choices=["none", "grid", "learned", "learned+grid", "tiles"],
                    help="where to look in a photo: the whole photo, a pooled grid, the model's proposals (alone or with a coarse grid), "
                         "or cropped tiles (the slow baseline); default: the model card's")
+    p.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=False,
+                   help="read text in the best matches' regions and match it to the brands' names and aliases; "
+                        "each match carries the evidence (needs markguard[ocr])")
+    p.add_argument("--ocr-budget", type=float, default=0.25, help="with --ocr: share of each batch's photos read (default 0.25)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
                    help="re-score the best candidates with a keypoint + RANSAC check and tighten their boxes (needs markguard[verify])")
     p.add_argument("--backend", choices=["torch", "onnx", "torchscript"], default="torch",
@@ -75,9 +79,17 @@ def run(args) -> int:
             raise MarkguardError(f"{name} {v} must be a similarity between -1 and 1")
     if args.compile is not None:
         check_compile_backend(args.compile)
+    if args.ocr:
+        import importlib.util
+
+        from markguard.infer.ocr import OcrConfig
+
+        OcrConfig(budget=args.ocr_budget)  # refuses a budget outside [0, 1] before the first batch
+        if importlib.util.find_spec("rapidocr_onnxruntime") is None:
+            raise MarkguardError("--ocr needs RapidOCR; pip install 'markguard[ocr]' or scan without --ocr")
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard),
-                       engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, backend=args.backend,
+                       engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
                        decode=args.decode, compile=args.compile)
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,

@@ -163,3 +163,26 @@ def test_where_photo_reads_the_whole_photo_and_unknown_places_are_refused():
     assert engine.seen == [(100, 200, 3)] and out[0][0].evidence["text"].brand == "acme"
     with pytest.raises(MarkguardError, match="ocr where='box'"):
         OcrConfig(where="box")
+
+
+def test_a_scan_with_ocr_puts_each_matchs_evidence_in_its_row(tmp_path, monkeypatch):
+    import json
+
+    from markguard.infer import pipeline
+    from markguard.infer.scan import ScanOptions, run_scan
+    from test_scan import make_world
+
+    world = make_world(tmp_path / "world", listings=6)
+    engine = FakeEngine([[None, "BRAND0O1", 0.9]])  # the synthetic gallery's display names are "Brand000", ...
+    monkeypatch.setitem(pipeline._READERS, 1.0, OcrReader(OcrConfig(budget=1.0), engine=engine))
+    opts = ScanOptions(batch_size=4, workers=0, device="cpu", flag=-1.0, review=-1.0, ocr=True, ocr_budget=1.0)
+    summary = run_scan(world.dump, [world.index], tmp_path / "out", opts=opts, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    matched = [r for r in rows if r["matches"]]
+    assert matched and engine.seen  # every photo with a match was read (budget 100%)
+    for r in matched:
+        for m in r["matches"]:
+            assert m["evidence"]["similarity"] == pytest.approx(m["score"], abs=1e-4)
+            assert m["evidence"]["text"] == "BRAND0O1" and m["evidence"]["text_brand"] == "brand001"
+            assert m["evidence"]["text_distance"] == 0  # 0/O fold alike
+    assert summary["stage_seconds"]["evidence"] > 0
