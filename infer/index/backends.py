@@ -43,6 +43,15 @@ def _ids_of(idmap) -> np.ndarray:
     return faiss.vector_to_array(idmap.id_map).astype(np.int64, copy=False)
 
 
+def _search(index, q, k: int, params):
+    """``index.search`` with search parameters, past faiss.contrib.torch_utils' replacement.
+
+    pytorch-metric-learning's inference utilities import that module, which swaps every index's
+    ``search`` for a torch-aware one without ``params``; it keeps faiss' own as ``search_numpy``.
+    """
+    return getattr(index, "search_numpy", index.search)(q, k, params=params)
+
+
 class _Flat:
     param_name = None
     kind = IndexKind.FLAT
@@ -196,7 +205,7 @@ class _HNSW(_Tombstones, _Flat):
         sel = self._selector()
         if sel is not None:
             params.sel = sel
-        return self.index.search(q, k, params=params)
+        return _search(self.index, q, k, params)
 
     def iter_live(self, chunk=65_536):
         storage = self._storage()
@@ -332,8 +341,8 @@ class _IVFPQ(_Tombstones, _Flat):
         if self.settings.opq:  # IndexPreTransform takes the IVF's parameters wrapped
             outer = faiss.SearchParametersPreTransform()
             outer.index_params = params
-            return self.index.search(q, k, params=outer)
-        return self.index.search(q, k, params=params)
+            return _search(self.index, q, k, outer)
+        return _search(self.index, q, k, params)
 
     def _refine_arrays(self):
         if self._slots is None:

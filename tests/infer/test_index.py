@@ -480,3 +480,14 @@ def test_loads_during_repeated_saves_see_one_whole_save(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     assert problems == []
     assert int(out) >= 5 and len(seen) >= 3, (out, len(seen), loads)  # the loads really overlapped saves
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_search_survives_faiss_torch_utils(kind):
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which replaces Index.search without ``params``."""
+    import faiss.contrib.torch_utils  # noqa: F401  (the replacement is global, as in a process that evaluated a model)
+
+    idx = build(kind)
+    scores, ids = idx.search(Q, 10)
+    _, truth = brute(X, np.arange(N), Q, 10)
+    assert recall_at_k(ids, truth) >= 0.9
