@@ -117,6 +117,9 @@ def map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
         return {k: v for k, v in d.items() if not k.endswith("num_batches_tracked")}
 
     src, tgt = usable(source), usable(target)
+    prefix = "backbone."  # a markguard checkpoint (model.safetensors): its backbone's tensors, without head or proposals
+    if sum(k.startswith(prefix) for k in src) > len(src) / 2:
+        src = {k[len(prefix):]: v for k, v in src.items() if k.startswith(prefix)}
     shared = [k for k in tgt if k in src]
     if len(shared) >= len(tgt) / 2:  # the same codebase's names: pair by name, the first missing one is the misfit
         missing = [k for k in tgt if k not in src]

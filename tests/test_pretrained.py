@@ -82,3 +82,17 @@ def test_unknown_name():
     with pytest.raises(MarkguardError, match="neither a known package"):
         resolve_init("efficientnet-lite9")
     assert set(PRETRAINED) == {"efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"}
+
+
+def test_init_from_a_markguard_checkpoint(tmp_path):
+    """A markguard model.safetensors gives its backbone (names under ``backbone.``), head and proposals left out."""
+    from safetensors.torch import save_file
+
+    from markguard.model import EmbeddingModel
+
+    model = EmbeddingModel("resnet10t", 16, proposals={"top_k": 5})
+    state = {k: (torch.randn_like(v) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    fresh = timm.create_model("resnet10t", num_classes=0, global_pool="")
+    load_into(fresh, resolve_init(str(tmp_path / "model.safetensors")))
+    assert torch.equal(fresh.state_dict()["layer4.0.conv1.weight"], state["backbone.layer4.0.conv1.weight"])
