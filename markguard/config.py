@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 
@@ -30,25 +31,32 @@ def _coerce(value: str, target: type, key: str):
     return target(parsed) if target in (int, float, str) else parsed
 
 
-def _field_types(cls) -> dict[str, type]:
+NULLS = ("null", "none", "~", "")  # key=null on the command line unsets an optional key (init=null: start from scratch)
+
+
+def _field_types(cls) -> dict[str, tuple[type, bool]]:
+    """Each field's type, and whether it may be None (``X | None``)."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
         t = hints[f.name]
         args = [a for a in typing.get_args(t) if a is not type(None)]
-        out[f.name] = args[0] if typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType")) and args else t
+        optional = typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in typing.get_args(t)
+        out[f.name] = (args[0] if optional and args else t, optional)
     return out
 
 
 def apply(cfg, values: dict, *, source: str):
     """A copy of dataclass ``cfg`` with ``values`` set; unknown keys name the allowed ones."""
-    types = _field_types(type(cfg))
+    fields = _field_types(type(cfg))
     changes = {}
     for key, value in values.items():
-        if key not in types:
-            raise MarkguardError(f"{source}: unknown key '{key}'; allowed keys: {', '.join(sorted(types))}")
-        t = types[key]
-        if isinstance(value, str) and t is not str:
+        if key not in fields:
+            raise MarkguardError(f"{source}: unknown key '{key}'; allowed keys: {', '.join(sorted(fields))}")
+        t, optional = fields[key]
+        if optional and isinstance(value, str) and value.strip().lower() in NULLS:
+            value = None
+        elif isinstance(value, str) and t is not str:
             value = _coerce(value, t, f"{source}: {key}")
         elif typing.get_origin(t) is tuple and isinstance(value, list):
             value = tuple(value)

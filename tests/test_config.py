@@ -43,3 +43,12 @@ def test_missing_recipe_and_saved_config(tmp_path):
     doc = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert doc["config"]["steps"] == 3 and doc["versions"] == {"x": "1"}
     assert load_layered(TrainConfig, None, [f"{k}={v}" for k, v in {"steps": 3}.items()]) == cfg
+
+
+def test_null_override_unsets_an_optional_key():
+    # the logo recipe starts from init: efficientnet-lite0; init=null on the command line must mean "from scratch"
+    assert load_layered(TrainConfig, None, ["init=efficientnet-lite0"]).init == "efficientnet-lite0"
+    for spelled in ("null", "None", "~", ""):
+        assert load_layered(TrainConfig, None, ["init=efficientnet-lite0", f"init={spelled}"]).init is None
+    with pytest.raises(MarkguardError, match="steps"):  # a key that cannot be None still wants its type
+        load_layered(TrainConfig, None, ["steps=null"])
