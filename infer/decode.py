@@ -32,6 +32,10 @@ class Batch:
     pending: list[PendingJpeg] = field(default_factory=list)  # JPEGs left for the model's device to decode
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # what ``x`` is normalised with (each model renormalises to its own)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    # for second looks (infer/looks.py): each ok photo as decoded, uint8 CHW, long side at most the looks' resolution,
+    # and its pixel → photo pixel factors; None when the scan takes no second look
+    hires: list[torch.Tensor] | None = None
+    hires_to_orig: list[tuple[float, float]] | None = None
 
 
 @dataclass
@@ -53,13 +57,14 @@ class DecodedBatches(IterableDataset):
     """Batches of decoded photos; worker w builds batches w, w+W, … so the loader yields them in order."""
 
     def __init__(self, items_fn, *, size: int, mean, std, batch_size: int, skip: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 device_jpeg: bool = False):
+                 device_jpeg: bool = False, hires: int = 0):
         self.items_fn = items_fn  # a picklable callable returning a fresh iterator of ListingItem
         self.size, self.mean, self.std = size, mean, std
         self.batch_size = batch_size
         self.skip = skip
         self.max_pixels = max_pixels
         self.device_jpeg = device_jpeg  # leave whole RGB/grey JPEGs to finish_decode on the model's device
+        self.hires = hires  # keep each photo at up to this long side for second looks (0: don't)
 
     def __iter__(self):
         import time
@@ -79,17 +84,32 @@ class DecodedBatches(IterableDataset):
             yield RunFailure(str(e))
 
     def _decode(self, chunk: list[ListingItem]) -> Batch:
-        return decode_items(chunk, size=self.size, mean=self.mean, std=self.std, max_pixels=self.max_pixels, device_jpeg=self.device_jpeg)
+        return decode_items(chunk, size=self.size, mean=self.mean, std=self.std, max_pixels=self.max_pixels,
+                            device_jpeg=self.device_jpeg, hires=self.hires)
+
+
+def hires_copy(img, cap: int):
+    """``img`` (PIL) with its long side at most ``cap``, as uint8 CHW, and its pixel → ``img`` pixel factor."""
+    from PIL import Image
+
+    f = min(1.0, cap / max(img.size))
+    if f < 1.0:
+        img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), 1.0 / f
 
 
 def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 device_jpeg: bool = False) -> Batch:
+                 device_jpeg: bool = False, hires: int = 0) -> Batch:
     """Decode and letterbox one batch of items; a photo that cannot be used becomes an error with its reason.
 
     With ``device_jpeg``, whole RGB/greyscale JPEGs are only checked from their header and left in
-    ``Batch.pending`` for :func:`finish_decode`; everything else is decoded here as usual.
+    ``Batch.pending`` for :func:`finish_decode`; everything else is decoded here as usual. With
+    ``hires``, each photo is also kept at up to that long side (``Batch.hires``) for second looks;
+    JPEGs are then decoded at a reduced scale that still keeps half of it on the short side.
     """
     tensors, ok, valid, to_orig, orig, errors, pending = [], [], [], [], [], {}, []
+    keep, keep_to_orig = [], []
     for pos, item in enumerate(chunk):
         if item.error:
             errors[pos] = item.error
@@ -101,7 +121,7 @@ def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: 
                 if probe is not None and min(probe.orig_size) >= MIN_SIDE:
                     pending.append(PendingJpeg(pos, torch.frombuffer(bytearray(data), dtype=torch.uint8), probe.orig_size, probe.orientation))
                     continue
-            dec = decode_image(data, target_size=size, max_pixels=max_pixels)
+            dec = decode_image(data, target_size=max(size, hires // 2), max_pixels=max_pixels)
         except DecodeError as e:
             errors[pos] = e.reason
             continue
@@ -113,16 +133,21 @@ def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: 
             continue
         lb = letterbox(dec.image, size, mean, std)
         sx, sy = dec.scale
+        if hires:
+            img, f = hires_copy(dec.image, hires)
+            keep.append(img)
+            keep_to_orig.append((sx * f, sy * f))
         tensors.append(lb.tensor)
         ok.append(pos)
         valid.append(lb.valid)
         to_orig.append((sx / lb.factor, sy / lb.factor))
         orig.append(dec.orig_size)
     x = torch.stack(tensors) if tensors else torch.zeros(0, 3, size, size)
-    return Batch(chunk, x, ok, valid, to_orig, orig, errors, pending=pending, mean=tuple(mean), std=tuple(std))
+    return Batch(chunk, x, ok, valid, to_orig, orig, errors, pending=pending, mean=tuple(mean), std=tuple(std),
+                 hires=keep if hires else None, hires_to_orig=keep_to_orig if hires else None)
 
 
-def finish_decode(batch: Batch, *, size: int, device: str) -> None:
+def finish_decode(batch: Batch, *, size: int, device: str, hires: int = 0) -> None:
     """Decode ``batch.pending`` JPEGs in one batched call on ``device`` (nvJPEG on a GPU), orient,
     letterbox and normalise them there, and merge them with the rest of the batch in input order.
 
@@ -138,13 +163,16 @@ def finish_decode(batch: Batch, *, size: int, device: str) -> None:
     m = torch.tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1)
     sd = torch.tensor(std, device=device, dtype=torch.float32).view(3, 1, 1)
     done = {pos: (x.to(device), v, t, o) for pos, x, v, t, o in zip(batch.ok, batch.x, batch.valid, batch.to_orig, batch.orig_size)}
+    keep = dict(zip(batch.ok, zip(batch.hires, batch.hires_to_orig))) if hires else {}
     for p, img in zip(batch.pending, imgs):
         if img is None:
-            one = decode_items([batch.items[p.pos]], size=size, mean=mean, std=std)
+            one = decode_items([batch.items[p.pos]], size=size, mean=mean, std=std, hires=hires)
             if one.errors:
                 batch.errors[p.pos] = one.errors[0]
             else:
                 done[p.pos] = (one.x[0].to(device), one.valid[0], one.to_orig[0], one.orig_size[0])
+                if hires:
+                    keep[p.pos] = (one.hires[0].to(device), one.hires_to_orig[0])
             continue
         img = orient(img, p.orientation)
         h, w = img.shape[1:]
@@ -153,11 +181,20 @@ def finish_decode(batch: Batch, *, size: int, device: str) -> None:
         out = torch.zeros(3, size, size, device=device)
         out[:, :nh, :nw] = (small / 255 - m) / sd
         done[p.pos] = (out, (nw, nh), (p.orig_size[0] / (w * f), p.orig_size[1] / (h * f)), p.orig_size)
+        if hires:
+            c = min(1.0, hires / max(w, h))
+            hw, hh = max(1, round(w * c)), max(1, round(h * c))
+            big = img if c == 1.0 else F.interpolate(img[None].float(), size=(hh, hw), mode="bilinear", antialias=True,
+                                                     align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            keep[p.pos] = (big, (p.orig_size[0] / hw, p.orig_size[1] / hh))
     batch.ok = sorted(done)
     batch.x = torch.stack([done[pos][0] for pos in batch.ok]) if done else torch.zeros(0, 3, size, size, device=device)
     batch.valid = [done[pos][1] for pos in batch.ok]
     batch.to_orig = [done[pos][2] for pos in batch.ok]
     batch.orig_size = [done[pos][3] for pos in batch.ok]
+    if hires:
+        batch.hires = [keep[pos][0] for pos in batch.ok]
+        batch.hires_to_orig = [keep[pos][1] for pos in batch.ok]
     batch.pending = []
 
 

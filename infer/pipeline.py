@@ -10,6 +10,7 @@ from markguard.errors import MarkguardError
 from markguard.infer.decide import Policy, decide_rows
 from markguard.infer.decode import Batch, finish_decode, model_input
 from markguard.infer.embed import feature_maps, region_vectors
+from markguard.infer.looks import second_look, with_looks
 from markguard.infer.regions import RegionMode, find_regions
 from markguard.infer.results import Match, ScanRow
 from markguard.infer.search import search_batch
@@ -39,9 +40,11 @@ class ScanOptions:
     compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
     ocr: bool = False  # read text in the best matches' regions (infer/ocr.py) and match it to the brands' names
     ocr_budget: float = 0.25  # share of each batch's photos OCR may read
+    looks: int | None = None  # second looks per photo (infer/looks.py); None: the model card's regions.looks.per_photo
+    looks_per_batch: int | None = None  # at most this many second looks a batch; None: the card's
 
 
-STAGES = ("decode", "regions", "embed", "search", "verify", "decide", "write")  # always reported, in this order
+STAGES = ("decode", "regions", "embed", "look", "search", "verify", "decide", "write")  # always reported, in this order
 
 
 @dataclass
@@ -77,6 +80,23 @@ def region_mode(s: Searcher, opts: ScanOptions) -> RegionMode:
     return RegionMode.named(s.prep.regions.mode, f"{card_file}: field regions.mode")
 
 
+def look_settings(s: Searcher, opts: ScanOptions):
+    """The second looks a searcher's model takes: its card's ``regions.looks``, with ``--looks`` over it."""
+    looks = s.prep.looks.replace(per_photo=opts.looks, per_batch=opts.looks_per_batch)
+    if looks.per_photo < 0 or looks.per_batch < 1:
+        raise MarkguardError(f"--looks {looks.per_photo} / --looks-per-batch {looks.per_batch}: give 0 or more looks a photo "
+                             "and at least 1 a batch")
+    if looks.per_photo and getattr(s.model, "proposal_head", None) is None:
+        raise MarkguardError(f"--looks {looks.per_photo}: the model in {s.model_dir or DEFAULT_MODEL_DIR} has no proposal head "
+                             "to choose where to look; scan with --looks 0")
+    return looks
+
+
+def hires_needed(searchers: list[Searcher], opts: ScanOptions) -> int:
+    """The long side the decoded photos are kept at for second looks (0: no searcher takes one)."""
+    return max((lk.resolution for lk in (look_settings(s, opts) for s in searchers) if lk.per_photo), default=0)
+
+
 _READERS: dict[float, object] = {}  # one OCR reader (one loaded engine) per budget, per process
 _LEXICONS: dict[tuple, object] = {}
 
@@ -107,7 +127,7 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
     """One decoded batch through regions → embed → search (→ verify) for each index, then decide; each stage timed."""
     t = time.perf_counter()
     if batch.pending:  # JPEGs left to decode on the model's device
-        finish_decode(batch, size=max(s.prep.scan_size for s in searchers), device=opts.device)
+        finish_decode(batch, size=max(s.prep.scan_size for s in searchers), device=opts.device, hires=hires_needed(searchers, opts))
         t = times.add("decode", t)
     per_photo: list[list[Match]] = [[] for _ in batch.ok]
     for s in searchers:
@@ -124,7 +144,15 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         t = times.add("regions", t)
         emb = region_vectors(mode.value, s.model, s.card, inp.x, regions.boxes, fmap, device=opts.device, precision=opts.precision)
         t = times.add("embed", t)
-        found = search_batch(s.index, emb.vectors.float().cpu().numpy(), emb.counts, regions.photo_boxes, k=opts.k,
+        photo_boxes = regions.photo_boxes
+        looks = look_settings(s, opts)
+        if looks.per_photo:
+            if fmap is None:
+                raise MarkguardError(f"--looks {looks.per_photo} needs the first look's feature map; it cannot be combined with --regions tiles")
+            extra = second_look(s.model, s.prep, batch, inp, fmap, looks, device=opts.device, precision=opts.precision)
+            emb, photo_boxes = with_looks(emb, photo_boxes, extra)
+            t = times.add("look", t)
+        found = search_batch(s.index, emb.vectors.float().cpu().numpy(), emb.counts, photo_boxes, k=opts.k,
                              max_matches=opts.max_matches, index_name=s.name or None, bias=s.bias)
         t = times.add("search", t)
         if opts.verify:

@@ -96,7 +96,7 @@ class ScanActor:
     def __call__(self, batch: dict) -> dict:
         from markguard.datasets.listings import ListingItem
         from markguard.infer.decode import decode_items
-        from markguard.infer.pipeline import StageTimes, process_batch
+        from markguard.infer.pipeline import StageTimes, hires_needed, process_batch
 
         items = []
         for i in range(len(batch["index"])):
@@ -106,7 +106,7 @@ class ScanActor:
                                      None if path is None else Path(path), f["data"], f["error"]))
         times = StageTimes()
         t = time.perf_counter()
-        decoded = decode_items(items, size=self.size, mean=self.mean, std=self.std)
+        decoded = decode_items(items, size=self.size, mean=self.mean, std=self.std, hires=hires_needed(self.searchers, self.opts))
         times.add("decode", t)
         rows = process_batch(decoded, self.searchers, self.policy, self.opts, times)
         return {"index": np.array([it.index for it in items], dtype=np.int64),

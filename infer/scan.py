@@ -20,7 +20,8 @@ from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
 from markguard.infer.decide import Policy, resolve_policy
 from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader
-from markguard.infer.pipeline import STAGES, ScanOptions, StageTimes, process_batch, region_mode, resolve_decode  # noqa: F401
+from markguard.infer.pipeline import (STAGES, ScanOptions, StageTimes, hires_needed, process_batch, region_mode,  # noqa: F401
+                                      resolve_decode)
 from markguard.infer.outdir import holds_output_folder, open_output, pins
 from markguard.infer.read import item_source
 from markguard.infer.results import PARQUET, PARTIAL, RESULTS, STATE, SUMMARY, ScanRow, read_results, read_summary
@@ -45,7 +46,7 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
     first = searchers[0].prep
     ds = DecodedBatches(item_source(source, opts.shard), size=max(s.prep.scan_size for s in searchers), mean=first.mean,
                         std=first.std, batch_size=opts.batch_size, skip=skip,
-                        device_jpeg=resolve_decode(opts.decode, opts.device) == "device")
+                        device_jpeg=resolve_decode(opts.decode, opts.device) == "device", hires=hires_needed(searchers, opts))
     for batch in batch_loader(ds, opts.workers):
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)

@@ -100,6 +100,14 @@ def _regions(v) -> dict:
             _number(s, 0.01, 1.0, "scales: ")
     if "overlap" in v:
         _number(v["overlap"], 0.0, 0.95, "overlap ")
+    if "looks" in v:
+        _dict(v["looks"])
+        limits = {"per_photo": (0, 64), "per_batch": (1, 4096), "margin": (1.0, 8.0), "min_score": (0.0, 1.0),
+                  "resolution": (64, 8192)}
+        for k, x in v["looks"].items():
+            if k not in limits:
+                raise _Bad(f"looks: unknown key {k!r}; known: {', '.join(limits)}")
+            _number(x, *limits[k], f"looks: {k} ")
     return v
 
 

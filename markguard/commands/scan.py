@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--regions", choices=["none", "grid", "learned", "learned+grid", "tiles"],
                    help="where to look in a photo: the whole photo, a pooled grid, the model's proposals (alone or with a coarse grid), "
                         "or cropped tiles (the slow baseline); default: the model card's")
+    p.add_argument("--looks", type=int, metavar="N",
+                   help="second looks a photo: its N best proposals cropped from the photo at its own resolution and embedded "
+                        "again (finds small marks); 0: none; default: the model card's regions.looks.per_photo")
+    p.add_argument("--looks-per-batch", type=int, metavar="N", help="at most N second looks a batch (bounds its cost); default: the card's")
     p.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=False,
                    help="read text in the best matches' regions and match it to the brands' names and aliases; "
                         "each match carries the evidence (needs markguard[ocr])")
@@ -90,7 +94,7 @@ def run(args) -> int:
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
-                       decode=args.decode, compile=args.compile)
+                       decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch)
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
                        formats=formats, progress_every_s=args.log_every)

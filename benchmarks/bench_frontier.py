@@ -1,0 +1,158 @@
+"""The scan's speed/accuracy frontier on the real-photo bench: scan sizes and second looks, one table.
+
+Each setting is a ``markguard scan`` of the same listings with the same model, as a user runs it
+(a subprocess; thresholds at -1 so every row names its best match; the benchmark sets its own
+threshold at FPR 1% of the negatives), scored by ``train/realeval.score_bench``: per tier TPR at
+FPR 1%, right brand, box IoU >= 0.5 among correctly named marks, ROC AUC, and the scan's images/s.
+Beside each, the model-only bound: images/s of the model's forward passes alone for that setting
+(the first look at the scan size plus the second looks' crops at the input size, random pixels, the
+same threads), which decode, search and writing must not pull the scan far below.
+
+A different scan size is a copy of the model folder with that ``scan_size`` in its card (a new
+fingerprint, so each size gets its own index); second looks are ``scan --looks N``.
+
+    python benchmarks/bench_frontier.py --bench BENCH --every 4 --bank 256 \\
+        --settings "320:0" "320:1" "320:2" "320:4" "256:2" "384:2" [--model RUN] [--sift]
+    python benchmarks/bench_frontier.py --quick          # a tiny generated bench (for the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_real import markguard, run_sift, subset  # noqa: E402
+
+from markguard.checkpoint import CARD, load_checkpoint, resolve_model_dir  # noqa: E402
+from markguard.datasets.realbench import TIERS  # noqa: E402
+from markguard.train.realeval import score_bench  # noqa: E402
+
+
+def parse_setting(text: str) -> tuple[int, int]:
+    """'SCAN_SIZE:LOOKS' → (scan size, second looks a photo)."""
+    try:
+        size, looks = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"setting {text!r}: give SCAN_SIZE:LOOKS, e.g. 320:2") from None
+    if size < 32 or looks < 0:
+        raise argparse.ArgumentTypeError(f"setting {text!r}: scan size at least 32, looks 0 or more")
+    return size, looks
+
+
+def model_at(model: Path, size: int, out: Path) -> Path:
+    """``model`` itself when its card already scans at ``size``, else a copy whose card does."""
+    card = json.loads((model / CARD).read_text())
+    if int(card["scan_size"]) == size:
+        return model
+    copy = out / f"model-scan{size}"
+    if not copy.exists():
+        shutil.copytree(model, copy, ignore=shutil.ignore_patterns("last", "eval", "*.log", "*.csv"))
+        from markguard.checkpoint import load_checkpoint as load, save_checkpoint
+
+        m, c = load(copy)
+        c.scan_size = size
+        save_checkpoint(m, c, copy)
+    return copy
+
+
+def model_only_rate(model: Path, size: int, looks: int, batch: int = 16, repeats: int = 5) -> float:
+    """Images/s of the forward passes alone: a batch at ``size`` and ``looks`` crops a photo at the input size."""
+    import torch
+
+    m, card = load_checkpoint(model)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    crops = torch.randn(batch * looks, 3, card.input_size, card.input_size).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.no_grad():
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            m.forward_features(x)
+            if looks:
+                m.forward_features(crops)
+            if r:  # the first pass warms the allocator and oneDNN's kernels up
+                times.append(time.perf_counter() - t0)
+    return batch / sorted(times)[len(times) // 2]
+
+
+def run_setting(bench: Path, manifest: Path, truth: Path, model: Path, size: int, looks: int, out: Path, bank: int) -> dict:
+    index, scan = out / f"index-scan{size}", out / f"scan-{size}-{looks}"
+    if not index.exists():
+        markguard("index", "build", str(bench / "gallery"), "-o", str(index), "-m", str(model), *(["--bank", str(bank)] if bank else []))
+    shutil.rmtree(scan, ignore_errors=True)
+    markguard("scan", str(manifest), "-i", str(index), "-o", str(scan), "--quiet", "--flag-threshold", "-1",
+              "--review-threshold", "-1", "--looks", str(looks))
+    summary = json.loads((scan / "summary.json").read_text())
+    return {"score": score_bench(scan / "results.jsonl", truth).to_json(), "images_per_s": float(summary["images_per_s"]),
+            "model_only_images_per_s": model_only_rate(model, size, looks)}
+
+
+def _f(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def table(results: dict[str, dict]) -> list[str]:
+    positive = [t for t in TIERS if t not in ("unregistered", "none")]
+    lines = ["| setting (scan size, looks) | img/s | model-only img/s | " + " | ".join(f"{t} TPR / right / IoU" for t in positive)
+             + " | FPR unregistered / none | ROC AUC |", "|---|---|---|" + "---|" * len(positive) + "---|---|"]
+    for name, r in results.items():
+        tiers = r["score"]["tiers"]
+        cells = [f"{_f(tiers[t]['flagged'])} / {_f(tiers[t]['right_brand'])} / {_f(tiers[t]['box_iou50'])}" for t in positive]
+        fpr = f"{_f(tiers['unregistered']['flagged'])} / {_f(tiers['none']['flagged'])}"
+        bound = r.get("model_only_images_per_s")
+        lines.append(f"| {name} | {r['images_per_s']:.1f} | {_f(bound) if bound else '–'} | " + " | ".join(cells)
+                     + f" | {fpr} | {r['score']['roc_auc']:.3f} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", help="a bench folder from `markguard data realbench`")
+    ap.add_argument("--model", help="checkpoint folder (default: the shipped model)")
+    ap.add_argument("--settings", nargs="+", type=parse_setting, default=[(320, 0), (320, 2)], metavar="SIZE:LOOKS")
+    ap.add_argument("--bank", type=int, default=256, metavar="N", help="index built with --bank N (0: none)")
+    ap.add_argument("--every", type=int, default=1, help="score every N-th listing of each tier only")
+    ap.add_argument("--sift", action="store_true", help="also run the SIFT + RANSAC matcher on the same listings")
+    ap.add_argument("--out", help="folder for the scans and bench_frontier.json (default: a temporary one)")
+    ap.add_argument("--quick", action="store_true", help="a tiny bench from generated sources (for the tests)")
+    args = ap.parse_args()
+    tmp = tempfile.TemporaryDirectory(prefix="markguard-frontier-")
+    out = Path(args.out or tmp.name)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Path(args.bench) if args.bench else None
+    if args.quick:
+        from markguard.datasets.realbench import BenchConfig, build_realbench, write_sample_sources
+
+        src = write_sample_sources(out / "sources", brands=12, photos=4)
+        bench = out / "bench"
+        build_realbench(src["marks"], [src["photos"]], bench, cross_dir=src["cross"], cfg=BenchConfig(brands=6, listings=33))
+    if bench is None:
+        ap.error("--bench is required (or --quick)")
+    if args.every < 1:
+        ap.error("--every must be at least 1")
+    manifest, truth = subset(bench, out, args.every)
+    model = resolve_model_dir(args.model)
+    results: dict[str, dict] = {}
+    for size, looks in args.settings:
+        results[f"{size}, {looks}"] = run_setting(bench, manifest, truth, model_at(model, size, out), size, looks, out, args.bank)
+    if args.sift:
+        score, rate = run_sift(bench, manifest, truth, out / "sift")
+        results["SIFT + RANSAC"] = {"score": score, "images_per_s": rate}
+    print(f"# bench {bench}, model {model}" + (f", every {args.every}th listing" if args.every > 1 else "")
+          + (f", index --bank {args.bank}" if args.bank else ""))
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print("\n".join(table(results)))
+    (out / "bench_frontier.json").write_text(json.dumps({"bench": str(bench), "model": str(model), "every": args.every,
+                                                          "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
