@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: on one CUDA machine, in under 8 minutes, install markguard, train briefly on the GPU
-# and scan a synthetic dump, printing training samples/s and end-to-end scan images/s.
+# and scan a synthetic dump, printing training samples/s and end-to-end scan images/s (nvJPEG and
+# Pillow decoding; the shipped model without and with four second looks a photo, batched on the GPU).
 #
 #   bash benchmarks/gpu_check.sh [WORKDIR]        # WORKDIR defaults to /tmp/markguard-gpu-check
 #
@@ -37,10 +38,16 @@ PY
 # JPEGs decoded on the GPU (nvJPEG, the default on CUDA), then by Pillow in 14 processes, for comparison
 markguard scan "$WORK/data/listings/big.csv" -i "$WORK/index" -o "$WORK/scan" --device cuda --batch-size 256 --workers 14 --quiet
 markguard scan "$WORK/data/listings/big.csv" -i "$WORK/index" -o "$WORK/scan-cpu-decode" --device cuda --decode cpu --batch-size 256 --workers 14 --quiet
+# two looks on the GPU: the shipped model (it has the proposal head), the first 2,000 photos, 0 and 4 second looks a photo
+markguard index build "$WORK/data/gallery" -o "$WORK/index-shipped" --device cuda
+for looks in 0 4; do
+  markguard scan "$WORK/data/listings/manifest.csv" -i "$WORK/index-shipped" -o "$WORK/scan-looks$looks" --device cuda \
+    --batch-size 128 --workers 14 --looks "$looks" --looks-per-batch 512 --quiet
+done
 set +x
 python3 - "$WORK" <<'PY'
 import json, sys
-for name in ("scan", "scan-cpu-decode"):
+for name in ("scan", "scan-cpu-decode", "scan-looks0", "scan-looks4"):
     s = json.load(open(f"{sys.argv[1]}/{name}/summary.json"))
     print(f"{name}: images/s", s["images_per_s"], "stage seconds:", s["stage_seconds"])
 PY
