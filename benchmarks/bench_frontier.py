@@ -117,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", help="a bench folder from `markguard data realbench`")
     ap.add_argument("--model", help="checkpoint folder (default: the shipped model)")
-    ap.add_argument("--settings", nargs="+", type=parse_setting, default=[(320, 0), (320, 2)], metavar="SIZE:LOOKS")
+    ap.add_argument("--settings", nargs="*", type=parse_setting, default=[(320, 0), (320, 2)], metavar="SIZE:LOOKS")
     ap.add_argument("--bank", type=int, default=256, metavar="N", help="index built with --bank N (0: none)")
     ap.add_argument("--every", type=int, default=1, help="score every N-th listing of each tier only")
     ap.add_argument("--sift", action="store_true", help="also run the SIFT + RANSAC matcher on the same listings")

@@ -93,7 +93,7 @@ def second_look(model, prep, batch, inp, fmap: torch.Tensor, settings: LookSetti
     size = prep.input_size
     props = learned_proposals(model, fmap, inp.valid, inp.x.shape[-1])
     chosen = choose_looks([p.scores for p in props], settings)
-    crops, boxes_in_crop, photo_boxes, scores = [], [], [], []
+    crops, boxes_in_crop, photo_boxes, scores, windows = [], [], [], [], []
     for i, (p, pick) in enumerate(zip(props, chosen)):
         boxes = inp.to_photo([p.boxes[pick].float()])[0] if len(pick) else np.zeros((0, 4), np.float32)
         # the decoded copy's pixels per photo pixel; windows are chosen in photo pixels, cut in the copy's
@@ -105,15 +105,51 @@ def second_look(model, prep, batch, inp, fmap: torch.Tensor, settings: LookSetti
         inside = (boxes - np.concatenate([win[:, :2], win[:, :2]], axis=1)) * (size / np.maximum(side, 1e-6))
         boxes_in_crop.extend(torch.from_numpy(np.clip(b, 0, size)).float()[None] for b in inside)
         photo_boxes.append(boxes)
+        windows.append(win)
         scores.append(p.scores[pick])
     counts = [len(b) for b in photo_boxes]
     if not crops:
         return Looks(torch.zeros(0, model.dim), counts, photo_boxes, scores)
     x = torch.cat(crops)
     look_fmap = feature_maps(model, x, device=device, precision=precision)
+    if settings.refine:
+        boxes_in_crop = refine_boxes(model, look_fmap, boxes_in_crop, size)
+        photo_boxes = _to_photo(boxes_in_crop, photo_boxes, windows, size, inp.orig_size)
     with torch.no_grad():
         vectors = model.embed_regions(look_fmap, [b.to(look_fmap.device) for b in boxes_in_crop], size)
     return Looks(vectors, counts, photo_boxes, scores)
+
+
+def refine_boxes(model, fmap: torch.Tensor, boxes: list[torch.Tensor], size: int, min_iou: float = 0.1) -> list[torch.Tensor]:
+    """Each look's box (crop pixels) replaced by the head's best box on the look itself where that one overlaps it
+    (IoU >= ``min_iou``): the close look sees the mark's edges, which the first look saw as one or two cells."""
+    from torchvision.ops import box_iou
+
+    props = learned_proposals(model, fmap, [(size, size)] * len(boxes), size)
+    out = []
+    for b, p in zip(boxes, props):
+        if len(p.boxes) and float(box_iou(p.boxes[:1].float(), b.float())[0, 0]) >= min_iou:
+            out.append(p.boxes[:1].float())
+        else:
+            out.append(b)
+    return out
+
+
+def _to_photo(boxes_in_crop: list[torch.Tensor], photo_boxes: list[np.ndarray], windows: list[np.ndarray], size: int,
+              orig_size: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Crop-pixel boxes (one a look, flat over the batch) back to each photo's pixels, clipped to the photo."""
+    out, k = [], 0
+    for pb, win, (w, h) in zip(photo_boxes, windows, orig_size):
+        n = len(pb)
+        if not n:
+            out.append(pb)
+            continue
+        b = torch.cat(boxes_in_crop[k : k + n]).numpy().astype(np.float32)
+        side = (win[:, 2] - win[:, 0])[:, None]
+        p = b * (side / size) + np.concatenate([win[:, :2], win[:, :2]], axis=1)
+        out.append(np.clip(p, 0, [w, h, w, h]).astype(np.float32))
+        k += n
+    return out
 
 
 def with_looks(emb: RegionEmbeddings, photo_boxes: list[np.ndarray], looks: Looks) -> tuple[RegionEmbeddings, list[np.ndarray]]:

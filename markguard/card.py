@@ -103,7 +103,7 @@ def _regions(v) -> dict:
     if "looks" in v:
         _dict(v["looks"])
         limits = {"per_photo": (0, 64), "per_batch": (1, 4096), "margin": (1.0, 8.0), "min_score": (0.0, 1.0),
-                  "resolution": (64, 8192)}
+                  "resolution": (64, 8192), "refine": (0, 1)}
         for k, x in v["looks"].items():
             if k not in limits:
                 raise _Bad(f"looks: unknown key {k!r}; known: {', '.join(limits)}")

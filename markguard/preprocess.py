@@ -15,7 +15,7 @@ from markguard.errors import MarkguardError
 # fractions of the short side (and 2:1 wide ones for wordmarks)
 REGION_DEFAULTS = {"mode": "grid", "scales": [1.0, 0.6, 0.4, 0.25], "overlap": 0.5}
 # second looks (infer/looks.py): off unless the card or --looks asks; the rest are their settings when on
-LOOK_DEFAULTS = {"per_photo": 0, "per_batch": 64, "margin": 1.5, "min_score": 0.05, "resolution": 1280}
+LOOK_DEFAULTS = {"per_photo": 0, "per_batch": 64, "margin": 1.5, "min_score": 0.05, "resolution": 1280, "refine": 1}
 RESIZES = ("letterbox",)  # long side to the size, padded bottom/right with the mean colour
 
 
@@ -33,6 +33,7 @@ class LookSettings:
     margin: float  # a look's window is this many times its proposal's long side
     min_score: float  # proposals the head scores lower get no look
     resolution: int  # long side of the photo copy looks are cut from (the photo's own when smaller)
+    refine: int = 1  # 1: the head's best box on the look itself replaces the proposal's (tighter boxes)
 
     def replace(self, **changes) -> "LookSettings":
         import dataclasses
@@ -68,4 +69,4 @@ def resolve_preprocessing(card, *, source: str = "model card") -> Preprocessing:
                          RegionSettings(str(regions["mode"]), tuple(float(s) for s in regions["scales"]),
                                         float(regions["overlap"])),
                          LookSettings(int(looks["per_photo"]), int(looks["per_batch"]), float(looks["margin"]),
-                                      float(looks["min_score"]), int(looks["resolution"])))
+                                      float(looks["min_score"]), int(looks["resolution"]), int(looks["refine"])))
