@@ -76,9 +76,11 @@ def reference_bias(refs: np.ndarray, bank: np.ndarray, k: int = BANK_K) -> np.nd
 
 
 def normalise(similarity, bias):
-    """How far above its background level a similarity sits, on the way to 1 (an identical picture)."""
+    """How far above its background level a similarity sits, on the way to 1 (an identical picture); kept on the
+    similarity's scale [-1, 1] (far below the background, (s - bias)/(1 - bias) would pass -1), so a threshold of
+    -1 still means "every match"."""
     bias = np.minimum(np.asarray(bias, dtype=np.float32), 0.999)
-    return (np.asarray(similarity, dtype=np.float32) - bias) / (1.0 - bias)
+    return np.clip((np.asarray(similarity, dtype=np.float32) - bias) / (1.0 - bias), -1.0, 1.0)
 
 
 def hub_share(best_refs: list, shows: list) -> tuple[float, int]:

@@ -78,3 +78,11 @@ def test_index_with_bank_scores_normalised(tiny_world, tmp_path):
                 assert m["score"] == pytest.approx(float(normalise(by_mark[key], bias[ids[key]])), abs=2e-3)
                 checked += 1
     assert checked > 0
+
+
+def test_normalised_scores_stay_on_the_similarity_scale():
+    from markguard.infer.bank import normalise
+
+    out = normalise(np.array([-1.0, -0.5, 0.2, 1.0], np.float32), np.array([0.3, 0.9, 0.2, 0.5], np.float32))
+    assert out.min() >= -1.0 and out.max() <= 1.0 and out[-1] == 1.0 and out[2] == 0.0
+    assert out[1] == -1.0  # (-0.5 - 0.9) / 0.1 = -14 without the clip: below every threshold a user can give
