@@ -65,6 +65,11 @@ def test_the_scan_puts_the_probability_on_every_match_and_decides_on_it(world, t
             assert r["status"] == expected, r
         statuses.add(r["status"])
     assert {"flag", "pass"} <= statuses  # the probability decided both ways
+    # the rows depend on the combiner's numbers: a rerun with a refitted one (same path) is another scan
+    similarity_combiner(world.fingerprint, mid=mid + 0.05).save(path)
+    with pytest.raises(MarkguardError, match="another scan"):
+        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=4, workers=1, device="cpu", combiner=str(path)),
+                 progress=False)
 
 
 def test_the_index_combiner_is_the_default_and_no_combiner_turns_it_off(world, tmp_path):
