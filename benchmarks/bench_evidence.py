@@ -17,7 +17,17 @@ Two parts:
   fitted on the first half of the listings and every signal is scored on the second half:
   TPR at FPR 1% (a listing scores its best candidate), and the time OCR adds to the scan.
 
+* per signal on real photos (``--real BENCH``, a bench from ``markguard data realbench``: brands the
+  model never trained on): every ``--every``-th listing of each tier is scanned as a user scans
+  (``run_scan``: an index with a background bank, ``--verify``, ``--ocr`` at its default budget, every
+  threshold off), and each listing is scored by its best candidate under each signal alone —
+  similarity, bank-normalised similarity, verification (inliers), text (the read text naming the
+  candidate's brand) — and by the combined probability. The combiner is cross-fitted: fitted on
+  one half of the listings (every other one of each tier) and scored on the other, and the other way
+  round, so that no listing is scored by a combiner fitted on it. TPR at FPR 1% per tier.
+
     python benchmarks/bench_evidence.py --names /path/to/simple-icons/package/data/simple-icons.json
+    python benchmarks/bench_evidence.py --real BENCH --every 4 [--bank 256]
     python benchmarks/bench_evidence.py --quick
 """
 
@@ -294,6 +304,121 @@ def score_signals(rows, cands, truth, fingerprint) -> dict:
             "weights": dict(zip(combiner.features, np.round(combiner.weights, 3).tolist()))}
 
 
+# --------------------------------------------------------------------------- per signal on real photos
+
+REAL_SIGNALS = {  # a candidate's score under each signal alone; -1 where the signal said nothing of it
+    "similarity": lambda c: c.evidence["similarity"].value if "similarity" in c.evidence else -1.0,
+    "bank-normalised similarity": lambda c: c.evidence["similarity_norm"].value if "similarity_norm" in c.evidence else -1.0,
+    # inliers, with the share of the reference they cover breaking ties between equal counts
+    "verification (inliers)": lambda c: (c.evidence["geometry"].inliers + c.evidence["geometry"].coverage) if "geometry" in c.evidence else -1.0,
+    "text (names the brand)": lambda c: (1.0 / (1 + (c.evidence["text"].distance or 0))
+                                         if "text" in c.evidence and c.evidence["text"].brand == c.brand else -1.0),
+}
+
+
+def real_subset(bench: Path, every: int, out: Path) -> tuple[Path, Path]:
+    """Every ``every``-th listing of each tier, copied with the gallery under ``out`` (a scan reads only under its
+    dump's folder, and the bench's own folder is left as it is): the listings' manifest and truth."""
+    import csv
+    import shutil
+
+    with open(bench / "truth.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if int(r["listing_id"].rsplit("-", 1)[1]) % every == 0]
+        fields = reader.fieldnames
+    listings = out / "listings"
+    listings.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        shutil.copy2(bench / "listings" / f"{r['listing_id']}.jpg", listings / f"{r['listing_id']}.jpg")
+    with open(listings / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["listing_id", "image_path"], *([r["listing_id"], f"{r['listing_id']}.jpg"] for r in rows)])
+    with open(out / "truth.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    if not (out / "gallery").exists():
+        shutil.copytree(bench / "gallery", out / "gallery")
+    return listings / "manifest.csv", out / "truth.csv"
+
+
+def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: float, model: str | None) -> dict:
+    """Scan the subset with every signal on; score each signal alone and the cross-fitted combination per tier."""
+    from markguard.datasets.realbench import NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, read_truth
+    from markguard.infer.build import build_index
+    from markguard.infer.combine import fit_combiner
+    from markguard.infer.evidence import candidate_from_json
+    from markguard.infer.results import read_results
+    from markguard.infer.scan import ScanOptions, run_scan
+    from markguard.train.calibrate import threshold_at_fpr
+
+    manifest, truth_path = real_subset(bench, every, workdir)
+    truth = read_truth(truth_path)
+    t0 = time.perf_counter()
+    build_index(workdir / "gallery", workdir / "index", model=model, kind="flat", device="cpu", bank=bank)
+    index_s = time.perf_counter() - t0
+    opts = ScanOptions(workers=1, verify=True, ocr=True, ocr_budget=ocr_budget, flag=-1.0, review=-1.0, combiner=None, device="cpu")
+    summary = run_scan(manifest, [workdir / "index"], workdir / "scan", model=model, opts=opts, progress=True, progress_every_s=60)
+    rows = {r.listing_id: r for r in read_results(workdir / "scan" / "results.jsonl")}
+    ids = [i for i in truth if i in rows]
+    cands = {i: [candidate_from_json(m.to_json()) for m in rows[i].matches] for i in ids}
+
+    def label(i, c):
+        return truth[i].tier in POSITIVE_TIERS and c.brand == truth[i].brand
+
+    # two halves, every other listing of each tier; each scored by the combiner fitted on the other
+    by_tier: dict[str, list[str]] = {}
+    for i in ids:
+        by_tier.setdefault(truth[i].tier, []).append(i)
+    halves = [[i for t in by_tier.values() for i in t[h::2]] for h in (0, 1)]
+    fingerprint = summary["model"]["fingerprint"]
+    weights = []
+    for fit_half, test_half in ((halves[0], halves[1]), (halves[1], halves[0])):
+        fc = [c for i in fit_half for c in cands[i]]
+        combiner = fit_combiner(fc, [label(i, c) for i in fit_half for c in cands[i]], model_fingerprint=fingerprint)
+        weights.append(dict(zip(combiner.features, np.round(combiner.weights, 2).tolist())))
+        for i in test_half:
+            for c, p in zip(cands[i], combiner.probabilities(cands[i])):
+                c.probability = float(p)
+    signals = {**REAL_SIGNALS, "combined probability": lambda c: c.probability}
+    tier = np.array([truth[i].tier for i in ids])
+    neg = np.isin(tier, NEGATIVE_TIERS)
+    table: dict[str, dict] = {}
+    for name, f in signals.items():
+        best = [max(cands[i], key=f) if cands[i] else None for i in ids]
+        score = np.array([f(b) if b is not None else -1.0 for b in best])
+        thr = threshold_at_fpr(score[neg], 0.01)
+        hit = score >= thr
+        right = np.array([b is not None and b.brand == truth[i].brand for b, i in zip(best, ids)])
+        table[name] = {"threshold": thr, "fpr": float(hit[neg].mean()),
+                       "tiers": {t: {"n": int((tier == t).sum()), "tpr": float(hit[tier == t].mean()),
+                                     "right": float((hit & right)[tier == t].mean()) if t in POSITIVE_TIERS else None}
+                                 for t in TIERS if (tier == t).any()},
+                       "all": {"n": int((~neg).sum()), "tpr": float(hit[~neg].mean()), "right": float((hit & right)[~neg].mean())}}
+    seen = {name: sum(any(f(c) > -1.0 for c in cands[i]) for i in ids) for name, f in REAL_SIGNALS.items()}
+    return {"listings": len(ids), "negatives": int(neg.sum()), "table": table, "weights": weights, "seen": seen,
+            "stage_seconds": summary["stage_seconds"], "seconds": summary["seconds"], "images_per_s": summary["images_per_s"],
+            "index_s": index_s, "halves": [len(h) for h in halves]}
+
+
+def print_real(res: dict, args) -> None:
+    tiers = [t for t in next(iter(res["table"].values()))["tiers"]]
+    print(f"\n## per signal on real photos: {res['listings']} listings of {args.real} (every {args.every}th of each tier), "
+          f"{res['negatives']} negative; combiner cross-fitted on halves of {res['halves']} listings\n")
+    print("TPR at FPR 1% (right brand) per tier; FPR on the negative tiers at that threshold\n")
+    print("| signal | " + " | ".join(f"{t} ({res['table']['similarity']['tiers'][t]['n']})" for t in tiers) + " | all positive | FPR |")
+    print("|---|" + "---:|" * (len(tiers) + 2))
+    for name, r in res["table"].items():
+        cells = [f"{r['tiers'][t]['tpr']:.3f}" + (f" ({r['tiers'][t]['right']:.3f})" if r["tiers"][t]["right"] is not None else "")
+                 for t in tiers]
+        print(f"| {name} | " + " | ".join(cells) + f" | {r['all']['tpr']:.3f} ({r['all']['right']:.3f}) | {r['fpr']:.3f} |")
+    st = res["stage_seconds"]
+    total = sum(st.values())
+    print(f"\nlistings with some evidence of each signal: {res['seen']}")
+    print(f"scan {res['seconds']:.0f} s ({res['images_per_s']} img/s); stage seconds {st}; verify + evidence (OCR) "
+          f"{(st.get('verify', 0) + st.get('evidence', 0)) / max(total, 1e-9):.0%} of the stages' time; index build {res['index_s']:.0f} s")
+    print(f"combiner weights (standardised features), one per half: {res['weights']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--names", help="simple-icons data/simple-icons.json (default: a built-in list of 14 brands)")
@@ -307,7 +432,23 @@ def main(argv=None) -> int:
     ap.add_argument("--min-confidence", type=float, default=OcrConfig.min_confidence, help="recognised lines below this are dropped")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a few samples, for the test suite")
+    ap.add_argument("--real", help="a real-photo bench folder (`markguard data realbench`): only the per-signal table on it")
+    ap.add_argument("--every", type=int, default=4, help="with --real: scan every N-th listing of each tier")
+    ap.add_argument("--bank", type=int, default=256, help="with --real: background pictures of the index's bank")
+    ap.add_argument("--model", help="with --real: checkpoint folder (default: the shipped model)")
+    ap.add_argument("--out", help="with --real: keep the index, scan and results here (default: a temporary folder)")
     args = ap.parse_args(argv)
+    if args.real:
+        import tempfile
+
+        print(f"# bench_evidence --real  {platform.processor() or platform.machine()}  {time.strftime('%Y-%m-%d %H:%M')}")
+        with tempfile.TemporaryDirectory(prefix="bench-evidence-real-") as tmp:
+            work = Path(args.out or tmp)
+            res = real_part(Path(args.real), args.every, work, bank=args.bank, ocr_budget=float(args.ocr_budget), model=args.model)
+        print_real(res, args)
+        if args.out:
+            (Path(args.out) / "bench_evidence_real.json").write_text(json.dumps(res, indent=2))
+        return 0
     if args.quick:
         args.text_samples, args.ocr_crops, args.ocr_negatives, args.listings, args.swapped = 10, 3, 1, 16, 4
     rng = np.random.default_rng(args.seed)

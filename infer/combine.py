@@ -23,6 +23,8 @@ from markguard.infer.evidence import SIGNALS, Candidate, candidate_from_json, en
 FORMAT = "markguard-combiner"
 VERSION = 1
 COMBINER_FILE = "combiner.json"
+FLAG_PROBABILITY = 0.5  # the policy's thresholds on the probability, unless the command line gives others
+REVIEW_PROBABILITY = 0.2
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -85,13 +87,21 @@ class Combiner:
     model_fingerprint: str
     isotonic: tuple[list[float], list[float]] | None = None
     fitted: dict = field(default_factory=dict)  # what it was fitted on and how well it did there
+    # Signals of the fit that the scan in use does not collect at all (no --ocr, no --verify, an index
+    # without a bank): they enter at their fitted mean, so they raise or lower nothing, rather than
+    # reading as "checked and found nothing". Set for a scan by ``load_for_scan``; not saved.
+    absent: tuple[str, ...] = ()
 
     @property
     def features(self) -> list[str]:
         return feature_names(self.signals)
 
     def logistic(self, X: np.ndarray) -> np.ndarray:
-        Z = (np.atleast_2d(X) - np.asarray(self.mean)) / np.asarray(self.scale)
+        X = np.atleast_2d(X)
+        if self.absent:
+            cols = np.asarray([f for s in self.signals for f in [s in self.absent] * len(SIGNALS[s].features)])
+            X = np.where(cols, np.asarray(self.mean), X)
+        Z = (X - np.asarray(self.mean)) / np.asarray(self.scale)
         return _sigmoid(Z @ np.asarray(self.weights) + self.bias)
 
     def probabilities(self, candidates: list[Candidate]) -> np.ndarray:
@@ -101,6 +111,21 @@ class Combiner:
         if self.isotonic is not None:
             p = np.interp(p, *self.isotonic)
         return p
+
+    def score_matches(self, matches: list) -> None:
+        """Set each ``results.Match``'s probability from its evidence, read as results.jsonl holds it (so a combiner
+        fitted on a scan's results sees at scan time exactly the numbers it was fitted on)."""
+        cands = [candidate_from_json(m.to_json()) for m in matches]
+        for m, p in zip(matches, self.probabilities(cands)):
+            m.probability = float(p)
+
+    def summary(self) -> dict:
+        """What summary.json and scan.json say of it: its signals, those the scan lacks, and a digest of its numbers."""
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+        return {"signals": list(self.signals), "absent": list(self.absent), "sha256": digest,
+                "model_fingerprint": self.model_fingerprint, "fitted": self.fitted}
 
     def apply(self, candidates: list[Candidate]) -> list[Candidate]:
         """Set each candidate's probability; best first."""
@@ -182,6 +207,25 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def load_for_scan(spec: str | Path | None, searchers: list, opts) -> tuple[Combiner | None, Path | None]:
+    """The combiner a scan uses, loaded once and checked against its model and indexes, and where it came from.
+
+    ``spec``: None (none), ``"auto"`` (the first index's ``combiner.json`` when there is one) or a path.
+    """
+    if spec is None:
+        return None, None
+    path = Path(searchers[0].path) / COMBINER_FILE if spec == "auto" else Path(spec)
+    if spec == "auto" and not path.is_file():
+        return None, None
+    combiner = Combiner.load(path)
+    try:
+        combiner.check(searchers[0].card.fingerprint, [s.card.fingerprint for s in searchers], source=str(path))
+    except MarkguardError as e:
+        raise MarkguardError(f"{e}; or scan with --no-combiner") from None
+    combiner.absent = tuple(s for s in combiner.signals if not SIGNALS[s].collected(opts, searchers))
+    return combiner, path
+
+
 def fit_combiner(candidates: list[Candidate], labels, *, model_fingerprint: str, signals: list[str] | None = None,
                  isotonic: bool = False, l2: float = 1.0, source: str = "") -> Combiner:
     """Fit on candidates labelled True when the photo shows the candidate's brand."""
@@ -205,36 +249,6 @@ def fit_combiner(candidates: list[Candidate], labels, *, model_fingerprint: str,
     c.fitted = {"candidates": len(y), "positives": n_pos, "source": source,
                 "log_loss": round(float(-np.mean(y * np.log(np.clip(p, 1e-12, 1)) + (1 - y) * np.log(np.clip(1 - p, 1e-12, 1)))), 4)}
     return c
-
-
-# --------------------------------------------------------------------------- the policy on probabilities
-
-@dataclass
-class ProbabilityPolicy:
-    """``flag`` and ``review`` on the combined probability (not on a similarity); the seller allowlist as in ``decide.Policy``."""
-
-    flag: float = 0.5
-    review: float = 0.2
-    authorized: dict[str, list[str]] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if not 0.0 <= self.review <= self.flag <= 1.0:
-            raise MarkguardError(f"probability thresholds review {self.review} and flag {self.flag} must satisfy 0 <= review <= flag <= 1")
-
-    def decide(self, candidates: list[Candidate], seller_id: str | None) -> tuple[str, Candidate | None]:
-        """Status of a photo and the candidate that decided it (the most probable one when it passes)."""
-        ranked = sorted(candidates, key=lambda c: -(c.probability or 0.0))
-        allowed = None
-        for level, t in (("flag", self.flag), ("review", self.review)):
-            for c in ranked:
-                if (c.probability or 0.0) >= t:
-                    if seller_id is not None and seller_id in self.authorized.get(c.brand, ()):
-                        allowed = allowed or c
-                        continue
-                    return level, c
-        if allowed is not None:
-            return "allowed", allowed
-        return "pass", ranked[0] if ranked else None
 
 
 # --------------------------------------------------------------------------- fitting from a labelled scan

@@ -1,8 +1,8 @@
-"""Decide: each photo's status from its matches — thresholds (global, per brand), the review band, the seller allowlist — as result rows."""
+"""Decide: each photo's status from its matches — thresholds (global, per brand, or on the combiner's probability), the review band, the seller allowlist — as result rows."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from markguard.errors import MarkguardError
 from markguard.infer.results import Match, ScanRow
@@ -10,7 +10,11 @@ from markguard.infer.results import Match, ScanRow
 
 @dataclass
 class Policy:
-    """``flag`` and ``review`` similarities; a brand's own flag threshold shifts its review one by the same band."""
+    """``flag`` and ``review`` similarities; a brand's own flag threshold shifts its review one by the same band.
+
+    With a ``combiner`` (infer/combine.py), ``flag`` and ``review`` are on its probability instead, the same
+    for every brand and index (a per-brand similarity means nothing on a probability).
+    """
 
     flag: float
     review: float
@@ -20,28 +24,43 @@ class Policy:
     # Scores of different models are not comparable: an index built with its own model brings its own
     # calibrated (flag, review); its name → {"flag": .., "review": ..}. Empty when one model serves all.
     per_index: dict[str, dict[str, float]] = field(default_factory=dict)
+    combiner: object | None = None  # an infer.combine.Combiner; loaded and checked once, before the scan
 
     def __post_init__(self):
+        if self.combiner is not None:
+            if not 0.0 <= self.review <= self.flag <= 1.0:
+                raise MarkguardError(f"probability thresholds review {self.review} and flag {self.flag} must satisfy "
+                                     "0 <= review <= flag <= 1 (with a combiner the thresholds are on its probability; scan with --no-combiner for similarities)")
+            return
         for name, (flag, review) in [("", (self.flag, self.review))] + [(n, (t["flag"], t["review"])) for n, t in self.per_index.items()]:
             if review > flag:
                 where = f" of index {name}" if name else ""
                 raise MarkguardError(f"review threshold {review}{where} is above the flag threshold {flag}; the review band lies below flag")
 
+    def value(self, m) -> float:
+        """What the thresholds apply to: the match's probability with a combiner, else its similarity score."""
+        if self.combiner is not None:
+            return m.probability if m.probability is not None else 0.0
+        return m.score
+
     def thresholds(self, brand: str, index: str | None = None) -> tuple[float, float]:
         """(flag, review) for a match of ``brand`` found in ``index``; a brand's own flag keeps the review band's width."""
+        if self.combiner is not None:
+            return self.flag, self.review
         base = self.per_index.get(index) if index is not None else None
         g_flag, g_review = (base["flag"], base["review"]) if base else (self.flag, self.review)
         flag = self.per_brand.get(brand, g_flag)
         return flag, flag - (g_flag - g_review)
 
-    def decide(self, matches: list[Match], seller_id: str | None) -> tuple[str, Match | None]:
-        """Status of a photo and the match that decided it (the best one when it passes)."""
-        ranked = sorted(matches, key=lambda m: -m.score)
+    def decide(self, matches: list, seller_id: str | None) -> tuple[str, object | None]:
+        """Status of a photo and the match that decided it (the best one when it passes); ``matches`` are
+        ``Match``es, or with a combiner anything with a ``brand``, an ``index`` and a ``probability``."""
+        ranked = sorted(matches, key=lambda m: -self.value(m))
         allowed = None
         for level in ("flag", "review"):
             for m in ranked:
                 flag, review = self.thresholds(m.brand, m.index)
-                if m.score >= (flag if level == "flag" else review):
+                if self.value(m) >= (flag if level == "flag" else review):
                     if seller_id is not None and seller_id in self.authorized.get(m.brand, ()):
                         allowed = allowed or m
                         continue
@@ -51,12 +70,28 @@ class Policy:
         return "pass", ranked[0] if ranked else None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(replace(self, combiner=None))
+        del d["combiner"]
+        if self.combiner is not None:  # what the thresholds are on, and a digest that changes with any refit
+            d["on"] = "probability"
+            d["combiner"] = self.combiner.summary()
+        return d
 
 
 def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: float | None = None,
-                   review: float | None = None, per_index_cards: dict[str, dict] | None = None) -> Policy:
-    """Command line > model card (calibrated) for the global thresholds; brands.yaml > calibrated per brand."""
+                   review: float | None = None, per_index_cards: dict[str, dict] | None = None, combiner=None) -> Policy:
+    """Command line > model card (calibrated) for the global thresholds; brands.yaml > calibrated per brand.
+    With a ``combiner``: command line > the combiner's probability thresholds; the allowlist as always."""
+    authorized = {b: list(meta.get("authorized_sellers") or []) for b, meta in brands.items() if meta.get("authorized_sellers")}
+    if combiner is not None:
+        from markguard.infer.combine import FLAG_PROBABILITY, REVIEW_PROBABILITY
+
+        p_flag = flag if flag is not None else FLAG_PROBABILITY
+        p_review = review if review is not None else min(REVIEW_PROBABILITY, p_flag)
+        sources = {"flag": "command line" if flag is not None else "combiner default",
+                   "review": "command line" if review is not None else "combiner default",
+                   "per_brand": "not applied: the thresholds are on the combiner's probability"}
+        return Policy(p_flag, p_review, {}, authorized, sources, {}, combiner)
     sources = {"flag": "command line" if flag is not None else "model card",
                "review": "command line" if review is not None else "model card"}
     g_flag = flag if flag is not None else float(card_thresholds.get("flag", 0.6))
@@ -71,7 +106,6 @@ def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: floa
         if meta.get("threshold") is not None:
             per_brand[b] = float(meta["threshold"])
             sources[f"brand:{b}"] = "brands.yaml"
-    authorized = {b: list(meta.get("authorized_sellers") or []) for b, meta in brands.items() if meta.get("authorized_sellers")}
     per_index = {}
     if flag is None and review is None:  # a command-line threshold applies to every index alike
         for name, thr in (per_index_cards or {}).items():
@@ -90,10 +124,13 @@ def decide_rows(batch, per_photo: list[list[Match]], policy: Policy, max_matches
         if pos in batch.errors:
             rows.append(ScanRow(item.listing_id, item.image, item.seller_id, "error", None, None, None, None, [], batch.errors[pos]))
             continue
-        matches = sorted(per_photo[ok_pos[pos]], key=lambda m: -m.score)
+        found = per_photo[ok_pos[pos]]
+        if policy.combiner is not None:
+            policy.combiner.score_matches(found)
+        matches = sorted(found, key=lambda m: -policy.value(m))
         status, decider = policy.decide(matches, item.seller_id)
-        best = matches[0].score if matches else None
-        shown = [m for m in matches if m.score >= policy.thresholds(m.brand, m.index)[1]][:max_matches]
+        best = max((m.score for m in matches), default=None)  # the row's score is the best similarity, whatever decided
+        shown = [m for m in matches if policy.value(m) >= policy.thresholds(m.brand, m.index)[1]][:max_matches]
         if status == "pass":
             rows.append(ScanRow(item.listing_id, item.image, item.seller_id, "pass", best, None, None, None, shown))
         else:

@@ -41,6 +41,7 @@ class Geometry:
     inliers: int
     coverage: float  # inliers / reference keypoints, in [0, 1]
     verified: bool  # a plausible homography was found
+    outline: tuple[tuple[float, float], ...] | None = None  # the reference's corners projected into the photo's pixels, when verified
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Candidate:
     box: list[int] | None
     evidence: dict[str, object] = field(default_factory=dict)
     probability: float | None = None  # set by a combiner
+    index: str | None = None  # which index it came from, when a scan searches several
 
     def evidence_json(self) -> dict:
         out: dict = {}
@@ -85,6 +87,9 @@ class Signal:
     encode: Callable[[object, Candidate], tuple[float, ...]]  # the record (never None) and its candidate -> the numbers after "_seen"
     to_json: Callable[[object], dict]
     from_json: Callable[[dict], object | None]  # a match's ``evidence`` -> the record, None when absent
+    # whether a scan with these ``ScanOptions`` and searchers collects it at all (a combiner treats a signal
+    # no candidate can have apart from one a candidate merely lacks)
+    collected: Callable[[object, list], bool] = lambda opts, searchers: True
 
 
 SIGNALS: dict[str, Signal] = {}
@@ -115,15 +120,17 @@ def encode(candidate: Candidate, signals: list[str] | None = None) -> np.ndarray
 
 
 def candidate_from_json(match: dict) -> Candidate:
-    """A match as written in results.jsonl back into a candidate with typed evidence; a match without
-    ``evidence`` (a scan from before evidence) keeps its ``score`` as the similarity."""
-    raw = match.get("evidence") or {"similarity": match.get("score")}
+    """A match as written in results.jsonl back into a candidate with typed evidence; a match whose evidence has
+    no ``similarity`` (a scan that measured nothing beyond it, or from before evidence) keeps its ``score`` as the similarity."""
+    raw = dict(match.get("evidence") or {})
+    if "similarity" not in raw:
+        raw["similarity"] = match.get("score")
     evidence = {}
     for name, sig in SIGNALS.items():
         ev = sig.from_json(raw)
         if ev is not None:
             evidence[name] = ev
-    return Candidate(match["brand"], match.get("mark"), match.get("box"), evidence, match.get("probability"))
+    return Candidate(match["brand"], match.get("mark"), match.get("box"), evidence, match.get("probability"), match.get("index"))
 
 
 def _num(raw: dict, key: str, kind=float):
@@ -150,16 +157,28 @@ register(Signal(
     to_json=lambda ev: {"similarity_norm": round(float(ev.value), 4), "background": round(float(ev.background), 4)},
     from_json=lambda raw: None if _num(raw, "similarity_norm") is None
     else SimilarityNorm(_num(raw, "similarity_norm"), _num(raw, "background") or 0.0),
+    collected=lambda opts, searchers: any(s.bias for s in searchers),  # an index built with a background bank
 ))
 
 register(Signal(
     "geometry", Geometry, ("geometry_seen", "log_inliers", "coverage", "verified"),
     # inliers grow with the mark's detail: their logarithm keeps a 200-inlier copy from swamping every other signal
     encode=lambda ev, c: (math.log1p(ev.inliers), ev.coverage, float(ev.verified)),
-    to_json=lambda ev: {"inliers": int(ev.inliers), "coverage": round(float(ev.coverage), 4), "verified": bool(ev.verified)},
+    to_json=lambda ev: {"inliers": int(ev.inliers), "coverage": round(float(ev.coverage), 4), "verified": bool(ev.verified)}
+    | ({} if ev.outline is None else {"outline": [[round(float(x), 1), round(float(y), 1)] for x, y in ev.outline]}),
     from_json=lambda raw: None if _num(raw, "inliers", int) is None
-    else Geometry(_num(raw, "inliers", int), _num(raw, "coverage") or 0.0, bool(raw.get("verified", False))),
+    else Geometry(_num(raw, "inliers", int), _num(raw, "coverage") or 0.0, bool(raw.get("verified", False)), _outline(raw.get("outline"))),
+    collected=lambda opts, searchers: bool(opts.verify),
 ))
+
+
+def _outline(v) -> tuple[tuple[float, float], ...] | None:
+    if v is None:
+        return None
+    if (not isinstance(v, list) or len(v) != 4 or any(not isinstance(p, list) or len(p) != 2 for p in v)
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for p in v for x in p)):
+        raise MarkguardError(f"evidence 'outline' is {v!r}, not four [x, y] points")
+    return tuple((float(x), float(y)) for x, y in v)
 
 
 def _text_encode(ev: Text, c: Candidate) -> tuple[float, ...]:
@@ -189,7 +208,8 @@ def _text_from_json(raw: dict) -> Text | None:
 
 
 register(Signal("text", Text, ("text_seen", "text_read", "text_same_brand", "text_other_brand"),
-                encode=_text_encode, to_json=_text_json, from_json=_text_from_json))
+                encode=_text_encode, to_json=_text_json, from_json=_text_from_json,
+                collected=lambda opts, searchers: bool(opts.ocr)))
 
 
 # --------------------------------------------------------------------------- producing evidence
@@ -202,9 +222,16 @@ def normalised_similarity(similarity: float, bias: float) -> SimilarityNorm:
     return SimilarityNorm(float(normalise(similarity, bias)), float(bias))
 
 
-def geometry(verification, reference_points: int) -> Geometry:
-    """Evidence from an ``infer.verify.Verification`` of a reference with ``reference_points`` keypoints."""
-    return Geometry(int(verification.inliers), min(1.0, verification.inliers / max(1, reference_points)), bool(verification.verified))
+def geometry(verification, reference_points: int, outline=None) -> Geometry:
+    """Evidence from an ``infer.verify.Verification`` of a reference with ``reference_points`` keypoints; ``outline``: its
+    projected corners in the photo's pixels."""
+    return Geometry(int(verification.inliers), min(1.0, verification.inliers / max(1, reference_points)), bool(verification.verified),
+                    None if outline is None else tuple((float(x), float(y)) for x, y in outline))
+
+
+def attach(match, name: str, record) -> None:
+    """Add a signal's record to a ``results.Match``'s evidence, in its results.jsonl form (what calibration will read back)."""
+    match.evidence = {**(match.evidence or {}), **SIGNALS[name].to_json(record)}
 
 
 def text_evidence(read, lexicon) -> Text:
@@ -241,7 +268,8 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
     for i, found in enumerate(matches):
         cands = []
         for j, m in enumerate(found):
-            ev: dict[str, object] = {"similarity": Similarity(float(m.score))}
+            # the evidence the scan's stages already gave the match (search, verify), else its score as the similarity
+            ev = candidate_from_json({"brand": m.brand, "score": m.score, "evidence": m.evidence}).evidence
             g = verified[i][j] if verified is not None else None
             if g is not None:
                 ev["geometry"] = g

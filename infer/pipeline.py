@@ -42,6 +42,9 @@ class ScanOptions:
     ocr_budget: float = 0.25  # share of each batch's photos OCR may read
     looks: int | None = None  # second looks per photo (infer/looks.py); None: the model card's regions.looks.per_photo
     looks_per_batch: int | None = None  # at most this many second looks a batch; None: the card's
+    # the evidence combiner (infer/combine.py) whose probability the thresholds apply to: a combiner.json,
+    # "auto" (the first index's, when it has one) or None (thresholds on the similarity)
+    combiner: str | None = "auto"
 
 
 STAGES = ("decode", "regions", "embed", "look", "search", "verify", "decide", "write")  # always reported, in this order

@@ -26,6 +26,10 @@ STATUS_ORDER = ("flag", "review", "allowed", "pass", "error")
 DEFAULT_STATUSES = ("flag", "review", "allowed")
 BEST_BOX = (230, 0, 0)  # the best match: saturated red reads on almost any photo
 OTHER_BOX = (255, 170, 0)  # further matches, so the eye goes to the best one first
+OUTLINE = (0, 200, 60)  # the verified outline of the reference: green, apart from both boxes
+# what the page shows of a match's evidence (docs/contracts.md), each with the type it must have to be shown
+EVIDENCE_KEYS = {"similarity": float, "similarity_norm": float, "background": float, "inliers": int, "coverage": float,
+                 "verified": bool, "text": str, "text_brand": str, "text_distance": int, "text_error": str}
 PLACEHOLDER = "unavailable.jpg"
 MAX_ERRORS_LISTED = 2000  # a broken dump can error on every row; the page must stay openable
 THUMBS = Path("report") / "thumbs"
@@ -44,6 +48,36 @@ class ReportRow:
     thumb: str = PLACEHOLDER
     ref: str | None = None
     note: str | None = None  # why the listing photo could not be shown
+    outline: list[list[float]] | None = None  # the deciding match's verified outline, original pixels
+
+    @property
+    def decider(self):
+        """The match that decided the row (the one with its brand, mark and box), else its best."""
+        r = self.result
+        for m in r.matches:
+            if (m.brand, m.mark, m.box) == (r.brand, r.mark, r.box):
+                return m
+        return r.matches[0] if r.matches else None
+
+    def evidence_js(self) -> dict | None:
+        """The deciding match's probability and evidence, only the known keys with their expected types."""
+        m = self.decider
+        if m is None:
+            return None
+        ev = m.evidence or {}
+        out = {"probability": None if m.probability is None else round(float(m.probability), 4), "similarity": ev.get("similarity", m.score)}
+        for key, kind in EVIDENCE_KEYS.items():
+            v = ev.get(key, out.get(key))
+            if kind is float and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[key] = round(float(v), 4)
+            elif kind is int and isinstance(v, int) and not isinstance(v, bool):
+                out[key] = v
+            elif isinstance(v, kind):
+                out[key] = v
+            else:
+                out.pop(key, None)
+        out["outline"] = self.outline is not None
+        return {k: v for k, v in out.items() if v is not None}
 
     def to_js(self) -> dict:
         r = self.result
@@ -58,6 +92,7 @@ class ReportRow:
             "thumb": self.thumb,
             "ref": self.ref,
             "note": self.note,
+            "evidence": self.evidence_js(),
             # the best is the row itself; five more is plenty to read
             "matches": [{"brand": m.brand, "mark": m.mark, "score": m.score} for m in r.matches[1:6]],
         }
@@ -125,7 +160,11 @@ def read_scan_output(out_dir: Path, statuses: tuple[str, ...]) -> ScanOutput:
                 scan.errors.append(row)
         elif row.status in statuses:
             boxes = [b for b in [row.box] + [m.box for m in row.matches[1:]] if _valid_box(b)]
-            scan.rows.append(ReportRow(n, row, boxes))
+            rr = ReportRow(n, row, boxes)
+            decider = rr.decider
+            outline = (decider.evidence or {}).get("outline") if decider is not None else None
+            rr.outline = outline if _valid_outline(outline) else None
+            scan.rows.append(rr)
     return scan
 
 
@@ -166,9 +205,10 @@ def _listing_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: set[
             else:
                 reason = None
                 for row in rows:
-                    name = "l-" + _digest(row.result.image, json.dumps(row.boxes)) + ".jpg"
+                    name = "l-" + _digest(row.result.image, json.dumps(row.boxes), json.dumps(row.outline)) + ".jpg"
                     if name not in written:
-                        atomic_write_bytes(thumbs_dir / name, _jpeg(_listing_thumb(decoded.image, decoded.orig_size, row.boxes, size)))
+                        thumb = _listing_thumb(decoded.image, decoded.orig_size, row.boxes, size, row.outline)
+                        atomic_write_bytes(thumbs_dir / name, _jpeg(thumb))
                         written.add(name)
                     row.thumb = name
             for row in rows:
@@ -221,13 +261,16 @@ def _reference_thumbs(scan: ScanOutput, thumbs_dir: Path, size: int, written: se
     return []
 
 
-def _listing_thumb(image: Image.Image, orig_size: tuple[int, int], boxes: list[list[float]], size: int) -> Image.Image:
+def _listing_thumb(image: Image.Image, orig_size: tuple[int, int], boxes: list[list[float]], size: int,
+                   outline: list[list[float]] | None = None) -> Image.Image:
     thumb = image.copy()
     thumb.thumbnail((size, size))
     # boxes are in the original's pixels; the decoded image may already be reduced (JPEG draft), so scale from orig_size
     sx, sy = thumb.width / orig_size[0], thumb.height / orig_size[1]
     draw = ImageDraw.Draw(thumb)
     width = max(2, round(size / 64))
+    if outline is not None:  # under the boxes: where keypoints put the genuine mark's corners
+        draw.polygon([(x * sx, y * sy) for x, y in outline], outline=OUTLINE, width=width)
     for i, (x0, y0, x1, y1) in reversed(list(enumerate(boxes))):  # best drawn last, on top
         rect = [
             min(max(x0 * sx, 0), thumb.width - 1),
@@ -338,3 +381,8 @@ def _valid_box(b) -> bool:
     except (TypeError, ValueError):
         return False
     return all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x1 > x0 and y1 > y0
+
+
+def _valid_outline(v) -> bool:
+    return (isinstance(v, list) and len(v) == 4 and all(isinstance(p, list) and len(p) == 2 for p in v)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for p in v for x in p))

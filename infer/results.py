@@ -21,6 +21,7 @@ STATE = "scan.json"  # what a resume must match: the input, the indexes, the opt
 PARQUET = "results.parquet"
 ROW_KEYS = ("listing_id", "image", "seller_id", "status", "score", "brand", "mark", "box", "matches", "error")
 STATUSES = ("flag", "review", "pass", "allowed", "error")
+MATCH_KEYS = {"brand", "mark", "score", "box", "index", "evidence", "probability"}
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Match:
     box: list[int] | None
     index: str | None = None  # which index it came from, when a scan searches several
     evidence: dict | None = None  # what else supports the match (see docs/contracts.md); None when nothing was measured
+    probability: float | None = None  # the combiner's probability that the photo shows this mark; None without a combiner
 
     def to_json(self) -> dict:
         d = {"brand": self.brand, "mark": self.mark, "score": round(float(self.score), 4), "box": self.box}
@@ -40,20 +42,25 @@ class Match:
             d["index"] = self.index
         if self.evidence is not None:
             d["evidence"] = self.evidence
+        if self.probability is not None:
+            d["probability"] = round(float(self.probability), 4)
         return d
 
     @classmethod
     def from_json(cls, d) -> Match:
         if not isinstance(d, dict):
             raise ValueError(f"a match is a {type(d).__name__}, not an object")
-        unknown = set(d) - {"brand", "mark", "score", "box", "index", "evidence"}
+        unknown = set(d) - MATCH_KEYS
         if unknown:
             raise ValueError(f"match has unknown key(s) {sorted(unknown)}")
         evidence = d.get("evidence")
         if evidence is not None and not isinstance(evidence, dict):
             raise ValueError("match evidence is not an object")
+        probability = _number(d, "probability", optional=True)
+        if probability is not None and not 0.0 <= probability <= 1.0:
+            raise ValueError(f"match probability {probability} is not between 0 and 1")
         return cls(_str(d, "brand"), _str(d, "mark"), _number(d, "score"), _box(d.get("box")),
-                   _str(d, "index", optional=True), evidence)
+                   _str(d, "index", optional=True), evidence, probability)
 
 
 @dataclass

@@ -119,14 +119,15 @@ def _total(source, shard_spec) -> int | None:
     return total
 
 
-def _policy(searchers: list[Searcher], opts: ScanOptions) -> Policy:
+def _policy(searchers: list[Searcher], opts: ScanOptions, combiner=None) -> Policy:
     brands: dict[str, dict] = {}
     for s in searchers:
         brands.update(s.brands)
     per_index = None
     if len({s.card.fingerprint for s in searchers}) > 1:  # several models: each index is judged by its own calibration
         per_index = {s.name: s.card.thresholds for s in searchers}
-    return resolve_policy(searchers[0].card.thresholds, brands, flag=opts.flag, review=opts.review, per_index_cards=per_index)
+    return resolve_policy(searchers[0].card.thresholds, brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
+                          combiner=combiner)
 
 
 @holds_output_folder
@@ -152,7 +153,11 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     searchers = load_searchers(index_paths, model, opts.device, opts.backend, compile=opts.compile)
     open_dump(source)
     card = searchers[0].card
-    policy = _policy(searchers, opts)
+    from markguard.infer.combine import load_for_scan
+
+    combiner, combiner_path = load_for_scan(opts.combiner, searchers, opts)  # once: every batch and Ray actor gets this one
+    opts = dataclasses.replace(opts, combiner=None if combiner_path is None else str(combiner_path.resolve()))
+    policy = _policy(searchers, opts, combiner)
     finished = open_output(out_dir, pins(source, searchers, policy, opts), resume=resume, formats=formats,
                            items=item_source(source, opts.shard))
     if finished is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from markguard.errors import DecodeError, MarkguardError
+from markguard.infer.evidence import Similarity, attach, geometry
 from markguard.infer.results import Match
 from markguard.preprocess import resolve_preprocessing
 
@@ -244,7 +245,9 @@ def to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
 def verify_matches(x: torch.Tensor, found: list[list[Match]], searcher, to_orig: list[tuple[float, float]], factor: float,
                    cfg: VerifyConfig | None = None, *, orig_size: list[tuple[int, int]] | None = None) -> list[list[Match]]:
     """Check each photo's best ``cfg.candidates`` matches against their reference marks: a verified match gets a
-    higher score and the projected reference's box; the rest pass through unchanged. Returns ``found``'s shape.
+    higher score and the projected reference's box; every checked match gets its geometric evidence (inliers, the
+    share of the reference's keypoints they cover, the projected outline); the rest pass through unchanged.
+    Returns ``found``'s shape.
 
     ``x`` is the letterboxed batch the boxes were found in; a box in original pixels maps to it by
     dividing by ``to_orig[i]`` and multiplying by ``factor`` (the scan-size rescale). With ``orig_size``,
@@ -267,21 +270,31 @@ def verify_matches(x: torch.Tensor, found: list[list[Match]], searcher, to_orig:
                 checked.append(m)
                 continue
             box = np.asarray(m.box, dtype=np.float64) / scale
-            best = Verification(0, 0, None, None)
+            best, best_ref = Verification(0, 0, None, None), None
             for src in sources.get((m.brand, m.mark), []):
                 ref = reference_features(src, cfg.method, cfg.ref_side)
                 if ref is None:
                     continue
                 v = verify_region(image, box, ref, cfg)
-                if v.inliers > best.inliers and (v.verified or not best.verified):
-                    best = v
+                if best_ref is None or (v.inliers > best.inliers and (v.verified or not best.verified)):
+                    best, best_ref = v, ref
+            if best_ref is None:  # no reference could be read: not checked, so no geometric evidence
+                checked.append(m)
+                continue
+            if "similarity" not in (m.evidence or {}):  # the score is about to change: keep the embedding's own
+                m = dataclasses.replace(m)
+                attach(m, "similarity", Similarity(float(m.score)))
+            outline = None
             if best.verified:
+                outline = _cv2().perspectiveTransform(best_ref.corners[None], best.homography)[0] * scale[:2]
                 new_box = [int(round(v)) for v in np.asarray(best.box) * scale]
                 if orig_size is not None:
                     w, h = orig_size[i]
                     new_box = [min(max(0, v), lim) for v, lim in zip(new_box, (w, h, w, h))]
-                checked.append(dataclasses.replace(m, score=rescore(m.score, best, cfg), box=new_box))
+                m = dataclasses.replace(m, score=rescore(m.score, best, cfg), box=new_box)
             else:
-                checked.append(m)
+                m = dataclasses.replace(m)  # the evidence is added to a copy: ``found`` stays as the search gave it
+            attach(m, "geometry", geometry(best, len(best_ref.points), outline))
+            checked.append(m)
         out.append(sorted(checked, key=lambda mm: -mm.score))
     return out

@@ -129,7 +129,9 @@ def parquet_schema():
     import pyarrow as pa
 
     box = pa.list_(pa.int32())
-    match = pa.struct([("brand", pa.string()), ("mark", pa.string()), ("score", pa.float64()), ("box", box), ("index", pa.string())])
+    # evidence is an open set of named signals: kept as its JSON text, as in results.jsonl
+    match = pa.struct([("brand", pa.string()), ("mark", pa.string()), ("score", pa.float64()), ("box", box), ("index", pa.string()),
+                       ("probability", pa.float64()), ("evidence", pa.string())])
     return pa.schema([("listing_id", pa.string()), ("image", pa.string()), ("seller_id", pa.string()), ("status", pa.string()),
                       ("score", pa.float64()), ("brand", pa.string()), ("mark", pa.string()), ("box", box),
                       ("matches", pa.list_(match)), ("error", pa.string())])
@@ -153,7 +155,9 @@ def write_parquet(results: Path, out: Path, *, rows_per_group: int = 65_536) -> 
         chunk = []
         for r in read_results(results):
             row = r.to_json()
-            row["matches"] = [{k: m.get(k) for k in ("brand", "mark", "score", "box", "index")} for m in row["matches"]]
+            row["matches"] = [{**{k: m.get(k) for k in ("brand", "mark", "score", "box", "index", "probability")},
+                               "evidence": None if m.get("evidence") is None else json.dumps(m["evidence"], ensure_ascii=False)}
+                              for m in row["matches"]]
             chunk.append(row)
             if len(chunk) >= rows_per_group:
                 pw.write_table(pa.Table.from_pylist(chunk, schema=schema))

@@ -77,6 +77,39 @@
     return fig;
   }
 
+  function evidenceNode(ev) {
+    // why the row was flagged, one line a signal; every value set as text
+    var box = el("div", "evidence");
+    if (!ev) return box;
+    function line(key, text) {
+      var d = el("div", "ev ev-" + key, text);
+      d.setAttribute("data-ev", key);
+      box.appendChild(d);
+      return d;
+    }
+    if (ev.probability != null) line("probability", "probability " + ev.probability.toFixed(3));
+    if (ev.similarity != null) {
+      line("similarity", "similarity " + ev.similarity.toFixed(3) +
+        (ev.similarity_norm != null ? " (above background: " + ev.similarity_norm.toFixed(3) + ")" : ""));
+    }
+    if (ev.text != null) {
+      var named = ev.text_brand != null
+        ? " \u2192 " + ev.text_brand + (ev.text_distance ? " (" + ev.text_distance + " edit" + (ev.text_distance > 1 ? "s" : "") + ")" : "")
+        : " (names no brand)";
+      var t = line("text", "text read \u201c" + ev.text + "\u201d" + named);
+      if (ev.text_brand != null) t.setAttribute("data-text-brand", ev.text_brand);
+    } else if (ev.text_error != null) {
+      line("text", "text: " + ev.text_error);
+    }
+    if (ev.inliers != null) {
+      line("inliers", ev.inliers + " keypoint inliers" +
+        (ev.coverage != null ? " (" + Math.round(100 * ev.coverage) + "% of the mark)" : "") +
+        (ev.verified ? ", verified" : ", not verified") +
+        (ev.outline ? "; outline in green" : ""));
+    }
+    return box;
+  }
+
   function rowNode(r) {
     var tr = el("tr", "row");
     tr.setAttribute("data-listing", r.id);
@@ -90,6 +123,9 @@
     pics.appendChild(box);
     if (r.note) pics.appendChild(el("div", "photo-note", "photo: " + r.note));
     tr.appendChild(pics);
+    var why = el("td");
+    why.appendChild(evidenceNode(r.evidence));
+    tr.appendChild(why);
     var id = el("td");
     id.appendChild(el("div", "id", r.id));
     if (r.title) id.appendChild(el("div", "title", r.title));

@@ -57,8 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "nvJPEG on a GPU), auto (device on a GPU, else cpu)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="compile the backbone with torch.compile (default backend: inductor); pays off on long GPU scans")
-    p.add_argument("--flag-threshold", type=float, help="override the calibrated flag threshold")
-    p.add_argument("--review-threshold", type=float, help="override the calibrated review threshold")
+    p.add_argument("--flag-threshold", type=float, help="override the calibrated flag threshold (with a combiner: a probability)")
+    p.add_argument("--review-threshold", type=float, help="override the calibrated review threshold (with a combiner: a probability)")
+    p.add_argument("--combiner", default="auto", metavar="PATH",
+                   help="the evidence combiner (`markguard calibrate --combiner`) whose probability the thresholds apply to "
+                        "(default: the first index's combiner.json, when it has one)")
+    p.add_argument("--no-combiner", dest="combiner", action="store_const", const=None,
+                   help="thresholds on the similarity, even where the index has a combiner.json")
     p.add_argument("--shard", help="i/N: scan only every N-th photo starting at i")
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan in OUT")
     p.add_argument("--format", action="append", choices=["jsonl", "parquet"],
@@ -94,7 +99,8 @@ def run(args) -> int:
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
-                       decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch)
+                       decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch,
+                       combiner=args.combiner)
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
                        formats=formats, progress_every_s=args.log_every)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from markguard.errors import MarkguardError
+from markguard.infer.decide import Policy
 from markguard.infer.combine import (
     Combiner,
-    ProbabilityPolicy,
     calibrate_combiner,
     fit_combiner,
     fit_isotonic,
@@ -149,7 +149,7 @@ def _population(seed=0, n=400):
 def test_text_flags_a_wordmark_the_embedding_missed_and_vetoes_a_shape_whose_text_names_another_brand():
     cands, labels = _population()
     combiner = fit_combiner(cands, labels, model_fingerprint=FP)
-    policy = ProbabilityPolicy(flag=0.5, review=0.2)
+    policy = Policy(0.5, 0.2, combiner=combiner)
     lexicon = Lexicon({"acme": ["Acmetex"], "globex": ["Globex"]})
 
     # no region matched any mark of acme (the embedding missed it), but the OCR read its name, misspelt
@@ -262,11 +262,12 @@ def test_truth_files_csv_and_jsonl(tmp_path):
         read_truth(tmp_path / "bad.csv")
 
 
-def test_probability_policy_flags_reviews_and_honours_the_allowlist():
+def test_the_policy_on_probabilities_flags_reviews_and_honours_the_allowlist():
     def cand(brand, p):
         return Candidate(brand, "m", None, {}, p)
 
-    policy = ProbabilityPolicy(flag=0.6, review=0.3, authorized={"acme": ["s1"]})
+    policy = Policy(0.6, 0.3, per_brand={"acme": 0.99}, authorized={"acme": ["s1"]}, combiner=object())
+    assert policy.thresholds("acme") == (0.6, 0.3)  # a per-brand similarity is not applied to a probability
     assert policy.decide([cand("acme", 0.4), cand("globex", 0.7)], None)[0] == "flag"
     assert policy.decide([cand("acme", 0.4)], None)[0] == "review"
     status, c = policy.decide([cand("acme", 0.9)], "s1")
@@ -274,7 +275,9 @@ def test_probability_policy_flags_reviews_and_honours_the_allowlist():
     assert policy.decide([cand("acme", 0.9), cand("globex", 0.35)], "s1")[0] == "review"  # another brand still counts
     assert policy.decide([], None) == ("pass", None)
     with pytest.raises(MarkguardError, match="review 0.7 and flag 0.5"):
-        ProbabilityPolicy(flag=0.5, review=0.7)
+        Policy(0.5, 0.7, combiner=object())
+    with pytest.raises(MarkguardError, match="0 <= review <= flag <= 1"):
+        Policy(0.5, -1.0, combiner=object())  # similarity thresholds are no probabilities
 
 
 def test_calibrate_cli_fits_the_combiner_and_refuses_a_scan_by_another_model(tmp_path, capsys):
@@ -336,7 +339,7 @@ def test_collect_reads_the_gated_photos_and_adds_what_the_text_names():
     out = collect(photos, matches, lexicon=lexicon, reader=everything, combiner=combiner)
     assert [c.brand for c in out[2]] == ["adidas"] and out[2][0].box is not None  # the whole photo was read
     assert all(c.probability is not None for cands in out for c in cands)
-    assert ProbabilityPolicy().decide(out[2], None)[0] == "flag"
+    assert Policy(0.5, 0.2, combiner=combiner).decide(out[2], None)[0] == "flag"
 
 
 def test_collect_attaches_geometric_evidence_from_a_verification():

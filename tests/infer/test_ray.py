@@ -69,3 +69,20 @@ def test_read_task_ranges_of_a_sharded_tar_dump_are_the_shards_rows(tmp_path):
         for a, b in [(0, len(want)), (1, 3), (2, len(want) + 2)]:
             got = list(_item_rows(source, spec, a, b))
             assert [(r["index"], r["image"], r["data"]) for r in got] == [(it.index, it.image, it.data) for it in want[a:b]]
+
+
+@pytest.mark.slow
+def test_ray_actors_decide_on_the_combiner_loaded_once_by_the_driver(world, tmp_path, local_ray):
+    from markguard.checkpoint import load_card
+    from markguard.infer.combine import Combiner
+
+    # p = sigmoid(200 (similarity - 0.9)): a combiner by hand for the world's model
+    path = Combiner(["similarity"], [0.0, 2.0], 0.0, [1.0, 0.9], [1.0, 0.01], load_card(world.model).fingerprint).save(tmp_path / "c.json")
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    run_scan(world.dump, [world.index], local, opts=ScanOptions(batch_size=4, device="cpu", combiner=str(path)), progress=False)
+    run_scan(world.dump, [world.index], on_ray, opts=ScanOptions(batch_size=4, device="cpu", engine="ray", actors=1, combiner=str(path)),
+             progress=False)
+    a, b = read_rows(on_ray), read_rows(local)
+    _same(a, b)
+    probs = [[m["probability"] for m in r["matches"]] for r in a]
+    assert probs == [[m["probability"] for m in r["matches"]] for r in b] and any(probs)

@@ -256,3 +256,32 @@ def test_cli_report_subcommand(scan_out, capsys):
     assert "L003" in by_id(read_rows(scan_out))  # --all brings the passes in
     with pytest.raises(SystemExit):
         parser.parse_args(["report", str(scan_out), "--page-size", "0"])
+
+
+# a flagged row with every kind of evidence: probability, similarity, the text read and its brand, a verified outline
+OUTLINE = [[130.0, 110.0], [370.0, 120.0], [360.0, 280.0], [140.0, 270.0]]
+EVIDENCE_ROW = _row("L001", "L001.jpg", "flag", 0.91, "acme", "acme-logo", [100, 80, 400, 300])
+EVIDENCE_ROW["matches"][0] |= {"probability": 0.9312, "evidence": {
+    "similarity": 0.7104, "similarity_norm": 0.3121, "background": 0.58, "inliers": 34, "coverage": 0.25, "verified": True,
+    "outline": OUTLINE, "text": "ADIBAS", "text_brand": "adidas", "text_distance": 1}}
+PLAIN_ROW = _row("L002", "L002.jpg", "review", 0.62, "globex", "globex-word", [10, 10, 200, 100])
+PLAIN_ROW["matches"][0]["evidence"] = {"text": None, "text_error": "not read: over the batch's OCR budget (25% of photos)",
+                                       "inliers": "many"}  # a value of the wrong type is not shown
+
+
+def test_each_row_carries_its_deciding_matchs_evidence_and_the_outline_is_drawn(tmp_path):
+    out = make_scan(tmp_path, [EVIDENCE_ROW, PLAIN_ROW])
+    write_report(out, thumb_size=256)
+    rows = by_id(read_rows(out))
+    assert rows["L001"]["evidence"] == {"probability": 0.9312, "similarity": 0.7104, "similarity_norm": 0.3121, "background": 0.58,
+                                        "inliers": 34, "coverage": 0.25, "verified": True, "text": "ADIBAS",
+                                        "text_brand": "adidas", "text_distance": 1, "outline": True}
+    assert rows["L002"]["evidence"] == {"similarity": 0.62, "text_error": "not read: over the batch's OCR budget (25% of photos)",
+                                        "outline": False}
+    thumb = Image.open(out / "report" / "thumbs" / rows["L001"]["thumb"]).convert("RGB")
+    s = 256 / PHOTO_SIZE[0]
+    # the outline's top edge, halfway along, in green: neither the red box nor the blue photo
+    x, y = round(250 * s), round(115 * s)
+    assert any(g > 150 and r < 90 and b < 120 for r, g, b in (thumb.getpixel((x, y + d)) for d in (-1, 0, 1)))
+    plain = Image.open(out / "report" / "thumbs" / rows["L002"]["thumb"]).convert("RGB")
+    assert not any(g > 150 and r < 90 and b < 120 for _, (r, g, b) in plain.getcolors(1 << 20))  # no outline, no green

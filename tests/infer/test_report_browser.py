@@ -174,3 +174,55 @@ def test_ten_thousand_rows_first_page(tmp_path):
     dom = open_page(tmp_path, out, "#status=review&page=200&size=10")
     assert len(dom.rows) == 10 and {r["data-status"] for r in dom.rows} == {"review"}
     assert dom.text_of["showing"] == "showing 1991\u20132000 of 3334"
+
+
+class EvidenceDom(HTMLParser):
+    """Each row's evidence lines (data-ev → text), and the attributes they carry."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.rows: dict[str, dict[str, str]] = {}
+        self.attrs: dict[tuple[str, str], dict] = {}
+        self._row: str | None = None
+        self._ev: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and a.get("class") == "row":
+            self._row = a["data-listing"]
+            self.rows[self._row] = {}
+        elif "data-ev" in a and self._row is not None:
+            self._ev = a["data-ev"]
+            self.rows[self._row][self._ev] = ""
+            self.attrs[(self._row, self._ev)] = a
+
+    def handle_endtag(self, tag):
+        if tag == "div":
+            self._ev = None
+
+    def handle_data(self, data):
+        if self._ev is not None:
+            self.rows[self._row][self._ev] += data
+
+
+def test_the_evidence_is_shown_beside_the_photo(tmp_path):
+    from test_report import EVIDENCE_ROW, PLAIN_ROW
+
+    out = make_scan(tmp_path, [EVIDENCE_ROW, PLAIN_ROW])
+    write_report(out)
+    text = chromium(tmp_path, (out / "report.html").as_uri(), "--dump-dom")
+    assert Dom(text).body.get("data-ready") == "1"
+    ev = EvidenceDom(text).rows
+    assert ev["L001"] == {"probability": "probability 0.931", "similarity": "similarity 0.710 (above background: 0.312)",
+                          "text": "text read \u201cADIBAS\u201d \u2192 adidas (1 edit)",
+                          "inliers": "34 keypoint inliers (25% of the mark), verified; outline in green"}
+    assert ev["L002"] == {"similarity": "similarity 0.620", "text": "text: not read: over the batch's OCR budget (25% of photos)"}
+    # on screen: the verified outline's green (nothing else on a page of this one row is that green: its photo is
+    # blue, its box red, its reference a red disc)
+    alone = make_scan(tmp_path / "alone", [EVIDENCE_ROW])
+    write_report(alone)
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path, (alone / "report.html").as_uri(), f"--screenshot={shot}", window=(1280, 900))
+    img = Image.open(shot).convert("RGB")
+    assert sum(n for n, (r, g, b) in img.getcolors(maxcolors=1 << 20) if g > 150 and r < 90 and b < 120) > 50

@@ -111,8 +111,29 @@ def test_unverified_match_keeps_score_and_box(scene):
     wrong = next(o for o in marks if o.mark != m.mark)
     loose = _loose(box, img)
     out = verify_matches(x, [[Match(wrong.brand, wrong.mark, 0.42, loose)], []], searcher, to_orig + [(1.0, 1.0)], 1.0)
-    assert out[0] == [Match(wrong.brand, wrong.mark, 0.42, loose)]
+    (got,) = out[0]
+    assert (got.brand, got.mark, got.score, got.box) == (wrong.brand, wrong.mark, 0.42, loose)
+    # checked and failed is evidence too: its inliers, no outline
+    assert got.evidence["verified"] is False and got.evidence["inliers"] < VerifyConfig().min_inliers and "outline" not in got.evidence
     assert out[1] == []
+
+
+def test_a_verified_match_carries_its_inliers_coverage_and_outline(scene):
+    marks, _, searcher, photos = scene
+    x, to_orig = _batch(photos[1:2])
+    img, box, m = photos[1]
+    start = Match(m.brand, m.mark, 0.5, _loose(box, img), evidence={"similarity": 0.5})
+    (got,) = verify_matches(x, [[start]], searcher, to_orig, 1.0)[0]
+    ev = got.evidence
+    assert ev["similarity"] == 0.5  # the embedding's own similarity stays, beside the re-scored score
+    assert ev["verified"] is True and ev["inliers"] >= VerifyConfig().min_inliers and 0 < ev["coverage"] <= 1
+    outline = np.asarray(ev["outline"])
+    assert outline.shape == (4, 2)
+    # the outline is the projected reference: its bounding box is (up to clipping and rounding) the tightened box
+    x0, y0 = outline.min(0)
+    x1, y1 = outline.max(0)
+    assert _iou([x0, y0, x1, y1], got.box) >= 0.9 and _iou(got.box, box) >= 0.7
+    assert start.evidence == {"similarity": 0.5}  # the input match is left as it was
 
 
 def test_scan_size_factor_maps_boxes(scene):
