@@ -176,7 +176,7 @@ def ocr_part(names, lexicon, crops: int, rng, negatives: int, config: OcrConfig 
 
 
 def tpr_at_fpr(scores, positive, fpr=0.01):
-    from markguard.train.calibrate import threshold_at_fpr
+    from markguard.train.rates import threshold_at_fpr
 
     s, p = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     t = threshold_at_fpr(s[~p], fpr)

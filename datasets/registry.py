@@ -110,6 +110,15 @@ def load_gallery(root: str | Path) -> Gallery:
     return gallery
 
 
+def split_brands(gallery: Gallery, holdout: int) -> tuple[list[MarkRef], list[str]]:
+    """Training marks and the held-out brands (the last ``holdout`` brand ids in sorted order)."""
+    brand_ids = sorted(b for b, br in gallery.brands.items() if br.marks)
+    if holdout >= len(brand_ids):
+        raise MarkguardError(f"holdout_brands={holdout} leaves no brand to train on ({len(brand_ids)} brands with marks)")
+    held = brand_ids[len(brand_ids) - holdout :] if holdout else []
+    return [m for m in gallery.marks if m.brand not in held], held
+
+
 def _scan_gallery(root: Path) -> Gallery:
     """The gallery's brands and marks as found, with brands.yaml checked; empty brands are kept."""
     if not root.is_dir():

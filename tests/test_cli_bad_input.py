@@ -135,6 +135,7 @@ def test_disk_full_during_a_scan(world, tmp_path, capsys, monkeypatch):
 
 def test_demo_out_named_like_the_recipe_and_a_small_demo_sizes_its_batch(tmp_path, monkeypatch, capsys):
     """`markguard demo --out demo --brands 3`: the folder does not shadow the recipe, and 6 classes get a batch of 24."""
+    import markguard.demo as demo
     import markguard.train.loop as loop
 
     seen = {}
@@ -146,7 +147,7 @@ def test_demo_out_named_like_the_recipe_and_a_small_demo_sizes_its_batch(tmp_pat
         seen["cfg"] = cfg
         raise Reached
 
-    monkeypatch.setattr(loop, "train", train)
+    monkeypatch.setattr(demo, "train", train)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Reached):
         main(["demo", "--out", "demo", "--brands", "3", "--listings", "4"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from markguard.datasets.trainsets import READERS
 from markguard.errors import MarkguardError
 from markguard.model import Pooling
 from markguard.train.losses import Loss
@@ -91,8 +94,6 @@ class TrainConfig:
         one_of("sampler", SAMPLERS)
         one_of("device", DEVICES)
         one_of("precision", PRECISIONS)
-        from markguard.datasets.trainsets import READERS
-
         one_of("trainset_format", ["auto", *READERS])
         if self.gallery and self.trainset:
             raise MarkguardError("gallery= and trainset= are both set; train on one: gallery (marks composited into photos) or trainset (labelled photos)")
@@ -112,3 +113,18 @@ class TrainConfig:
             raise MarkguardError("init= and pretrained=/weights= both set; name the backbone's start once, with init=")
         if not 0 <= self.ema < 1:
             raise MarkguardError(f"ema={self.ema} must be in [0, 1)")
+
+
+def resolve_recipe(recipe: str | None):
+    """A path when one is clearly meant (a '/' in it, or ending in .yaml/.yml), else the shipped recipe of that name.
+
+    So a folder that happens to be called like a recipe (``demo --out demo``) never shadows it.
+    """
+    if recipe is None or "/" in recipe or os.sep in recipe or recipe.endswith((".yaml", ".yml")):
+        return recipe
+    shipped = Path(__file__).parent / "recipes"
+    path = shipped / f"{recipe}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+        raise MarkguardError(f"no shipped recipe named {recipe!r} (shipped: {names}); for a file of your own give its path, e.g. ./{recipe}.yaml")
+    return str(path)

@@ -4,10 +4,12 @@ region-pooled embeddings → metric loss; checkpoints that resume exactly; DDP u
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -22,11 +24,17 @@ from markguard.config import save_config, versions
 from markguard.fsio import atomic_write_text
 from markguard.datasets.composite import CompositeConfig, CompositeDataset
 from markguard.datasets.decode import load_mark
-from markguard.datasets.registry import load_gallery
+from markguard.datasets.registry import load_gallery, split_brands
 from markguard.errors import DecodeError, MarkguardError
 from markguard.infer.embed import autocast
+from markguard.model import compile_backbone
+from markguard.pretrained import load_into, resolve_init
+from markguard.train import ddp
+from markguard.train.calibrate import calibrate_synthetic
 from markguard.train.config import TrainConfig
 from markguard.train.losses import MetricLoss
+from markguard.train.metrics import MetricsLog
+from markguard.train.products import PhotoDataset, load_photo_trainset
 
 LAST = "last"  # the resumable checkpoint inside a run folder
 STATE = "trainer_state.pt"
@@ -49,19 +57,8 @@ def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
     return card
 
 
-def split_brands(gallery, holdout: int) -> tuple[list, list[str]]:
-    """Training marks and the held-out brands (the last ``holdout`` brand ids in sorted order)."""
-    brand_ids = sorted(b for b, br in gallery.brands.items() if br.marks)
-    if holdout >= len(brand_ids):
-        raise MarkguardError(f"holdout_brands={holdout} leaves no brand to train on ({len(brand_ids)} brands with marks)")
-    held = brand_ids[len(brand_ids) - holdout :] if holdout else []
-    return [m for m in gallery.marks if m.brand not in held], held
-
-
 def fold_brand(brand_id: str) -> str:
     """The form in which brand ids are compared with an exclusion list: a-z0-9 only, without "dot" (vue.js = vuedotjs = vuejs)."""
-    import re
-
     return re.sub(r"[^a-z0-9]", "", brand_id.lower()).replace("dot", "")
 
 
@@ -152,8 +149,6 @@ class EMA:
                 self.shadow[k].copy_(v)
 
     def copy_to(self, model: torch.nn.Module) -> torch.nn.Module:
-        import copy
-
         m = copy.deepcopy(model)
         m.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
         return m
@@ -201,8 +196,6 @@ def _warm_backgrounds(ds: CompositeDataset, seed: int) -> None:
 def build_data(cfg: TrainConfig, n: int, card: ModelCard) -> TrainData:
     """The training samples and the first ``n`` of their order: marks composited on the fly, or labelled photos."""
     if cfg.trainset:
-        from markguard.train.products import PhotoDataset, load_photo_trainset
-
         photos = load_photo_trainset(cfg.trainset, cfg.trainset_format, m=cfg.m_per_class if cfg.sampler == "m_per_class" else 1,
                                      drop_small=cfg.drop_small_classes)
         _check_classes(len(photos.classes), cfg, cfg.trainset)
@@ -326,8 +319,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     schedule can run over many sessions and still equal one straight run. Under torchrun each rank
     takes whole batches of the shared order (the global batch is ``batch_size`` x ranks); rank 0 writes.
     """
-    from markguard.train import ddp
-
     cfg.validate()
     run = Path(out_dir)
     if not resume and (run / LAST / STATE).exists():
@@ -352,9 +343,6 @@ def cpu_threads(cfg: TrainConfig) -> int:
 
 
 def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | None, max_seconds: float | None, log) -> ModelCard:
-    from markguard.train import ddp
-    from markguard.train.metrics import MetricsLog
-
     device = dist.device
     if device == "cpu":
         torch.set_num_threads(cpu_threads(cfg))
@@ -364,8 +352,6 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
     per_step = cfg.batch_size * cfg.grad_accum  # samples a rank consumes a step
     init = None
     if cfg.init:
-        from markguard.pretrained import resolve_init
-
         init = resolve_init(cfg.init)
     card = card_from_config(cfg, init)
     data = build_data(cfg, cfg.steps * per_step * dist.world, card)
@@ -374,16 +360,12 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
                      "init": cfg.init, "freeze_stages": cfg.freeze_stages}
     model = create_model(card, pretrained=cfg.pretrained, weights=cfg.weights)
     if init is not None:
-        from markguard.pretrained import load_into
-
         load_into(model.backbone, init)
     frozen = freeze_stages(model.backbone, cfg.freeze_stages)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
-        from markguard.model import compile_backbone
-
         compile_backbone(model, cfg.compile)
     loss_fn = MetricLoss(cfg.loss, data.num_classes, cfg.dim, **cfg.loss_kwargs).to(device)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
@@ -475,8 +457,6 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
         return save_checkpoint(final, card, run)
     card = save_checkpoint(final, card, run)
     if cfg.calibrate and cfg.gallery:
-        from markguard.train.calibrate import calibrate_synthetic
-
         card.thresholds = calibrate_synthetic(final, card, cfg, device=device, log=log)
         card.metrics.update(card.thresholds.pop("metrics", {}))
         card = save_checkpoint(final, card, run)

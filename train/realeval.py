@@ -8,7 +8,9 @@ the bench's ``truth.csv``. The operating threshold is the one that flags 1% of t
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,8 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from markguard.boxes import iou
+from markguard.checkpoint import CARD, load_card, resolve_model_dir
 from markguard.datasets.realbench import NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, read_truth
 from markguard.errors import MarkguardError
+from markguard.fsio import atomic_write_text
+from markguard.infer.build import build_index
+from markguard.infer.scan import ScanOptions, run_scan
+from markguard.train.rates import roc_auc, threshold_at_fpr
 
 FPR = 0.01
 IOU_HIT = 0.5
@@ -96,8 +103,6 @@ def read_results(path: str | Path) -> dict[str, dict]:
 
 def score_bench(results_path: str | Path, truth_path: str | Path, *, fpr: float = FPR) -> BenchScore:
     """Score a scan of the bench's listings against its truth (module docstring)."""
-    from markguard.train.calibrate import roc_auc, threshold_at_fpr
-
     truth = read_truth(truth_path)
     results = read_results(results_path)
     lacking = [lid for lid in truth if lid not in results]
@@ -150,14 +155,6 @@ def hub_figure(pairs: list[tuple[str | None, dict]], top: int = 5) -> Hub:
 def evaluate_bench(bench: str | Path, out_dir: str | Path, *, model: str | Path | None = None, device: str = "auto",
                    scan_options: dict | None = None, write_card: bool = False, log=print) -> dict:
     """``markguard eval --bench``: index ``bench/gallery`` with the model, scan ``bench/listings``, score; writes ``OUT/real.json``."""
-    import dataclasses
-    import time
-
-    from markguard.checkpoint import CARD, load_card, resolve_model_dir
-    from markguard.fsio import atomic_write_text
-    from markguard.infer.build import build_index
-    from markguard.infer.scan import ScanOptions, run_scan
-
     bench, out_dir = Path(bench), Path(out_dir)
     for need in ("gallery", "listings/manifest.csv", "truth.csv"):
         if not (bench / need).exists():
