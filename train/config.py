@@ -89,6 +89,7 @@ class TrainConfig:
                 raise MarkguardError(f"{key}={getattr(self, key)!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
         one_of("loss", [m.name for m in Loss])
+        Loss[self.loss].value.check_kwargs(self.loss, self.loss_kwargs)
         one_of("pooling", [m.name for m in Pooling])
         one_of("optimizer", OPTIMIZERS)
         one_of("sampler", SAMPLERS)
