@@ -9,9 +9,9 @@ from pathlib import Path
 from markguard.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_model_dir
 from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import Gallery, MarkRef, load_gallery
+from markguard.device import resolve_device
 from markguard.errors import DecodeError, MarkguardError
 from markguard.infer.embed import embed_references
-from markguard.infer.searchers import resolve_device
 
 
 @dataclass

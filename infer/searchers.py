@@ -34,18 +34,6 @@ class Searcher:
 
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise MarkguardError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MarkguardError("--device cuda given but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
 def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = "torch",
                    *, compile: str | None = None) -> list[Searcher]:
     """Open each index with its model; the model's fingerprint must be the one the index was built with.

@@ -25,8 +25,8 @@ from markguard.fsio import atomic_write_text
 from markguard.datasets.composite import CompositeConfig, CompositeDataset
 from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import load_gallery, split_brands
+from markguard.device import autocast, resolve_device
 from markguard.errors import DecodeError, MarkguardError
-from markguard.infer.embed import autocast
 from markguard.model import compile_backbone
 from markguard.pretrained import load_into, resolve_init
 from markguard.train import ddp
@@ -103,14 +103,6 @@ def _lr_lambda(cfg: TrainConfig):
         t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
     return f
-
-
-def resolve_train_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MarkguardError("device=cuda but no CUDA GPU is visible; use device=cpu")
-    return device
 
 
 def batch_order(labels: list[int], cfg: TrainConfig, n: int) -> list[int]:
@@ -323,7 +315,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     run = Path(out_dir)
     if not resume and (run / LAST / STATE).exists():
         raise MarkguardError(f"{run}: holds a training run already; pass --resume to continue it or choose another --out")
-    dist = ddp.setup(resolve_train_device(cfg.device))
+    dist = ddp.setup(resolve_device(cfg.device, option="device="))
     try:
         return _train(cfg, run, dist, resume=resume, stop_at=stop_at, max_seconds=max_seconds,
                       log=(log or _log) if dist.main else (lambda s: None))
