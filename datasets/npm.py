@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tarfile
@@ -9,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from markguard.errors import MarkguardError
+from markguard.fsio import real_under
 
 
 def npm_pack(spec: str, dest: str | Path, *, fix: str, timeout: float = 300) -> Path:
@@ -54,10 +56,9 @@ def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
         # the "data" filter refuses absolute paths, links out and device files in the archive
         tar.extractall(dest, filter="data")
         return
-    members = []
+    members, real_dest = [], os.path.realpath(dest)
     for m in tar.getmembers():
-        target = (dest / m.name).resolve()
-        if not (m.isfile() or m.isdir()) or dest.resolve() not in target.parents:
+        if not (m.isfile() or m.isdir()) or real_under(real_dest, dest / m.name) in (None, real_dest):
             raise MarkguardError(f"{tar.name}: refused member {m.name!r} (link, device or path outside the archive)")
         members.append(m)
     tar.extractall(dest, members=members)

@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from markguard.errors import DecodeError, MarkguardError
+from markguard.fsio import real_under
 
 MARK_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".svg"}
 
@@ -327,7 +328,7 @@ def check_gallery(root: str | Path, *, min_similarity: float = SAME_PICTURE, tin
     readable: list[MarkRef] = []
     hashes: list[tuple[int, int]] = []
     thumbs: list[np.ndarray] = []
-    real_root = root.resolve()
+    real_root = os.path.realpath(root)
     for brand in brands.values():
         report.ignored += [
             f for f in sorted((root / brand.id).iterdir())
@@ -339,7 +340,7 @@ def check_gallery(root: str | Path, *, min_similarity: float = SAME_PICTURE, tin
             if mark.mark in seen:
                 report.id_clashes.append(GalleryIssue(mark.path, f"mark id '{mark.mark}' is also {seen[mark.mark].name}; rename one"))
             seen.setdefault(mark.mark, mark.path)
-            if real_root not in mark.path.resolve().parents:
+            if real_under(real_root, mark.path) is None:
                 report.unreadable.append(GalleryIssue(mark.path, "refused: links outside the gallery"))
                 continue
             try:

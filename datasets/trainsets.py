@@ -13,9 +13,10 @@ from typing import ClassVar, Iterable, Iterator
 
 from PIL import Image
 
+from markguard.datasets.listings import IMAGE_SUFFIXES
 from markguard.errors import DecodeError, MarkguardError
+from markguard.fsio import real_under
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 # Annotators round box edges differently (VOC is 1-based inclusive, others 0-based); an edge
 # this many pixels past the image border is clipped, anything further is a broken box.
@@ -89,7 +90,7 @@ class TrainsetReader:
         self.root = Path(root)
         self.strict = strict
         self.skipped: list[tuple[Path, str]] = []
-        self._real_dirs: dict[Path, Path] = {}
+        self._real_dirs: dict[Path, str] = {}
         if not self.root.exists():
             raise MarkguardError(f"{self.root}: not found; give the folder (or manifest file) of a {self.format} training set")
         self._check_layout()
@@ -117,7 +118,7 @@ class TrainsetReader:
     def _image(self, path: Path, base: Path | None = None) -> Path | None:
         """``path`` if it is a file inside ``base`` (default: the root), else None with the reason skipped."""
         base = base or self.root
-        if _inside(self._resolved(base), path) is None:
+        if real_under(self._resolved(base), path) is None:
             self._skip(path, f"refused: path leaves {base}")
             return None
         if not path.is_file():
@@ -125,10 +126,10 @@ class TrainsetReader:
             return None
         return path
 
-    def _resolved(self, folder: Path) -> Path:
+    def _resolved(self, folder: Path) -> str:
         # resolving the root once, not once per image, is most of a directory walk's cost
         if folder not in self._real_dirs:
-            self._real_dirs[folder] = folder.resolve()
+            self._real_dirs[folder] = os.path.realpath(folder)
         return self._real_dirs[folder]
 
     def _checked_box(self, path: Path, box: Box, size: tuple[int, int] | None = None) -> Box | None:
@@ -167,12 +168,6 @@ def _image_size(path: Path) -> tuple[int, int] | str:
             return (img.height, img.width) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else img.size
     except (OSError, SyntaxError, ValueError) as e:
         return f"not a readable image ({type(e).__name__})"
-
-
-def _inside(real_root: Path, candidate: Path) -> Path | None:
-    """``candidate`` resolved (links followed) if it stays under ``real_root`` (already resolved), else None."""
-    resolved = candidate.resolve()
-    return resolved if resolved == real_root or real_root in resolved.parents else None
 
 
 def _images_in(folder: Path, recursive: bool = True) -> list[Path]:
@@ -352,7 +347,7 @@ class _VocMixin:
         if not xml_path.is_file():
             self._skip(image, f"no annotation file {xml_path.name} for it")
             return
-        if _inside(self._resolved(self.root), xml_path) is None:
+        if real_under(self._resolved(self.root), xml_path) is None:
             self._skip(xml_path, f"refused: path leaves {self.root}")
             return
         try:
@@ -500,7 +495,7 @@ class FlickrLogos32Reader(TrainsetReader):
                     yield TrainSample(image, class_dir.name, None, split)
                     continue
                 box_file = self.root / "classes" / "masks" / class_dir.name / f"{image.name}.bboxes.txt"
-                boxes = self._boxes(box_file) if _inside(self._resolved(self.root), box_file) else f"refused: {box_file} leaves {self.root}"
+                boxes = self._boxes(box_file) if real_under(self._resolved(self.root), box_file) else f"refused: {box_file} leaves {self.root}"
                 if isinstance(boxes, str):
                     self._skip(image, boxes)
                     continue
