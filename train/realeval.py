@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from markguard.checkpoint import CARD, load_card, resolve_model_dir
 from markguard.datasets.realbench import NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, read_truth
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
+from markguard.infer.bank import Hub, hub_of
 from markguard.infer.build import build_index
 from markguard.infer.scan import ScanOptions, run_scan
 from markguard.train.rates import roc_auc, threshold_at_fpr
@@ -36,18 +36,6 @@ class TierScore:
     flagged: float  # share scoring >= the threshold: TPR for a positive tier, FPR for a negative one
     right_brand: float | None  # share flagged with the true brand as the best match (positive tiers)
     box_iou50: float | None  # among those, the share whose box has IoU >= 0.5 with the truth
-
-
-@dataclass
-class Hub:
-    """Best matches of photos that do not show them: how much one reference soaks up."""
-
-    photos: int  # photos whose best match is a reference they do not show (negatives, and positives matched to another brand)
-    reference: str | None  # "brand/mark" that is most often such a best match
-    count: int  # how many of those photos it is the best match of
-    share: float | None  # count / photos
-    distinct: int  # references that are the best match of at least one such photo
-    top: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -139,17 +127,8 @@ def score_bench(results_path: str | Path, truth_path: str | Path, *, fpr: float 
 
 def hub_figure(pairs: list[tuple[str | None, dict]], top: int = 5) -> Hub:
     """``pairs``: (registered brand the photo shows or None, its result row). Counts the best matches of photos that do not show them."""
-    wrong = Counter()
-    for shown, row in pairs:
-        if row.get("status") == "error" or row.get("brand") is None:
-            continue
-        if row["brand"] != shown:
-            wrong[f"{row['brand']}/{row['mark']}"] += 1
-    n = sum(wrong.values())
-    if not n:
-        return Hub(0, None, 0, None, 0)
-    (ref, count), = wrong.most_common(1)
-    return Hub(n, ref, count, count / n, len(wrong), wrong.most_common(top))
+    return hub_of((f"{row['brand']}/{row['mark']}" for shown, row in pairs
+                   if row.get("status") != "error" and row.get("brand") is not None and row["brand"] != shown), top)
 
 
 def evaluate_bench(bench: str | Path, out_dir: str | Path, *, model: str | Path | None = None, device: str = "auto",
