@@ -18,7 +18,6 @@ Which reader :func:`open_dump` uses:
 
 from __future__ import annotations
 
-import csv
 import glob
 import itertools
 import json
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
+from markguard.datasets.tables import csv_rows, jsonl_lines
 from markguard.errors import DecodeError, MarkguardError
 from markguard.fsio import real_under
 
@@ -192,27 +192,16 @@ def _manifest_rows(path: Path) -> Iterator[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            # utf-8-sig: spreadsheets save CSV with a byte-order mark that would rename the first column
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                try:
-                    _missing_columns(path, reader.fieldnames or [])
-                    yield from reader
-                except csv.Error as e:  # a field over the csv module's limit (128 KiB), a NUL byte, a stray quote
-                    raise MarkguardError(f"{path}:{reader.line_num + 1}: unreadable CSV ({e}); fix or remove that line") from None
+            for _, row in csv_rows(path, header=lambda names: _missing_columns(path, names)):
+                yield row
         elif suffix == ".jsonl":
-            with path.open(encoding="utf-8-sig") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise MarkguardError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
-                    if not isinstance(row, dict):
-                        raise MarkguardError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
-                    _missing_columns(path, row, f":{n}")
-                    yield row
+            for n, row, problem in jsonl_lines(path):
+                if problem is not None:
+                    raise MarkguardError(f"{path}:{n}: not valid JSON ({problem}); fix or remove that line")
+                if not isinstance(row, dict):
+                    raise MarkguardError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
+                _missing_columns(path, row, f":{n}")
+                yield row
         else:
             f = _parquet_file(path)
             names = f.schema_arrow.names

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -13,6 +11,7 @@ from typing import ClassVar, Iterable, Iterator
 
 from PIL import Image
 
+from markguard.datasets.tables import csv_header, csv_rows, jsonl_lines
 from markguard.datasets.listings import IMAGE_SUFFIXES
 from markguard.errors import DecodeError, MarkguardError
 from markguard.fsio import real_under
@@ -240,8 +239,7 @@ class ManifestReader(TrainsetReader):
         if not self.detect(self.root):
             raise MarkguardError(f"{self.root}: a manifest is a .csv or .jsonl file with path,label[,x0,y0,x1,y1] per row")
         if self.root.suffix.lower() == ".csv":
-            with self.root.open(newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
+            header = csv_header(self.root)
             missing = [c for c in ("path", "label") if c not in header]
             if missing:
                 raise MarkguardError(f"{self.root}: missing column(s) {missing}; the header must be path,label[,x0,y0,x1,y1][,split]")
@@ -252,19 +250,13 @@ class ManifestReader(TrainsetReader):
     def _rows(self) -> Iterator[tuple[str, dict | None, str | None]]:
         """(where in the manifest, row, reason the row is unusable)."""
         if self.root.suffix.lower() == ".csv":
-            with self.root.open(newline="", encoding="utf-8") as f:
-                for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-                    yield f"row {n}", row, None
+            for n, row in csv_rows(self.root):
+                yield f"row {n}", row, None
             return
-        with self.root.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield f"line {n}", None, f"not JSON ({e.msg})"
-                    continue
+        for n, row, problem in jsonl_lines(self.root):
+            if problem is not None:
+                yield f"line {n}", None, f"not JSON ({problem})"
+            else:
                 yield f"line {n}", row, None if isinstance(row, dict) else "not a JSON object"
 
     def _samples(self) -> Iterator[TrainSample]:
@@ -567,8 +559,7 @@ class Products10KReader(TrainsetReader):
     def detect(cls, root: Path) -> bool:
         if not (root.is_dir() and (root / "train.csv").is_file()):
             return False
-        with (root / "train.csv").open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
+        header = csv_header(root / "train.csv")
         return "name" in header and "class" in header
 
     def _check_layout(self) -> None:
@@ -577,8 +568,7 @@ class Products10KReader(TrainsetReader):
         for csv_name, _ in self.LISTS.values():
             path = self.root / csv_name
             if path.is_file():
-                with path.open(newline="", encoding="utf-8") as f:
-                    header = next(csv.reader(f), [])
+                header = csv_header(path)
                 if "name" not in header or "class" not in header:
                     raise MarkguardError(f"{path}: header is {header}; expected name,class[,group]")
 
@@ -587,11 +577,10 @@ class Products10KReader(TrainsetReader):
             path = self.root / csv_name
             if not path.is_file():
                 continue
-            with path.open(newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    image = self._image(self.root / folder / row["name"])
-                    if image is not None:
-                        yield TrainSample(image, str(row["class"]), None, split, row.get("group") or None)
+            for _, row in csv_rows(path):
+                image = self._image(self.root / folder / row["name"])
+                if image is not None:
+                    yield TrainSample(image, str(row["class"]), None, split, row.get("group") or None)
 
 
 # --------------------------------------------------------------------------- choosing a reader

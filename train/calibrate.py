@@ -12,6 +12,7 @@ import numpy as np
 
 from markguard.checkpoint import CARD, load_card
 from markguard.datasets.decode import load_mark
+from markguard.datasets.tables import read_jsonl
 from markguard.datasets.registry import load_gallery, split_brands
 from markguard.datasets.synth import Backgrounds, SynthConfig, SynthMark, make_listing, make_marks
 from markguard.errors import MarkguardError
@@ -21,7 +22,6 @@ from markguard.infer.embed import embed_references
 from markguard.infer.index import MarkIndex
 from markguard.infer.results import read_summary
 from markguard.infer.scan import ScanOptions, Searcher, load_searchers, scan_rows
-from markguard.train.evaluate import read_jsonl
 from markguard.train.rates import roc_auc, threshold_at_fpr, threshold_at_precision
 
 

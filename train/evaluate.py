@@ -14,6 +14,7 @@ import torch
 from markguard.boxes import iou
 from markguard.checkpoint import CARD, load_checkpoint, resolve_model_dir
 from markguard.datasets.decode import load_mark
+from markguard.datasets.tables import read_jsonl
 from markguard.datasets.registry import load_gallery
 from markguard.datasets.synth import Backgrounds, SynthConfig, SynthMark, make_listing, make_marks, paste_mark
 from markguard.datasets.transforms import letterbox
@@ -43,26 +44,6 @@ class ScanScore:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-
-
-def read_jsonl(path: Path, required: tuple[str, ...] = ("listing_id", "image")) -> list[dict]:
-    """JSON objects, one a line, each with the ``required`` keys; anything else is one line naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise MarkguardError(f"{path}: not found")
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MarkguardError(f"{path}:{n}: not JSON Lines ({e.msg}); give a .jsonl file, one JSON object a line") from None
-            if not isinstance(row, dict) or not all(k in row for k in required):
-                raise MarkguardError(f"{path}:{n}: expected a JSON object with {', '.join(required)}")
-            rows.append(row)
-    return rows
 
 
 def score_scan(results_path: str | Path, truth_path: str | Path, *, statuses=("flag",), authorized: dict[str, list[str]] | None = None) -> ScanScore:

@@ -225,6 +225,21 @@ def test_manifest_missing_column_names_file_and_fix(tmp_path):
         open_trainset(bad)
 
 
+def test_manifest_as_a_spreadsheet_saves_it_and_unreadable_files_are_one_line(tmp_path):
+    _img(tmp_path / "a.jpg")
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbfpath,label\na.jpg,acme\n")  # the byte-order mark would rename the first column
+    assert [(s.path.name, s.label) for s in open_trainset(excel)] == [("a.jpg", "acme")]
+    big = tmp_path / "big.csv"
+    big.write_text("path,label\n" + "a.jpg," + "x" * 200_000 + "\n")
+    with pytest.raises(MarkguardError, match=r"big\.csv:2: unreadable CSV \(field larger than field limit"):
+        list(open_trainset(big))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps({"path": "a.jpg", "label": "caf\u00e9"}).encode().replace(b"\\u00e9", b"\xe9") + b"\n")
+    with pytest.raises(MarkguardError, match=r"latin\.jsonl: not UTF-8 text"):
+        list(open_trainset(latin))
+
+
 def test_logodet3k(tmp_path):
     reader = open_trainset(make_logodet3k(tmp_path / "set"))
     got = sorted((s.path.name, s.label, s.box, s.group) for s in reader)
