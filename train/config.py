@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from markguard.datasets.trainsets import READERS
+from markguard.checkpoint import ModelShape
 from markguard.errors import MarkguardError
 from markguard.model import Pooling
 from markguard.train.losses import Loss
@@ -18,7 +19,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelShape):
+    """What a run trains (the model's shape: backbone, dim, pooling, ... from ModelShape) and how."""
+
     # data
     gallery: str | None = None  # marks to learn, in the gallery layout (brand folders)
     backgrounds: str | None = None  # folders of photos to paste marks into (comma-separated); procedural when unset
@@ -28,18 +31,11 @@ class TrainConfig:
     trainset: str | None = None  # real labelled photos instead of a gallery (SOP, Products-10K, class folders)
     trainset_format: str = "auto"  # a reader in markguard.datasets.trainsets.READERS, or auto
     drop_small_classes: bool = False  # leave out trainset classes with fewer than m_per_class images instead of refusing
-    # model
-    backbone: str = "resnet18"
+    # model (beside ModelShape's fields)
     pretrained: bool = False
     weights: str | None = None  # a local weights file for the backbone
     init: str | None = None  # backbone start: an installed package (efficientnet-lite0) or a .safetensors/.pth file
     freeze_stages: int = 0  # stem and the first N backbone stages stay fixed (pretrained low-level features; faster on CPUs)
-    dim: int = 128
-    pooling: str = "gem"
-    output_stride: int = 16
-    roi_size: int = 3
-    input_size: int = 128
-    scan_size: int = 320
     # objective
     loss: str = "cosface"
     loss_kwargs: dict = field(default_factory=dict)

@@ -43,8 +43,7 @@ LOSS_WEIGHTS = "loss.safetensors"
 
 def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
     """The model card a run starts from; mean/std follow the pretrained weights when ``init`` gives them."""
-    card = ModelCard(backbone=cfg.backbone, dim=cfg.dim, pooling=cfg.pooling, output_stride=cfg.output_stride,
-                     roi_size=cfg.roi_size, input_size=cfg.input_size, scan_size=cfg.scan_size, proposals=dict(cfg.proposals))
+    card = ModelCard(**cfg.model_shape(), proposals=dict(cfg.proposals))
     if init is not None:
         if init.backbone and init.backbone != cfg.backbone:
             raise MarkguardError(f"init={cfg.init} holds weights for backbone {init.backbone}, the recipe says backbone={cfg.backbone}; "
