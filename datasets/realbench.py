@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from markguard.datasets.decode import composite, decode_image, load_mark
 from markguard.datasets.npm import fetch_package
@@ -425,8 +426,6 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
     truth: list[TruthRow] = []
     it = jobs
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(jobs, desc="realbench", unit="listing")
     for n, (tier, k) in enumerate(it):
         r = np.random.default_rng((cfg.seed, 2, TIERS.index(tier), k))

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from PIL import Image
 
+from markguard.datasets.decode import composite, load_mark
 from markguard.errors import DecodeError, MarkguardError
 from markguard.fsio import real_under
 
@@ -259,15 +261,11 @@ def phash(gray: np.ndarray) -> int:
 
 def flatten_gray(img) -> np.ndarray:
     """The mark as the index sees it, flattened onto white (as ``decode.composite`` does), in grey levels."""
-    from markguard.datasets.decode import composite
-
     return np.asarray(composite(img).convert("L"), dtype=np.uint8)
 
 
 def image_hashes(gray: np.ndarray) -> tuple[int, int]:
     """(dHash, pHash) of a grey-level picture."""
-    from PIL import Image
-
     img = Image.fromarray(gray)
     small = np.asarray(img.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     mid = np.asarray(img.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
@@ -276,8 +274,6 @@ def image_hashes(gray: np.ndarray) -> tuple[int, int]:
 
 def thumbnail_vector(gray: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     """The picture shrunk to ``side`` x ``side``, zero-mean and unit-length: two such vectors' dot product is their correlation."""
-    from PIL import Image
-
     v = np.asarray(Image.fromarray(gray).resize((side, side), Image.Resampling.BOX), dtype=np.float64).ravel()
     v = v - v.mean()
     norm = np.linalg.norm(v)
@@ -320,8 +316,6 @@ def check_gallery(root: str | Path, *, min_similarity: float = SAME_PICTURE, tin
     ``min_similarity``), two files with one mark id, and marks under ``tiny_side`` pixels on their
     short side. A brands.yaml error raises as in ``load_gallery``.
     """
-    from markguard.datasets.decode import load_mark
-
     root = Path(root)
     brands = _scan_gallery(root).brands
     report = GalleryReport(root, indexed={})

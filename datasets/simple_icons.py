@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
+from tqdm import tqdm
 
 from markguard.datasets.decode import render_svg
 from markguard.datasets.npm import fetch_package
@@ -181,8 +182,6 @@ def import_simple_icons(
     out_dir.mkdir(parents=True, exist_ok=True)
     names: dict[str, str] = {}
     if progress:
-        from tqdm import tqdm
-
         icons = tqdm(icons, desc="simple-icons", unit="icon")
     for icon in icons:
         written = []

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -550,8 +551,6 @@ def synth_dataset(out: str | Path, *, brands: int = 12, marks_per_brand: int = 2
         writer = csv.writer(mf)
         writer.writerow(["listing_id", "image_path", "seller_id", "title"])
         if workers > 0 and listings > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
             with ProcessPoolExecutor(min(workers, listings)) as pool:
                 rows = pool.map(job, range(listings), chunksize=max(1, min(32, listings // (4 * workers))))
                 _write_rows(rows, writer, truth)

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import ClassVar, Iterable, Iterator
 
 from PIL import Image
+from tqdm import tqdm
 
-from markguard.datasets.tables import csv_header, csv_rows, jsonl_lines
+from markguard.datasets.decode import decode_image
 from markguard.datasets.listings import IMAGE_SUFFIXES
+from markguard.datasets.tables import csv_header, csv_rows, jsonl_lines
 from markguard.errors import DecodeError, MarkguardError
 from markguard.fsio import real_under
 
@@ -626,8 +628,6 @@ def summarize(reader: TrainsetReader, *, progress: bool = False) -> TrainsetSumm
     samples = boxes = 0
     stream: Iterable[TrainSample] = reader
     if progress:
-        from tqdm import tqdm
-
         stream = tqdm(reader, desc=f"reading {reader.format}", unit="sample")
     for s in stream:
         samples += 1
@@ -651,8 +651,6 @@ class CropStream:
         self.skipped.append((path, reason))
 
     def __iter__(self) -> Iterator[MarkCrop]:
-        from markguard.datasets.decode import decode_image
-
         self.skipped = []
         cached: tuple[Path, Image.Image | None] | None = None  # boxes of one image arrive together: decode it once
         for s in self.samples:

@@ -27,14 +27,17 @@ import torch
 from PIL import Image
 
 from markguard.checkpoint import ModelCard
+from markguard.datasets.decode import decode_image
+from markguard.datasets.synth import find_fonts, paste_mark, procedural_background, random_word, render_logo, render_wordmark
+from markguard.datasets.transforms import letterbox
+from markguard.infer.embed import embed_regions
+from markguard.infer.regions import grid_boxes
 
 BANK_K = 10  # the bias is the mean of a reference's k best similarities to the bank
 
 
 def bank_images(n: int, size: int, *, seed: int = 0, photos: list[Path] | None = None) -> list[Image.Image]:
     """``n`` mark-free listing-like pictures: procedural backgrounds carrying generic shapes or plain text, then the photos given."""
-    from markguard.datasets.synth import find_fonts, paste_mark, procedural_background, random_word, render_logo, render_wordmark
-
     rng = np.random.default_rng((seed, 7919))
     fonts = find_fonts()
     out = []
@@ -45,8 +48,6 @@ def bank_images(n: int, size: int, *, seed: int = 0, photos: list[Path] | None =
             paste_mark(img, thing, rng, scale=float(rng.uniform(0.15, 0.5)))
         out.append(img)
     if photos:
-        from markguard.datasets.decode import decode_image
-
         out += [decode_image(p, target_size=size).image.convert("RGB") for p in photos]
     return out
 
@@ -54,10 +55,6 @@ def bank_images(n: int, size: int, *, seed: int = 0, photos: list[Path] | None =
 @torch.no_grad()
 def background_bank(model, card: ModelCard, images: list[Image.Image], *, device: str = "cpu", batch_size: int = 16) -> np.ndarray:
     """(N, dim) embeddings of every grid region of ``images``, letterboxed and pooled as a scan pools them."""
-    from markguard.datasets.transforms import letterbox
-    from markguard.infer.embed import embed_regions
-    from markguard.infer.regions import grid_boxes
-
     regions = card.regions
     out = []
     for i in range(0, len(images), batch_size):

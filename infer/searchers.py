@@ -10,6 +10,8 @@ import torch
 
 from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkpoint
 from markguard.errors import MarkguardError
+from markguard.infer.backends import load_backend
+from markguard.infer.index import MarkIndex
 from markguard.infer.index_meta import check_index_meta
 from markguard.model import compile_backbone
 from markguard.preprocess import Preprocessing, resolve_preprocessing
@@ -40,8 +42,6 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
 
     ``compile`` names a torch.compile backend for each model's backbone (PyTorch backend only).
     """
-    from markguard.infer.index import MarkIndex
-
     searchers, models = [], {}
     names = [Path(p).name if len(index_paths) > 1 else "" for p in index_paths]
     for name in set(names):
@@ -61,8 +61,6 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
                 if compile:
                     compile_backbone(models[key][0], compile)
             else:
-                from markguard.infer.backends import load_backend
-
                 models[key] = load_backend(mpath, backend, device=device)
         model, card = models[key]
         try:

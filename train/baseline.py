@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from markguard.datasets.decode import composite, load_mark
 from markguard.datasets.listings import iter_manifest
@@ -157,8 +158,6 @@ def sift_scan(manifest: str | Path, gallery: str | Path, out_dir: str | Path, cf
     t0 = time.perf_counter()
     rows = []
     if progress:
-        from tqdm import tqdm
-
         items = tqdm(items, desc="sift", unit="img")
     for item in items:
         row = {"listing_id": item.listing_id, "image": item.image, "seller_id": item.seller_id, "status": "pass", "score": None,
