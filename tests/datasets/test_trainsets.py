@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from markguard.commands import data as data_cmd
+from markguard.cli import main
 from markguard.datasets.trainsets import (
     READERS,
     TrainSample,
@@ -383,16 +382,10 @@ def test_summary_counts_and_lines(tmp_path):
     assert "skipped " in text and "2.jpg" in text
 
 
-def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="markguard")
-    data_cmd.register(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
 
 def test_cli_check_trainset(tmp_path, capsys):
     root = make_sop(tmp_path / "set")
-    assert _cli("data", "check-trainset", str(root)) == 0
+    assert main(["data", "check-trainset", str(root)]) == 0
     out = capsys.readouterr().out
     assert "(sop): 3 samples, 2 labels" in out
     assert "gone.JPG: image file not found" in out
