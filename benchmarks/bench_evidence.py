@@ -349,7 +349,7 @@ def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: 
     from markguard.infer.evidence import candidate_from_json
     from markguard.infer.results import read_results
     from markguard.infer.scan import ScanOptions, run_scan
-    from markguard.train.calibrate import threshold_at_fpr
+    from markguard.train.rates import threshold_at_fpr
 
     manifest, truth_path = real_subset(bench, every, workdir)
     truth = read_truth(truth_path)
