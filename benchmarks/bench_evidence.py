@@ -176,7 +176,7 @@ def ocr_part(names, lexicon, crops: int, rng, negatives: int, config: OcrConfig 
 
 
 def tpr_at_fpr(scores, positive, fpr=0.01):
-    from markguard.train.calibrate import threshold_at_fpr
+    from markguard.train.rates import threshold_at_fpr
 
     s, p = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     t = threshold_at_fpr(s[~p], fpr)
@@ -349,7 +349,7 @@ def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: 
     from markguard.infer.evidence import candidate_from_json
     from markguard.infer.results import read_results
     from markguard.infer.scan import ScanOptions, run_scan
-    from markguard.train.calibrate import threshold_at_fpr
+    from markguard.train.rates import threshold_at_fpr
 
     manifest, truth_path = real_subset(bench, every, workdir)
     truth = read_truth(truth_path)

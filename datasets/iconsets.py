@@ -8,12 +8,13 @@ teach what makes two colourful designs the same. Each icon becomes a brand folde
 from __future__ import annotations
 
 import re
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from markguard.datasets.decode import render_svg
+from markguard.datasets.npm import npm_pack
 from markguard.errors import DecodeError, MarkguardError
 
 
@@ -42,23 +43,9 @@ class IconSetImport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def fetch(iconset: IconSet, dest: Path) -> Path:
-    """``npm pack`` the set's package into ``dest``; returns the archive."""
-    try:
-        out = subprocess.run(["npm", "pack", f"{iconset.package}@{iconset.version}", "--silent", "--pack-destination", str(dest)],
-                             capture_output=True, text=True, timeout=300, check=True)
-    except FileNotFoundError:
-        raise MarkguardError("npm not found; install Node.js, or pass --archive with the package's .tgz") from None
-    except subprocess.CalledProcessError as e:
-        raise MarkguardError(f"npm pack {iconset.package}@{iconset.version} failed: {e.stderr.strip()[:200]}; pass --archive with the .tgz") from None
-    return dest / out.stdout.strip().splitlines()[-1]
-
-
 def import_iconset(name: str, out: str | Path, *, archive: str | Path | None = None, size: int = 128,
                    limit: int | None = None) -> IconSetImport:
     """Render every icon of set ``name`` (see ``ICON_SETS``) into ``out/<prefix>-<icon>/<icon>.png``."""
-    from markguard.datasets.decode import render_svg
-
     if name not in ICON_SETS:
         raise MarkguardError(f"unknown icon set '{name}'; choose one of {', '.join(ICON_SETS)}")
     iconset = ICON_SETS[name]
@@ -68,7 +55,7 @@ def import_iconset(name: str, out: str | Path, *, archive: str | Path | None = N
     result = IconSetImport(out)
     pattern, skip = re.compile(iconset.member), re.compile(iconset.skip) if iconset.skip else None
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(archive) if archive else fetch(iconset, Path(tmp))
+        path = Path(archive) if archive else npm_pack(f"{iconset.package}@{iconset.version}", tmp, fix="pass --archive with the package's .tgz")
         if not path.is_file():
             raise MarkguardError(f"{path}: archive not found; give the .tgz from `npm pack {iconset.package}`")
         try:

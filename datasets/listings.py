@@ -18,7 +18,6 @@ Which reader :func:`open_dump` uses:
 
 from __future__ import annotations
 
-import csv
 import glob
 import itertools
 import json
@@ -31,12 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
+from markguard.datasets.tables import csv_rows, jsonl_lines
 from markguard.errors import DecodeError, MarkguardError
+from markguard.fsio import real_under
 
 if TYPE_CHECKING:
     from markguard.datasets.decode import DecodedImage
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}  # the one list of photo endings markguard reads
 MANIFEST_SUFFIXES = {".csv", ".jsonl", ".parquet"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # webdataset extensions (everything after the first dot of the member's basename)
@@ -93,26 +94,6 @@ class ListingItem:
         return decode_image(self.data if self.data is not None else self.path, **kwargs)
 
 
-def inside(root: Path, candidate: Path) -> Path | None:
-    """``candidate`` resolved (links followed) if it stays under ``root``, else None.
-
-    Resolving only reads link targets and directory entries, never a file's content.
-    """
-    resolved = _real_under(os.path.realpath(root), candidate)
-    return None if resolved is None else Path(resolved)
-
-
-def _real_under(root_real: str, candidate: str | os.PathLike) -> str | None:
-    """:func:`inside` on strings with the root already resolved: the readers call it once a row."""
-    try:
-        resolved = os.path.realpath(candidate)
-    except (OSError, ValueError):  # NUL bytes in a manifest path
-        return None
-    if resolved == root_real or resolved.startswith(root_real.rstrip(os.sep) + os.sep):
-        return resolved
-    return None
-
-
 def _regular_file_error(path: str) -> str | None:
     """Why ``path`` (already resolved) cannot be read as a photo, or None; a FIFO would block the scan."""
     try:
@@ -161,7 +142,7 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, str | None]]:
             yield p.relative_to(root).as_posix(), p, None
         for name in dirnames:
             p = here / name
-            if p.is_symlink() and _real_under(root_real, p) is None:
+            if p.is_symlink() and real_under(root_real, p) is None:
                 yield p.relative_to(root).as_posix(), p, "refused: linked folder leaves the dump's root (not followed)"
     yield from unlistable()
 
@@ -179,7 +160,7 @@ def iter_directory(root: Path) -> Iterator[ListingItem]:
         item = ListingItem(index, listing_id, rel, error=error)
         if error is None:
             if p.is_symlink():
-                resolved = _real_under(root_real, p)
+                resolved = real_under(root_real, p)
                 if resolved is None:
                     item.error = "refused: link leaves the dump's root"
                     yield item
@@ -211,27 +192,16 @@ def _manifest_rows(path: Path) -> Iterator[dict]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            # utf-8-sig: spreadsheets save CSV with a byte-order mark that would rename the first column
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                try:
-                    _missing_columns(path, reader.fieldnames or [])
-                    yield from reader
-                except csv.Error as e:  # a field over the csv module's limit (128 KiB), a NUL byte, a stray quote
-                    raise MarkguardError(f"{path}:{reader.line_num + 1}: unreadable CSV ({e}); fix or remove that line") from None
+            for _, row in csv_rows(path, header=lambda names: _missing_columns(path, names)):
+                yield row
         elif suffix == ".jsonl":
-            with path.open(encoding="utf-8-sig") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise MarkguardError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from None
-                    if not isinstance(row, dict):
-                        raise MarkguardError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
-                    _missing_columns(path, row, f":{n}")
-                    yield row
+            for n, row, problem in jsonl_lines(path):
+                if problem is not None:
+                    raise MarkguardError(f"{path}:{n}: not valid JSON ({problem}); fix or remove that line")
+                if not isinstance(row, dict):
+                    raise MarkguardError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
+                _missing_columns(path, row, f":{n}")
+                yield row
         else:
             f = _parquet_file(path)
             names = f.schema_arrow.names
@@ -289,7 +259,7 @@ def iter_manifest(path: Path) -> Iterator[ListingItem]:
         elif image is None:
             item.error = "missing image_path"
         else:
-            resolved = _real_under(root, os.path.join(root, image))  # an absolute image_path replaces root here
+            resolved = real_under(root, os.path.join(root, image))  # an absolute image_path replaces root here
             if resolved is None:
                 item.error = "refused: image_path leaves the manifest's folder"
             else:

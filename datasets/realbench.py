@@ -28,7 +28,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
+from markguard.datasets.decode import composite, decode_image, load_mark
+from markguard.datasets.npm import fetch_package
+from markguard.datasets.registry import SAME_PICTURE, flatten_gray, merge_brand_names, thumbnail_vector
+from markguard.datasets.simple_icons import _near_white, read_icons, render_icon
+from markguard.datasets.synth import NEAR_MATCHES, near_match, paste_mark, procedural_background
 from markguard.errors import DecodeError, MarkguardError
 
 TIERS = ("copy", "small", "near", "cross", "unregistered", "none")
@@ -107,45 +113,14 @@ def package_version(package_dir: str | Path) -> str | None:
 
 def fetch_npm(package: str, dest: str | Path, *, version: str | None = None, archive: str | Path | None = None, timeout: float = 300) -> Path:
     """``package`` unpacked to ``dest/package``: from a local ``archive`` (.tgz, e.g. a cached ``npm pack``), else ``npm pack``."""
-    from markguard.datasets.simple_icons import _safe_extract
-
     if package in RESERVED_NPM:
         raise MarkguardError(f"{package} is reserved for an independent evaluation; never build a bench or train on it")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        if archive is None:
-            npm = shutil.which("npm")
-            if npm is None:
-                raise MarkguardError(f"npm not found; install Node.js, or download {package}-<version>.tgz and pass it with --archive")
-            spec = f"{package}@{version}" if version else package
-            try:
-                done = subprocess.run([npm, "pack", spec], cwd=tmp, capture_output=True, text=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise MarkguardError(f"npm pack {spec} took over {timeout:.0f}s; check the network or pass --archive") from None
-            archive = next(Path(tmp).glob("*.tgz"), None)
-            if done.returncode != 0 or archive is None:
-                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise MarkguardError(f"npm pack {spec} failed ({last}); check the network or pass --archive")
-        archive = Path(archive)
-        if not archive.is_file():
-            raise MarkguardError(f"{archive}: not found; give the .tgz that `npm pack {package}` writes")
-        import tarfile
-
-        try:
-            with tarfile.open(archive) as tar:
-                _safe_extract(tar, dest)
-        except tarfile.TarError as e:
-            raise MarkguardError(f"{archive}: not a readable .tgz ({e})") from None
-    if not (dest / "package").is_dir():
-        raise MarkguardError(f"{archive}: has no package/ folder; not an npm package archive")
-    return dest / "package"
+    return fetch_package(package, dest, version=version, archive=archive, timeout=timeout,
+                         fix=f"download {package}-<version>.tgz and pass it with --archive")
 
 
 def visible_share(mark: Image.Image) -> float:
     """Share of the mark's box that is visibly off-white once flattened on white (as the index sees it)."""
-    from markguard.datasets.decode import composite
-
     bbox = mark.getchannel("A").getbbox() if mark.mode == "RGBA" else (0, 0, mark.width, mark.height)
     if bbox is None:
         return 0.0
@@ -330,8 +305,6 @@ def _crop_photo(photo: Image.Image, rng: np.random.Generator, long_side: tuple[i
 def _paste(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, scale: tuple[float, float], strength: float,
            max_rel: float | None = None) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """``mark`` pasted into a copy of ``bg``; with ``max_rel``, shrunk until its box's long side is under that share of the short side."""
-    from markguard.datasets.synth import paste_mark
-
     s = float(rng.uniform(*scale))
     for _ in range(12):
         img = bg.copy()
@@ -343,8 +316,6 @@ def _paste(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, scale: 
 
 
 def _load_photos(folders: list[str | Path]) -> list[tuple[str, Image.Image]]:
-    from markguard.datasets.decode import decode_image
-
     photos = []
     for folder in folders:
         folder = Path(folder)
@@ -367,8 +338,6 @@ def _trim(img: Image.Image) -> Image.Image:
 
 
 def _render(path: Path, side: int) -> Image.Image | None:
-    from markguard.datasets.decode import load_mark
-
     try:
         img = load_mark(path, size=side)
     except DecodeError:
@@ -380,8 +349,6 @@ def _cross_marks(simple_icons_dir: str | Path | None, brands: list[str], side: i
     """The Simple Icons glyph of each registered brand that has one, in its brand colour (black when that is near white)."""
     if simple_icons_dir is None:
         return {}
-    from markguard.datasets.simple_icons import _near_white, read_icons, render_icon
-
     icons, _ = read_icons(simple_icons_dir)
     by_slug = {i.slug: i for i in icons}
     out = {}
@@ -402,9 +369,6 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
                     cross_dir: str | Path | None = None, cfg: BenchConfig | None = None, progress: bool = False) -> dict:
     """Write the benchmark (module docstring) from an unpacked devicon package, photo folders and, for the cross tier,
     an unpacked simple-icons package; returns what ``bench.json`` records."""
-    from markguard.datasets.registry import SAME_PICTURE, flatten_gray, merge_brand_names, thumbnail_vector
-    from markguard.datasets.synth import NEAR_MATCHES, near_match
-
     cfg = cfg or BenchConfig()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -462,8 +426,6 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
     truth: list[TruthRow] = []
     it = jobs
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(jobs, desc="realbench", unit="listing")
     for n, (tier, k) in enumerate(it):
         r = np.random.default_rng((cfg.seed, 2, TIERS.index(tier), k))
@@ -518,8 +480,6 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
 def write_sample_sources(root: str | Path, *, brands: int = 12, photos: int = 4, seed: int = 0) -> dict[str, Path]:
     """Generated stand-ins for the three sources in their real layouts (a devicon package, a simple-icons package,
     a photo folder), small enough for the quick benchmark and the tests to build a bench without network."""
-    from markguard.datasets.synth import procedural_background
-
     root = Path(root)
     rng = np.random.default_rng(seed)
     dev, si, ph = root / "devicon" / "package", root / "simple-icons" / "package", root / "photos" / "sample"

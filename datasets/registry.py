@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from PIL import Image
 
+from markguard.datasets.decode import composite, load_mark
 from markguard.errors import DecodeError, MarkguardError
+from markguard.fsio import real_under
 
 MARK_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".svg"}
 
@@ -108,6 +111,15 @@ def load_gallery(root: str | Path) -> Gallery:
     if not any(b.marks for b in gallery.brands.values()):
         raise MarkguardError(f"{root}: gallery has no mark images; add <brand_id>/<mark_id>.png|jpg|webp|svg files")
     return gallery
+
+
+def split_brands(gallery: Gallery, holdout: int) -> tuple[list[MarkRef], list[str]]:
+    """Training marks and the held-out brands (the last ``holdout`` brand ids in sorted order)."""
+    brand_ids = sorted(b for b, br in gallery.brands.items() if br.marks)
+    if holdout >= len(brand_ids):
+        raise MarkguardError(f"holdout_brands={holdout} leaves no brand to train on ({len(brand_ids)} brands with marks)")
+    held = brand_ids[len(brand_ids) - holdout :] if holdout else []
+    return [m for m in gallery.marks if m.brand not in held], held
 
 
 def _scan_gallery(root: Path) -> Gallery:
@@ -249,15 +261,11 @@ def phash(gray: np.ndarray) -> int:
 
 def flatten_gray(img) -> np.ndarray:
     """The mark as the index sees it, flattened onto white (as ``decode.composite`` does), in grey levels."""
-    from markguard.datasets.decode import composite
-
     return np.asarray(composite(img).convert("L"), dtype=np.uint8)
 
 
 def image_hashes(gray: np.ndarray) -> tuple[int, int]:
     """(dHash, pHash) of a grey-level picture."""
-    from PIL import Image
-
     img = Image.fromarray(gray)
     small = np.asarray(img.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     mid = np.asarray(img.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
@@ -266,8 +274,6 @@ def image_hashes(gray: np.ndarray) -> tuple[int, int]:
 
 def thumbnail_vector(gray: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     """The picture shrunk to ``side`` x ``side``, zero-mean and unit-length: two such vectors' dot product is their correlation."""
-    from PIL import Image
-
     v = np.asarray(Image.fromarray(gray).resize((side, side), Image.Resampling.BOX), dtype=np.float64).ravel()
     v = v - v.mean()
     norm = np.linalg.norm(v)
@@ -310,15 +316,13 @@ def check_gallery(root: str | Path, *, min_similarity: float = SAME_PICTURE, tin
     ``min_similarity``), two files with one mark id, and marks under ``tiny_side`` pixels on their
     short side. A brands.yaml error raises as in ``load_gallery``.
     """
-    from markguard.datasets.decode import load_mark
-
     root = Path(root)
     brands = _scan_gallery(root).brands
     report = GalleryReport(root, indexed={})
     readable: list[MarkRef] = []
     hashes: list[tuple[int, int]] = []
     thumbs: list[np.ndarray] = []
-    real_root = root.resolve()
+    real_root = os.path.realpath(root)
     for brand in brands.values():
         report.ignored += [
             f for f in sorted((root / brand.id).iterdir())
@@ -330,7 +334,7 @@ def check_gallery(root: str | Path, *, min_similarity: float = SAME_PICTURE, tin
             if mark.mark in seen:
                 report.id_clashes.append(GalleryIssue(mark.path, f"mark id '{mark.mark}' is also {seen[mark.mark].name}; rename one"))
             seen.setdefault(mark.mark, mark.path)
-            if real_root not in mark.path.resolve().parents:
+            if real_under(real_root, mark.path) is None:
                 report.unreadable.append(GalleryIssue(mark.path, "refused: links outside the gallery"))
                 continue
             try:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import tarfile
-import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
+from tqdm import tqdm
 
+from markguard.datasets.decode import render_svg
+from markguard.datasets.npm import fetch_package
 from markguard.datasets.registry import merge_brand_names
 from markguard.errors import DecodeError, MarkguardError
 
@@ -126,8 +125,6 @@ def _with_fill(svg: str, hex_: str) -> str:
 
 def render_icon(icon: SimpleIcon, variant: str, size: int = 256) -> Image.Image:
     """One render of an icon as RGBA at ``size`` px: transparent around the mark except for white-on-color."""
-    from markguard.datasets.decode import render_svg
-
     svg = icon.svg.read_text(encoding="utf-8")
     name = str(icon.svg)
     if variant == "color":
@@ -185,8 +182,6 @@ def import_simple_icons(
     out_dir.mkdir(parents=True, exist_ok=True)
     names: dict[str, str] = {}
     if progress:
-        from tqdm import tqdm
-
         icons = tqdm(icons, desc="simple-icons", unit="icon")
     for icon in icons:
         written = []
@@ -216,42 +211,5 @@ def import_simple_icons(
 
 def fetch_simple_icons(dest: str | Path, *, version: str | None = None, timeout: float = 300) -> Path:
     """Download the package with ``npm pack simple-icons[@version]`` and unpack it; returns ``dest/package``."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise MarkguardError(
-            "npm not found; install Node.js, or download simple-icons-<version>.tgz from the npm registry, "
-            "unpack it and pass its package/ folder with --package"
-        )
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    spec = f"simple-icons@{version}" if version else "simple-icons"
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            done = subprocess.run([npm, "pack", spec], cwd=tmp, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise MarkguardError(f"npm pack {spec} took over {timeout:.0f}s; check the network or pass --package") from None
-        tgz = next(Path(tmp).glob("simple-icons-*.tgz"), None)
-        if done.returncode != 0 or tgz is None:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise MarkguardError(f"npm pack {spec} failed ({last}); check the network or pass --package")
-        with tarfile.open(tgz) as tar:
-            _safe_extract(tar, dest)
-    package = dest / "package"
-    if not package.is_dir():
-        raise MarkguardError(f"{tgz.name}: has no package/ folder; not an npm package archive")
-    return package
-
-
-def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
-    """Extract only plain files and folders that stay under ``dest``."""
-    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
-        # the "data" filter refuses absolute paths, links out and device files in the archive
-        tar.extractall(dest, filter="data")
-        return
-    members = []
-    for m in tar.getmembers():
-        target = (dest / m.name).resolve()
-        if not (m.isfile() or m.isdir()) or dest.resolve() not in target.parents:
-            raise MarkguardError(f"{tar.name}: refused member {m.name!r} (link, device or path outside the archive)")
-        members.append(m)
-    tar.extractall(dest, members=members)
+    return fetch_package("simple-icons", dest, version=version, timeout=timeout,
+                         fix="download simple-icons-<version>.tgz from the npm registry, unpack it and pass its package/ folder with --package")

@@ -11,13 +11,18 @@ import csv
 import io
 import json
 import math
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from markguard.boxes import iou
+from markguard.datasets.decode import decode_image
+from markguard.datasets.listings import IMAGE_SUFFIXES
+from markguard.errors import DecodeError, MarkguardError
 
 SYLLABLES = ["ka", "lo", "mi", "zu", "ra", "te", "no", "vi", "sa", "po", "qu", "xe", "bri", "tor", "den", "fal", "gor", "lux", "pex", "van", "zen", "ori", "ast", "kel"]
 SHAPES = ["circle", "ring", "triangle", "square", "diamond", "star", "hexagon", "chevron", "bars", "cross"]
@@ -274,9 +279,6 @@ class Backgrounds:
         self.paths = []
         folders = folder if isinstance(folder, (list, tuple)) else [f for f in str(folder).split(",") if f.strip()] if folder else []
         if folders:
-            from markguard.datasets.listings import IMAGE_SUFFIXES
-            from markguard.errors import MarkguardError
-
             for f in folders:
                 f = Path(str(f).strip())
                 if not f.is_dir():
@@ -293,9 +295,6 @@ class Backgrounds:
 
     def _photo(self, i: int) -> Image.Image | None:
         if i not in self._photos:
-            from markguard.datasets.decode import decode_image
-            from markguard.errors import DecodeError
-
             try:
                 img = decode_image(self.paths[i], target_size=2 * self.pool_size).image.convert("RGB")
                 f = self.pool_size * 2 / min(img.size)
@@ -509,8 +508,6 @@ def make_listing(rng: np.random.Generator, marks: list[SynthMark], distractors: 
 
 def write_gallery(marks: list[SynthMark], root: str | Path, *, authorized: dict[str, list[str]] | None = None) -> Path:
     """Write marks as a gallery (DESIGN.md layout) with a brands.yaml."""
-    import yaml
-
     root = Path(root)
     entries = {}
     for m in marks:
@@ -521,6 +518,16 @@ def write_gallery(marks: list[SynthMark], root: str | Path, *, authorized: dict[
         entries[brand]["authorized_sellers"] = sellers
     (root / "brands.yaml").write_text(yaml.safe_dump({"brands": entries}, sort_keys=True))
     return root
+
+
+def check_synth_args(out, *, brands: int, listings: int, marks_per_brand: int = 1, distractors: int = 0) -> None:
+    """Counts that make sense and an output that is a folder, before anything is written (synth and demo)."""
+    for name, v, low in (("--brands", brands, 1), ("--marks-per-brand", marks_per_brand, 1), ("--listings", listings, 0),
+                         ("--distractors", distractors, 0)):
+        if v < low:
+            raise MarkguardError(f"{name} {v} must be at least {low}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise MarkguardError(f"{out}: is a file; --out names the folder to write")
 
 
 def synth_dataset(out: str | Path, *, brands: int = 12, marks_per_brand: int = 2, distractor_brands: int = 6,
@@ -544,8 +551,6 @@ def synth_dataset(out: str | Path, *, brands: int = 12, marks_per_brand: int = 2
         writer = csv.writer(mf)
         writer.writerow(["listing_id", "image_path", "seller_id", "title"])
         if workers > 0 and listings > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
             with ProcessPoolExecutor(min(workers, listings)) as pool:
                 rows = pool.map(job, range(listings), chunksize=max(1, min(32, listings // (4 * workers))))
                 _write_rows(rows, writer, truth)

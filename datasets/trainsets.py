@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -12,10 +10,14 @@ from pathlib import Path
 from typing import ClassVar, Iterable, Iterator
 
 from PIL import Image
+from tqdm import tqdm
 
+from markguard.datasets.decode import decode_image
+from markguard.datasets.listings import IMAGE_SUFFIXES
+from markguard.datasets.tables import csv_header, csv_rows, jsonl_lines
 from markguard.errors import DecodeError, MarkguardError
+from markguard.fsio import real_under
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 # Annotators round box edges differently (VOC is 1-based inclusive, others 0-based); an edge
 # this many pixels past the image border is clipped, anything further is a broken box.
@@ -89,7 +91,7 @@ class TrainsetReader:
         self.root = Path(root)
         self.strict = strict
         self.skipped: list[tuple[Path, str]] = []
-        self._real_dirs: dict[Path, Path] = {}
+        self._real_dirs: dict[Path, str] = {}
         if not self.root.exists():
             raise MarkguardError(f"{self.root}: not found; give the folder (or manifest file) of a {self.format} training set")
         self._check_layout()
@@ -117,7 +119,7 @@ class TrainsetReader:
     def _image(self, path: Path, base: Path | None = None) -> Path | None:
         """``path`` if it is a file inside ``base`` (default: the root), else None with the reason skipped."""
         base = base or self.root
-        if _inside(self._resolved(base), path) is None:
+        if real_under(self._resolved(base), path) is None:
             self._skip(path, f"refused: path leaves {base}")
             return None
         if not path.is_file():
@@ -125,10 +127,10 @@ class TrainsetReader:
             return None
         return path
 
-    def _resolved(self, folder: Path) -> Path:
+    def _resolved(self, folder: Path) -> str:
         # resolving the root once, not once per image, is most of a directory walk's cost
         if folder not in self._real_dirs:
-            self._real_dirs[folder] = folder.resolve()
+            self._real_dirs[folder] = os.path.realpath(folder)
         return self._real_dirs[folder]
 
     def _checked_box(self, path: Path, box: Box, size: tuple[int, int] | None = None) -> Box | None:
@@ -167,12 +169,6 @@ def _image_size(path: Path) -> tuple[int, int] | str:
             return (img.height, img.width) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else img.size
     except (OSError, SyntaxError, ValueError) as e:
         return f"not a readable image ({type(e).__name__})"
-
-
-def _inside(real_root: Path, candidate: Path) -> Path | None:
-    """``candidate`` resolved (links followed) if it stays under ``real_root`` (already resolved), else None."""
-    resolved = candidate.resolve()
-    return resolved if resolved == real_root or real_root in resolved.parents else None
 
 
 def _images_in(folder: Path, recursive: bool = True) -> list[Path]:
@@ -245,8 +241,7 @@ class ManifestReader(TrainsetReader):
         if not self.detect(self.root):
             raise MarkguardError(f"{self.root}: a manifest is a .csv or .jsonl file with path,label[,x0,y0,x1,y1] per row")
         if self.root.suffix.lower() == ".csv":
-            with self.root.open(newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
+            header = csv_header(self.root)
             missing = [c for c in ("path", "label") if c not in header]
             if missing:
                 raise MarkguardError(f"{self.root}: missing column(s) {missing}; the header must be path,label[,x0,y0,x1,y1][,split]")
@@ -257,19 +252,13 @@ class ManifestReader(TrainsetReader):
     def _rows(self) -> Iterator[tuple[str, dict | None, str | None]]:
         """(where in the manifest, row, reason the row is unusable)."""
         if self.root.suffix.lower() == ".csv":
-            with self.root.open(newline="", encoding="utf-8") as f:
-                for n, row in enumerate(csv.DictReader(f), 2):  # line 1 is the header
-                    yield f"row {n}", row, None
+            for n, row in csv_rows(self.root):
+                yield f"row {n}", row, None
             return
-        with self.root.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield f"line {n}", None, f"not JSON ({e.msg})"
-                    continue
+        for n, row, problem in jsonl_lines(self.root):
+            if problem is not None:
+                yield f"line {n}", None, f"not JSON ({problem})"
+            else:
                 yield f"line {n}", row, None if isinstance(row, dict) else "not a JSON object"
 
     def _samples(self) -> Iterator[TrainSample]:
@@ -352,7 +341,7 @@ class _VocMixin:
         if not xml_path.is_file():
             self._skip(image, f"no annotation file {xml_path.name} for it")
             return
-        if _inside(self._resolved(self.root), xml_path) is None:
+        if real_under(self._resolved(self.root), xml_path) is None:
             self._skip(xml_path, f"refused: path leaves {self.root}")
             return
         try:
@@ -500,7 +489,7 @@ class FlickrLogos32Reader(TrainsetReader):
                     yield TrainSample(image, class_dir.name, None, split)
                     continue
                 box_file = self.root / "classes" / "masks" / class_dir.name / f"{image.name}.bboxes.txt"
-                boxes = self._boxes(box_file) if _inside(self._resolved(self.root), box_file) else f"refused: {box_file} leaves {self.root}"
+                boxes = self._boxes(box_file) if real_under(self._resolved(self.root), box_file) else f"refused: {box_file} leaves {self.root}"
                 if isinstance(boxes, str):
                     self._skip(image, boxes)
                     continue
@@ -572,8 +561,7 @@ class Products10KReader(TrainsetReader):
     def detect(cls, root: Path) -> bool:
         if not (root.is_dir() and (root / "train.csv").is_file()):
             return False
-        with (root / "train.csv").open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
+        header = csv_header(root / "train.csv")
         return "name" in header and "class" in header
 
     def _check_layout(self) -> None:
@@ -582,8 +570,7 @@ class Products10KReader(TrainsetReader):
         for csv_name, _ in self.LISTS.values():
             path = self.root / csv_name
             if path.is_file():
-                with path.open(newline="", encoding="utf-8") as f:
-                    header = next(csv.reader(f), [])
+                header = csv_header(path)
                 if "name" not in header or "class" not in header:
                     raise MarkguardError(f"{path}: header is {header}; expected name,class[,group]")
 
@@ -592,11 +579,10 @@ class Products10KReader(TrainsetReader):
             path = self.root / csv_name
             if not path.is_file():
                 continue
-            with path.open(newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    image = self._image(self.root / folder / row["name"])
-                    if image is not None:
-                        yield TrainSample(image, str(row["class"]), None, split, row.get("group") or None)
+            for _, row in csv_rows(path):
+                image = self._image(self.root / folder / row["name"])
+                if image is not None:
+                    yield TrainSample(image, str(row["class"]), None, split, row.get("group") or None)
 
 
 # --------------------------------------------------------------------------- choosing a reader
@@ -642,8 +628,6 @@ def summarize(reader: TrainsetReader, *, progress: bool = False) -> TrainsetSumm
     samples = boxes = 0
     stream: Iterable[TrainSample] = reader
     if progress:
-        from tqdm import tqdm
-
         stream = tqdm(reader, desc=f"reading {reader.format}", unit="sample")
     for s in stream:
         samples += 1
@@ -667,8 +651,6 @@ class CropStream:
         self.skipped.append((path, reason))
 
     def __iter__(self) -> Iterator[MarkCrop]:
-        from markguard.datasets.decode import decode_image
-
         self.skipped = []
         cached: tuple[Path, Image.Image | None] | None = None  # boxes of one image arrive together: decode it once
         for s in self.samples:

@@ -17,21 +17,27 @@ over the same grid of regions a scan uses.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from markguard.checkpoint import ModelCard
+from markguard.datasets.decode import decode_image
+from markguard.datasets.synth import find_fonts, paste_mark, procedural_background, random_word, render_logo, render_wordmark
+from markguard.datasets.transforms import letterbox
+from markguard.infer.embed import embed_regions
+from markguard.infer.regions import grid_boxes
 
 BANK_K = 10  # the bias is the mean of a reference's k best similarities to the bank
 
 
 def bank_images(n: int, size: int, *, seed: int = 0, photos: list[Path] | None = None) -> list[Image.Image]:
     """``n`` mark-free listing-like pictures: procedural backgrounds carrying generic shapes or plain text, then the photos given."""
-    from markguard.datasets.synth import find_fonts, paste_mark, procedural_background, random_word, render_logo, render_wordmark
-
     rng = np.random.default_rng((seed, 7919))
     fonts = find_fonts()
     out = []
@@ -42,8 +48,6 @@ def bank_images(n: int, size: int, *, seed: int = 0, photos: list[Path] | None =
             paste_mark(img, thing, rng, scale=float(rng.uniform(0.15, 0.5)))
         out.append(img)
     if photos:
-        from markguard.datasets.decode import decode_image
-
         out += [decode_image(p, target_size=size).image.convert("RGB") for p in photos]
     return out
 
@@ -51,10 +55,6 @@ def bank_images(n: int, size: int, *, seed: int = 0, photos: list[Path] | None =
 @torch.no_grad()
 def background_bank(model, card: ModelCard, images: list[Image.Image], *, device: str = "cpu", batch_size: int = 16) -> np.ndarray:
     """(N, dim) embeddings of every grid region of ``images``, letterboxed and pooled as a scan pools them."""
-    from markguard.datasets.transforms import letterbox
-    from markguard.infer.embed import embed_regions
-    from markguard.infer.regions import grid_boxes
-
     regions = card.regions
     out = []
     for i in range(0, len(images), batch_size):
@@ -83,13 +83,23 @@ def normalise(similarity, bias):
     return np.clip((np.asarray(similarity, dtype=np.float32) - bias) / (1.0 - bias), -1.0, 1.0)
 
 
-def hub_share(best_refs: list, shows: list) -> tuple[float, int]:
-    """Of the photos whose best match is not a mark they show: the share taken by the single most frequent
-    reference, and its count. ``best_refs[i]`` is photo i's best reference (or None), ``shows[i]`` the one it shows (or None)."""
-    from collections import Counter
+@dataclass
+class Hub:
+    """Best matches of photos that do not show them: how much one reference soaks up."""
 
-    wrong = [b for b, s in zip(best_refs, shows) if b is not None and b != s]
-    if not wrong:
-        return 0.0, 0
-    ref, count = Counter(wrong).most_common(1)[0]
-    return count / len(wrong), count
+    photos: int  # photos whose best match is a reference they do not show (negatives, and positives matched to another brand)
+    reference: str | None  # "brand/mark" that is most often such a best match
+    count: int  # how many of those photos it is the best match of
+    share: float | None  # count / photos
+    distinct: int  # references that are the best match of at least one such photo
+    top: list[tuple[str, int]] = field(default_factory=list)
+
+
+def hub_of(wrong: Iterable[str], top: int = 5) -> Hub:
+    """The hub figure of ``wrong``: for each photo whose best match is a reference it does not show, that reference."""
+    counts = Counter(wrong)
+    n = sum(counts.values())
+    if not n:
+        return Hub(0, None, 0, None, 0)
+    (ref, count), = counts.most_common(1)
+    return Hub(n, ref, count, count / n, len(counts), counts.most_common(top))

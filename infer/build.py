@@ -9,9 +9,11 @@ from pathlib import Path
 from markguard.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_model_dir
 from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import Gallery, MarkRef, load_gallery
+from markguard.device import resolve_device
 from markguard.errors import DecodeError, MarkguardError
+from markguard.infer.bank import BANK_K, background_bank, bank_images, reference_bias
 from markguard.infer.embed import embed_references
-from markguard.infer.searchers import resolve_device
+from markguard.infer.index import MarkIndex
 
 
 @dataclass
@@ -47,8 +49,6 @@ def _report_errors(errors, stream=None) -> None:
 
 def bank_meta(net, card, vectors, ids, *, images: int, device: str, previous: dict | None = None) -> dict:
     """The background bank's record in the index metadata: each reference's bias (infer/bank.py), by record id."""
-    from markguard.infer.bank import BANK_K, background_bank, bank_images, reference_bias
-
     bank = background_bank(net, card, bank_images(images, card.scan_size), device=device)
     bias = dict((previous or {}).get("bias", {}))
     bias.update({str(int(i)): round(float(b), 5) for i, b in zip(ids, reference_bias(vectors, bank))})
@@ -62,8 +62,6 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
     ``bank`` > 0 embeds that many mark-free background pictures and stores each reference's bias
     against them, so a scan scores matches normalised against the background (infer/bank.py).
     """
-    from markguard.infer.index import MarkIndex
-
     device = resolve_device(device)
     gallery = load_gallery(gallery_path)
     model_dir = resolve_model_dir(model)
@@ -86,8 +84,6 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
 
 def read_index_meta(index_path: str | Path) -> dict:
     """The metadata of the index at ``index_path`` (read with the index, from the same save)."""
-    from markguard.infer.index import MarkIndex
-
     return MarkIndex.load(index_path).require_meta()
 
 
@@ -106,8 +102,6 @@ def index_meta(model_dir: Path, fingerprint: str, brands: dict, gallery_root: Pa
 
 def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str | Path | None = None, device: str = "auto") -> dict:
     """Add a gallery's marks (new brands, or new marks of known ones) to an existing index, without a rebuild."""
-    from markguard.infer.index import MarkIndex
-
     device = resolve_device(device)
     index_path = Path(index_path)
     index = MarkIndex.load(index_path)
@@ -129,8 +123,6 @@ def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str
 
 
 def remove_from_index(index_path: str | Path, *, brand: str | None = None, mark: str | None = None) -> dict:
-    from markguard.infer.index import MarkIndex
-
     if brand is None and mark is None:
         raise MarkguardError("say what to remove: --brand BRAND and/or --mark MARK")
     index_path = Path(index_path)

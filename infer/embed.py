@@ -10,14 +10,9 @@ from PIL import Image
 
 from markguard.checkpoint import ModelCard
 from markguard.datasets.transforms import render_reference, to_tensor
+from markguard.device import autocast
 from markguard.model import EmbeddingModel
 from markguard.preprocess import resolve_preprocessing
-
-
-def autocast(device: str, precision: str = "auto"):
-    """bf16 autocast on CUDA (and on CPU only when asked: CPUs without bf16 units run it many times slower)."""
-    use = precision == "bf16" or (precision == "auto" and device.startswith("cuda"))
-    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use)
 
 
 @torch.no_grad()

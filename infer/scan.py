@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from markguard.datasets.listings import open_dump
+from markguard.device import resolve_device
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
 from markguard.infer.decide import Policy, resolve_policy
@@ -25,7 +26,7 @@ from markguard.infer.pipeline import (STAGES, ScanOptions, StageTimes, hires_nee
 from markguard.infer.outdir import holds_output_folder, open_output, pins
 from markguard.infer.read import item_source
 from markguard.infer.results import PARQUET, PARTIAL, RESULTS, STATE, SUMMARY, ScanRow, read_results, read_summary
-from markguard.infer.searchers import Searcher, load_searchers, resolve_device  # noqa: F401  (the scan's public names)
+from markguard.infer.searchers import Searcher, load_searchers  # noqa: F401  (the scan's public names)
 from markguard.infer.writer import BackgroundWriter, ResultsWriter, require_pyarrow, write_parquet
 
 

@@ -10,6 +10,8 @@ import torch
 
 from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkpoint
 from markguard.errors import MarkguardError
+from markguard.infer.backends import load_backend
+from markguard.infer.index import MarkIndex
 from markguard.infer.index_meta import check_index_meta
 from markguard.model import compile_backbone
 from markguard.preprocess import Preprocessing, resolve_preprocessing
@@ -34,26 +36,12 @@ class Searcher:
 
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise MarkguardError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MarkguardError("--device cuda given but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
 def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = "torch",
                    *, compile: str | None = None) -> list[Searcher]:
     """Open each index with its model; the model's fingerprint must be the one the index was built with.
 
     ``compile`` names a torch.compile backend for each model's backbone (PyTorch backend only).
     """
-    from markguard.infer.index import MarkIndex
-
     searchers, models = [], {}
     names = [Path(p).name if len(index_paths) > 1 else "" for p in index_paths]
     for name in set(names):
@@ -73,8 +61,6 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
                 if compile:
                     compile_backbone(models[key][0], compile)
             else:
-                from markguard.infer.backends import load_backend
-
                 models[key] = load_backend(mpath, backend, device=device)
         model, card = models[key]
         try:

@@ -1,7 +1,8 @@
 """Write: results.jsonl rows in input order, appended through a partial file that a resumed scan continues.
 
 Rows go to ``results.jsonl.partial`` (flushed each batch, fsynced every few seconds). A resume keeps
-the complete rows, truncates a torn last line and skips that many inputs; a finished scan renames
+the rows that match the input (``outdir.keep_matching_rows`` cuts a torn last line and anything after
+a mismatch) and skips that many inputs; a finished scan renames
 the partial file to ``results.jsonl``. Every input therefore appears exactly once.
 """
 
@@ -18,25 +19,11 @@ from markguard.errors import MarkguardError
 from markguard.infer.results import PARTIAL, RESULTS, read_results
 
 
-
-def recover_partial(path: Path) -> int:
-    """Truncate ``path`` after its last complete, valid row; return how many rows it keeps."""
+def _lines(path: Path) -> int:
     if not path.exists():
         return 0
-    good_bytes, rows = 0, 0
     with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(line)
-            rows += 1
-    with open(path, "r+b") as f:
-        f.truncate(good_bytes)
-    return rows
+        return sum(1 for _ in f)
 
 
 class ResultsWriter:
@@ -47,7 +34,8 @@ class ResultsWriter:
         if resume and final.exists() and not self.path.exists():
             # killed between the rename and summary.json: the finished rows continue as the partial file
             os.replace(final, self.path)
-        self.rows = recover_partial(self.path) if resume else 0
+        # open_output has already cut the file after the last row that matches the input (outdir.keep_matching_rows)
+        self.rows = _lines(self.path) if resume else 0
         if not resume:
             self.path.unlink(missing_ok=True)
         self.f = open(self.path, "ab")

@@ -28,8 +28,8 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
 
 
 @dataclass
-class ModelCard:
-    """What a scan needs to use a model the way it was trained, and what is known about it."""
+class ModelShape:
+    """The network's settings that a recipe chooses and the model card keeps: defined once, for TrainConfig and ModelCard."""
 
     backbone: str = "resnet18"
     dim: int = 128
@@ -38,6 +38,15 @@ class ModelCard:
     roi_size: int = 3
     input_size: int = 128  # training crops
     scan_size: int = 320  # long side of a listing photo at scan time (letterboxed square)
+
+    def model_shape(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelShape)}
+
+
+@dataclass
+class ModelCard(ModelShape):
+    """What a scan needs to use a model the way it was trained, and what is known about it."""
+
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     resize: str = "letterbox"  # long side to scan_size, padded bottom/right with the mean colour

@@ -7,24 +7,20 @@ import sys
 import time
 from pathlib import Path
 
+from markguard.config import load_layered
+from markguard.datasets.registry import load_gallery
+from markguard.datasets.synth import check_synth_args, synth_dataset
 from markguard.errors import MarkguardError
+from markguard.infer.build import build_index
+from markguard.infer.report import write_report
+from markguard.infer.scan import ScanOptions, run_scan
+from markguard.train.config import TrainConfig, resolve_recipe
+from markguard.train.evaluate import score_scan
+from markguard.train.loop import load_training_marks, train
 
 
 def run_demo(out: str | Path, *, steps: int | None = None, listings: int = 200, brands: int = 12, seed: int = 0,
              overrides: list[str] | None = None, log=None) -> dict:
-    from markguard.commands.train import resolve_recipe
-    from markguard.config import load_layered
-    from markguard.datasets.registry import load_gallery
-    from markguard.datasets.synth import synth_dataset
-    from markguard.infer.build import build_index
-    from markguard.infer.report import write_report
-    from markguard.infer.scan import ScanOptions, run_scan
-    from markguard.train.config import TrainConfig
-    from markguard.train.evaluate import score_scan
-    from markguard.train.loop import load_training_marks, train
-
-    from markguard.commands.synth import check_synth_args
-
     log = log or (lambda s: (print(s, file=sys.stderr), sys.stderr.flush()))
     out = Path(out)
     check_synth_args(out, brands=brands, listings=listings)

@@ -195,3 +195,25 @@ class FolderSnapshot:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- reading only under a root
+
+def inside(root: Path, candidate: Path) -> Path | None:
+    """``candidate`` resolved (links followed) if it stays under ``root``, else None.
+
+    Resolving only reads link targets and directory entries, never a file's content.
+    """
+    resolved = real_under(os.path.realpath(root), candidate)
+    return None if resolved is None else Path(resolved)
+
+
+def real_under(root_real: str, candidate: str | os.PathLike) -> str | None:
+    """:func:`inside` on strings with the root already resolved (``os.path.realpath``): the readers call it once a row."""
+    try:
+        resolved = os.path.realpath(candidate)
+    except (OSError, ValueError):  # NUL bytes in a manifest path
+        return None
+    if resolved == root_real or resolved.startswith(root_real.rstrip(os.sep) + os.sep):
+        return resolved
+    return None

@@ -135,6 +135,7 @@ def test_disk_full_during_a_scan(world, tmp_path, capsys, monkeypatch):
 
 def test_demo_out_named_like_the_recipe_and_a_small_demo_sizes_its_batch(tmp_path, monkeypatch, capsys):
     """`markguard demo --out demo --brands 3`: the folder does not shadow the recipe, and 6 classes get a batch of 24."""
+    import markguard.demo as demo
     import markguard.train.loop as loop
 
     seen = {}
@@ -146,7 +147,7 @@ def test_demo_out_named_like_the_recipe_and_a_small_demo_sizes_its_batch(tmp_pat
         seen["cfg"] = cfg
         raise Reached
 
-    monkeypatch.setattr(loop, "train", train)
+    monkeypatch.setattr(demo, "train", train)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Reached):
         main(["demo", "--out", "demo", "--brands", "3", "--listings", "4"])
@@ -161,3 +162,13 @@ def test_demo_out_named_like_the_recipe_and_a_small_demo_sizes_its_batch(tmp_pat
 
     with pytest.raises(MarkguardError, match=r"lower batch_size to at most 24 \(batch_size=24 as a KEY=VALUE override\)"):
         loop._check_classes(6, seen["cfg"], "gallery")
+
+
+@pytest.mark.parametrize("argv, words", [(["report", "out", "--page-size", "0"], "--page-size: must be at least 1"),
+                                         (["data", "icons", "--set", "twemoji", "--out", "g", "--size", "x"], "--size: 'x' is not a whole number"),
+                                         (["data", "realbench", "--marks", "m", "--photos", "p", "--out", "o", "--brands", "-3"],
+                                          "--brands: must be at least 1")])
+def test_counts_are_checked_as_the_arguments_are_parsed(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err

@@ -15,8 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
+from markguard.datasets.decode import composite, load_mark
+from markguard.datasets.listings import iter_manifest
+from markguard.datasets.registry import load_gallery
 from markguard.errors import DecodeError, MarkguardError
+from markguard.fsio import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,6 @@ class SiftMatcher:
     """The gallery's marks as one SIFT descriptor index; ``match`` ranks references for a photo."""
 
     def __init__(self, gallery: str | Path, cfg: SiftConfig = SiftConfig()):
-        from PIL import Image
-
-        from markguard.datasets.decode import composite, load_mark
-        from markguard.datasets.registry import load_gallery
-
         cv2 = _cv2()
         self.cfg = cfg
         self.sift = cv2.SIFT_create(nfeatures=cfg.features, contrastThreshold=0.02)  # flat printed marks: 0.04 finds too few
@@ -148,29 +149,21 @@ def _plausible(quad: np.ndarray, W: int, H: int) -> bool:
 
 def sift_scan(manifest: str | Path, gallery: str | Path, out_dir: str | Path, cfg: SiftConfig = SiftConfig(), *, progress: bool = False) -> dict:
     """Match every photo of a manifest against the gallery; writes ``OUT/results.jsonl`` (scan rows) and returns its summary."""
-    import csv
-
-    from markguard.datasets.decode import decode_image
-    from markguard.fsio import atomic_write_text
-
     manifest, out_dir = Path(manifest), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     matcher = SiftMatcher(gallery, cfg)
     t_index = time.perf_counter() - t0
-    with open(manifest, newline="", encoding="utf-8") as f:
-        items = [(r["listing_id"], r["image_path"]) for r in csv.DictReader(f)]
+    items = list(iter_manifest(manifest))  # the scan's manifest reader: its columns, and nothing read outside its folder
     t0 = time.perf_counter()
     rows = []
     if progress:
-        from tqdm import tqdm
-
         items = tqdm(items, desc="sift", unit="img")
-    for lid, rel in items:
-        row = {"listing_id": lid, "image": rel, "seller_id": None, "status": "pass", "score": None, "brand": None, "mark": None,
-               "box": None, "matches": [], "error": None}
+    for item in items:
+        row = {"listing_id": item.listing_id, "image": item.image, "seller_id": item.seller_id, "status": "pass", "score": None,
+               "brand": None, "mark": None, "box": None, "matches": [], "error": None}
         try:
-            rgb = np.asarray(decode_image(manifest.parent / rel).image.convert("RGB"))
+            rgb = np.asarray(item.decode().image.convert("RGB"))
         except DecodeError as e:
             rows.append({**row, "status": "error", "error": e.reason})
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass
@@ -9,9 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
+from markguard.checkpoint import CARD, load_card
 from markguard.datasets.decode import load_mark
-from markguard.datasets.registry import load_gallery
+from markguard.datasets.tables import read_jsonl
+from markguard.datasets.registry import load_gallery, split_brands
+from markguard.datasets.synth import Backgrounds, SynthConfig, SynthMark, make_listing, make_marks
 from markguard.errors import MarkguardError
+from markguard.fsio import atomic_write_text
+from markguard.infer.decide import Policy
+from markguard.infer.embed import embed_references
+from markguard.infer.index import MarkIndex
+from markguard.infer.results import read_summary
+from markguard.infer.scan import ScanOptions, Searcher, load_searchers, scan_rows
+from markguard.train.rates import roc_auc, threshold_at_fpr, threshold_at_precision
 
 
 @dataclass
@@ -19,19 +30,6 @@ class Scored:
     score: float  # best similarity in the listing
     positive: bool  # shows a registered mark
     correct: bool  # the best match is one of the marks it shows
-
-
-def roc_auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Probability that a positive outscores a negative (ties count half): the ROC AUC, without sklearn."""
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    allv = np.concatenate([pos, neg])
-    ranks = allv.argsort().argsort().astype(np.float64) + 1
-    # average ranks over ties
-    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    ranks = (sums / counts)[inv]
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def thresholds_for(scored: list[Scored], target_fpr: float) -> dict:
@@ -59,13 +57,6 @@ def thresholds_for(scored: list[Scored], target_fpr: float) -> dict:
 
 def calibrate_synthetic(model, card, cfg, *, device: str = "cpu", log=print) -> dict:
     """Scan synthetic listings of the training gallery's marks and set thresholds from their scores."""
-    from markguard.datasets.synth import SynthConfig, SynthMark, make_listing, make_marks, Backgrounds
-    from markguard.infer.decide import Policy
-    from markguard.infer.embed import embed_references
-    from markguard.infer.index import MarkIndex
-    from markguard.infer.scan import ScanOptions, Searcher, scan_rows
-    from markguard.train.loop import split_brands
-
     gallery = load_gallery(cfg.gallery)
     refs, _ = split_brands(gallery, cfg.holdout_brands)
     marks = [SynthMark(r.brand, r.mark, load_mark(r.path), "mark") for r in refs]
@@ -97,23 +88,6 @@ def calibrate_synthetic(model, card, cfg, *, device: str = "cpu", log=print) -> 
 
 
 # --------------------------------------------------------------------------- calibration from a labelled scan
-
-def threshold_at_fpr(neg: np.ndarray, fpr: float) -> float:
-    """The smallest threshold whose false-positive rate on ``neg`` is at most ``fpr``."""
-    srt = np.sort(np.asarray(neg, dtype=np.float64))[::-1]
-    k = int(np.floor(fpr * len(srt)))
-    return float(srt[k] + 1e-4) if k < len(srt) else float(srt[-1])
-
-
-def threshold_at_precision(scores: np.ndarray, good: np.ndarray, precision: float) -> float | None:
-    """The smallest threshold at which at least ``precision`` of what scores at or above it is ``good``; None if none."""
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    s, g = np.asarray(scores, dtype=np.float64)[order], np.asarray(good, dtype=bool)[order]
-    prec = np.cumsum(g) / np.arange(1, len(g) + 1)
-    # a threshold can only cut between distinct scores: position i is a cut when the next score is lower
-    ok = [i for i in range(len(s)) if prec[i] >= precision and (i == len(s) - 1 or s[i + 1] < s[i])]
-    return float(s[max(ok)]) if ok else None
-
 
 @dataclass
 class Calibration:
@@ -221,12 +195,6 @@ def calibrate_results(results_dir: str | Path, truth_path: str | Path, model_dir
     calibration must see; so the scan's input is scanned again (same index, same model) with every
     threshold at -1, and every brand's best score in each listing is kept.
     """
-    from markguard.checkpoint import load_card
-    from markguard.infer.decide import Policy
-    from markguard.infer.results import read_summary
-    from markguard.infer.scan import ScanOptions, load_searchers, scan_rows
-    from markguard.train.evaluate import read_jsonl
-
     results_dir = Path(results_dir)
     summary = read_summary(results_dir, fix="give the output folder of a finished `markguard scan`")
     card = load_card(model_dir)
@@ -251,11 +219,6 @@ def calibrate_results(results_dir: str | Path, truth_path: str | Path, model_dir
 def write_thresholds(model_dir: str | Path, cal: Calibration, *, source: str) -> None:
     """Put the thresholds into the model card beside the weights; they are not part of the fingerprint,
     so indexes built with the model stay valid."""
-    import dataclasses
-
-    from markguard.checkpoint import CARD, load_card
-    from markguard.fsio import atomic_write_text
-
     card = load_card(model_dir)
     card.thresholds = cal.thresholds()
     card.metrics = {**card.metrics, "calibration": {**cal.report, "source": source}}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from markguard.datasets.trainsets import READERS
+from markguard.checkpoint import ModelShape
 from markguard.errors import MarkguardError
 from markguard.model import Pooling
 from markguard.train.losses import Loss
@@ -15,7 +19,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelShape):
+    """What a run trains (the model's shape: backbone, dim, pooling, ... from ModelShape) and how."""
+
     # data
     gallery: str | None = None  # marks to learn, in the gallery layout (brand folders)
     backgrounds: str | None = None  # folders of photos to paste marks into (comma-separated); procedural when unset
@@ -25,18 +31,11 @@ class TrainConfig:
     trainset: str | None = None  # real labelled photos instead of a gallery (SOP, Products-10K, class folders)
     trainset_format: str = "auto"  # a reader in markguard.datasets.trainsets.READERS, or auto
     drop_small_classes: bool = False  # leave out trainset classes with fewer than m_per_class images instead of refusing
-    # model
-    backbone: str = "resnet18"
+    # model (beside ModelShape's fields)
     pretrained: bool = False
     weights: str | None = None  # a local weights file for the backbone
     init: str | None = None  # backbone start: an installed package (efficientnet-lite0) or a .safetensors/.pth file
     freeze_stages: int = 0  # stem and the first N backbone stages stay fixed (pretrained low-level features; faster on CPUs)
-    dim: int = 128
-    pooling: str = "gem"
-    output_stride: int = 16
-    roi_size: int = 3
-    input_size: int = 128
-    scan_size: int = 320
     # objective
     loss: str = "cosface"
     loss_kwargs: dict = field(default_factory=dict)
@@ -86,13 +85,12 @@ class TrainConfig:
                 raise MarkguardError(f"{key}={getattr(self, key)!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
         one_of("loss", [m.name for m in Loss])
+        Loss[self.loss].value.check_kwargs(self.loss, self.loss_kwargs)
         one_of("pooling", [m.name for m in Pooling])
         one_of("optimizer", OPTIMIZERS)
         one_of("sampler", SAMPLERS)
         one_of("device", DEVICES)
         one_of("precision", PRECISIONS)
-        from markguard.datasets.trainsets import READERS
-
         one_of("trainset_format", ["auto", *READERS])
         if self.gallery and self.trainset:
             raise MarkguardError("gallery= and trainset= are both set; train on one: gallery (marks composited into photos) or trainset (labelled photos)")
@@ -112,3 +110,18 @@ class TrainConfig:
             raise MarkguardError("init= and pretrained=/weights= both set; name the backbone's start once, with init=")
         if not 0 <= self.ema < 1:
             raise MarkguardError(f"ema={self.ema} must be in [0, 1)")
+
+
+def resolve_recipe(recipe: str | None):
+    """A path when one is clearly meant (a '/' in it, or ending in .yaml/.yml), else the shipped recipe of that name.
+
+    So a folder that happens to be called like a recipe (``demo --out demo``) never shadows it.
+    """
+    if recipe is None or "/" in recipe or os.sep in recipe or recipe.endswith((".yaml", ".yml")):
+        return recipe
+    shipped = Path(__file__).parent / "recipes"
+    path = shipped / f"{recipe}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
+        raise MarkguardError(f"no shipped recipe named {recipe!r} (shipped: {names}); for a file of your own give its path, e.g. ./{recipe}.yaml")
+    return str(path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -10,7 +12,20 @@ import numpy as np
 import torch
 
 from markguard.boxes import iou
+from markguard.checkpoint import CARD, load_checkpoint, resolve_model_dir
+from markguard.datasets.decode import load_mark
+from markguard.datasets.tables import read_jsonl
+from markguard.datasets.registry import load_gallery
+from markguard.datasets.synth import Backgrounds, SynthConfig, SynthMark, make_listing, make_marks, paste_mark
+from markguard.datasets.transforms import letterbox
 from markguard.errors import MarkguardError
+from markguard.fsio import atomic_write_text
+from markguard.infer.decide import Policy
+from markguard.infer.embed import embed_references, embed_regions
+from markguard.infer.index import MarkIndex
+from markguard.infer.results import read_results
+from markguard.infer.scan import ScanOptions, Searcher, scan_rows
+from markguard.train.rates import roc_auc, threshold_at_fpr, tpr_at_fpr
 
 
 @dataclass
@@ -31,30 +46,8 @@ class ScanScore:
 
 
 
-def read_jsonl(path: Path, required: tuple[str, ...] = ("listing_id", "image")) -> list[dict]:
-    """JSON objects, one a line, each with the ``required`` keys; anything else is one line naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise MarkguardError(f"{path}: not found")
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MarkguardError(f"{path}:{n}: not JSON Lines ({e.msg}); give a .jsonl file, one JSON object a line") from None
-            if not isinstance(row, dict) or not all(k in row for k in required):
-                raise MarkguardError(f"{path}:{n}: expected a JSON object with {', '.join(required)}")
-            rows.append(row)
-    return rows
-
-
 def score_scan(results_path: str | Path, truth_path: str | Path, *, statuses=("flag",), authorized: dict[str, list[str]] | None = None) -> ScanScore:
     """Compare ``results.jsonl`` with a synth ``truth.jsonl`` (matched by listing_id + image)."""
-    from markguard.infer.results import read_results
-
     truth = {(t["listing_id"], t["image"]): t for t in read_jsonl(truth_path)}
     authorized = authorized or {}
     n = pos = flagged = tp = right = boxed = errors = 0
@@ -97,10 +90,6 @@ class EvalConfig:
 
 def heldout_marks(card, gallery: str | Path | None):
     """The marks to evaluate on: all of ``gallery``, else the brands the card says were held out of training."""
-    from markguard.datasets.decode import load_mark
-    from markguard.datasets.registry import load_gallery
-    from markguard.datasets.synth import SynthMark
-
     if gallery is None:
         held = card.training.get("holdout_brands") or []
         src = card.training.get("gallery")
@@ -119,10 +108,6 @@ def heldout_marks(card, gallery: str | Path | None):
 @torch.no_grad()
 def _query_embeddings(model, card, marks, ec: EvalConfig, device: str) -> tuple[np.ndarray, np.ndarray]:
     """Each mark pasted into ``queries_per_mark`` photos, embedded by the region of its true box (as a scan pools it)."""
-    from markguard.datasets.synth import Backgrounds, paste_mark
-    from markguard.datasets.transforms import letterbox
-    from markguard.infer.embed import embed_regions
-
     rng = np.random.default_rng((ec.seed, 1))
     bgs = Backgrounds(ec.backgrounds)
     xs, boxes, labels = [], [], []
@@ -207,12 +192,6 @@ def localisation_metrics(listings: list[dict], threshold: float) -> dict:
     return result
 
 
-def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float) -> float:
-    from markguard.train.calibrate import threshold_at_fpr
-
-    return float((pos >= threshold_at_fpr(neg, fpr)).mean()) if len(pos) and len(neg) else float("nan")
-
-
 def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery: str | Path | None = None,
                    ec: EvalConfig | None = None, device: str = "cpu", write_card: bool = False, log=print) -> dict:
     """Open-set retrieval and listing-level detection on brands the model did not train on; writes ``metrics.json`` (+ PNG plots).
@@ -221,17 +200,6 @@ def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery
     references (mark-level labels). Detection: labelled synthetic listings (held-out marks,
     unregistered distractors, nothing) scanned against an index of the references.
     """
-    import tempfile
-
-    from markguard.checkpoint import CARD, load_checkpoint, resolve_model_dir
-    from markguard.fsio import atomic_write_text
-    from markguard.datasets.synth import Backgrounds, SynthConfig, make_listing, make_marks
-    from markguard.infer.decide import Policy
-    from markguard.infer.embed import embed_references
-    from markguard.infer.index import MarkIndex
-    from markguard.infer.scan import ScanOptions, Searcher, scan_rows
-    from markguard.train.calibrate import roc_auc
-
     ec = ec or EvalConfig()
     model_dir = resolve_model_dir(model_dir)
     model, card = load_checkpoint(model_dir, device=device)
@@ -285,8 +253,6 @@ def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery
 
     per_brand = {}
     brands = sorted({m.brand for m in marks})
-    from markguard.train.calibrate import threshold_at_fpr
-
     t1 = threshold_at_fpr(s[~p], 0.01) if (~p).any() else float("inf")
     for b in brands:
         qi = np.isin(q_labels, [i for i, m in enumerate(marks) if m.brand == b])
@@ -303,8 +269,6 @@ def evaluate_model(model_dir: str | Path | None, out_dir: str | Path, *, gallery
         metrics["plots"] = _plots(out_dir, s, p & r, ~p, genuine, impostor, log)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     if write_card:
-        import dataclasses
-
         card.metrics = {**card.metrics, "heldout": {k: metrics[k] for k in ("retrieval", "detection", "localisation", "marks", "brands")}}
         atomic_write_text(Path(model_dir) / CARD, json.dumps(dataclasses.asdict(card), indent=2))
     log(f"eval: recall@1 {ret['recall@1']:.3f}, recall@5 {ret['recall@5']:.3f}, MAP@R {ret['map@r']:.3f}; "

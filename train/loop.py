@@ -4,10 +4,12 @@ region-pooled embeddings → metric loss; checkpoints that resume exactly; DDP u
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -22,11 +24,17 @@ from markguard.config import save_config, versions
 from markguard.fsio import atomic_write_text
 from markguard.datasets.composite import CompositeConfig, CompositeDataset
 from markguard.datasets.decode import load_mark
-from markguard.datasets.registry import load_gallery
+from markguard.datasets.registry import load_gallery, split_brands
+from markguard.device import autocast, resolve_device
 from markguard.errors import DecodeError, MarkguardError
-from markguard.infer.embed import autocast
+from markguard.model import compile_backbone
+from markguard.pretrained import load_into, resolve_init
+from markguard.train import ddp
+from markguard.train.calibrate import calibrate_synthetic
 from markguard.train.config import TrainConfig
 from markguard.train.losses import MetricLoss
+from markguard.train.metrics import MetricsLog
+from markguard.train.products import PhotoDataset, load_photo_trainset
 
 LAST = "last"  # the resumable checkpoint inside a run folder
 STATE = "trainer_state.pt"
@@ -35,8 +43,7 @@ LOSS_WEIGHTS = "loss.safetensors"
 
 def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
     """The model card a run starts from; mean/std follow the pretrained weights when ``init`` gives them."""
-    card = ModelCard(backbone=cfg.backbone, dim=cfg.dim, pooling=cfg.pooling, output_stride=cfg.output_stride,
-                     roi_size=cfg.roi_size, input_size=cfg.input_size, scan_size=cfg.scan_size, proposals=dict(cfg.proposals))
+    card = ModelCard(**cfg.model_shape(), proposals=dict(cfg.proposals))
     if init is not None:
         if init.backbone and init.backbone != cfg.backbone:
             raise MarkguardError(f"init={cfg.init} holds weights for backbone {init.backbone}, the recipe says backbone={cfg.backbone}; "
@@ -49,19 +56,8 @@ def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
     return card
 
 
-def split_brands(gallery, holdout: int) -> tuple[list, list[str]]:
-    """Training marks and the held-out brands (the last ``holdout`` brand ids in sorted order)."""
-    brand_ids = sorted(b for b, br in gallery.brands.items() if br.marks)
-    if holdout >= len(brand_ids):
-        raise MarkguardError(f"holdout_brands={holdout} leaves no brand to train on ({len(brand_ids)} brands with marks)")
-    held = brand_ids[len(brand_ids) - holdout :] if holdout else []
-    return [m for m in gallery.marks if m.brand not in held], held
-
-
 def fold_brand(brand_id: str) -> str:
     """The form in which brand ids are compared with an exclusion list: a-z0-9 only, without "dot" (vue.js = vuedotjs = vuejs)."""
-    import re
-
     return re.sub(r"[^a-z0-9]", "", brand_id.lower()).replace("dot", "")
 
 
@@ -108,14 +104,6 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
-def resolve_train_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise MarkguardError("device=cuda but no CUDA GPU is visible; use device=cpu")
-    return device
-
-
 def batch_order(labels: list[int], cfg: TrainConfig, n: int) -> list[int]:
     """The first ``n`` indices of the run's sample order, fixed by the seed; a longer run extends it
     without changing its start, so a resume (or more ranks) continues the same sequence."""
@@ -152,8 +140,6 @@ class EMA:
                 self.shadow[k].copy_(v)
 
     def copy_to(self, model: torch.nn.Module) -> torch.nn.Module:
-        import copy
-
         m = copy.deepcopy(model)
         m.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()})
         return m
@@ -201,8 +187,6 @@ def _warm_backgrounds(ds: CompositeDataset, seed: int) -> None:
 def build_data(cfg: TrainConfig, n: int, card: ModelCard) -> TrainData:
     """The training samples and the first ``n`` of their order: marks composited on the fly, or labelled photos."""
     if cfg.trainset:
-        from markguard.train.products import PhotoDataset, load_photo_trainset
-
         photos = load_photo_trainset(cfg.trainset, cfg.trainset_format, m=cfg.m_per_class if cfg.sampler == "m_per_class" else 1,
                                      drop_small=cfg.drop_small_classes)
         _check_classes(len(photos.classes), cfg, cfg.trainset)
@@ -326,13 +310,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, stop_a
     schedule can run over many sessions and still equal one straight run. Under torchrun each rank
     takes whole batches of the shared order (the global batch is ``batch_size`` x ranks); rank 0 writes.
     """
-    from markguard.train import ddp
-
     cfg.validate()
     run = Path(out_dir)
     if not resume and (run / LAST / STATE).exists():
         raise MarkguardError(f"{run}: holds a training run already; pass --resume to continue it or choose another --out")
-    dist = ddp.setup(resolve_train_device(cfg.device))
+    dist = ddp.setup(resolve_device(cfg.device, option="device="))
     try:
         return _train(cfg, run, dist, resume=resume, stop_at=stop_at, max_seconds=max_seconds,
                       log=(log or _log) if dist.main else (lambda s: None))
@@ -352,9 +334,6 @@ def cpu_threads(cfg: TrainConfig) -> int:
 
 
 def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | None, max_seconds: float | None, log) -> ModelCard:
-    from markguard.train import ddp
-    from markguard.train.metrics import MetricsLog
-
     device = dist.device
     if device == "cpu":
         torch.set_num_threads(cpu_threads(cfg))
@@ -364,8 +343,6 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
     per_step = cfg.batch_size * cfg.grad_accum  # samples a rank consumes a step
     init = None
     if cfg.init:
-        from markguard.pretrained import resolve_init
-
         init = resolve_init(cfg.init)
     card = card_from_config(cfg, init)
     data = build_data(cfg, cfg.steps * per_step * dist.world, card)
@@ -374,16 +351,12 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
                      "init": cfg.init, "freeze_stages": cfg.freeze_stages}
     model = create_model(card, pretrained=cfg.pretrained, weights=cfg.weights)
     if init is not None:
-        from markguard.pretrained import load_into
-
         load_into(model.backbone, init)
     frozen = freeze_stages(model.backbone, cfg.freeze_stages)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.compile:
-        from markguard.model import compile_backbone
-
         compile_backbone(model, cfg.compile)
     loss_fn = MetricLoss(cfg.loss, data.num_classes, cfg.dim, **cfg.loss_kwargs).to(device)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
@@ -475,8 +448,6 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
         return save_checkpoint(final, card, run)
     card = save_checkpoint(final, card, run)
     if cfg.calibrate and cfg.gallery:
-        from markguard.train.calibrate import calibrate_synthetic
-
         card.thresholds = calibrate_synthetic(final, card, cfg, device=device, log=log)
         card.metrics.update(card.thresholds.pop("metrics", {}))
         card = save_checkpoint(final, card, run)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from torch import nn
@@ -12,21 +12,37 @@ from markguard.errors import MarkguardError
 
 @dataclass(frozen=True)
 class LossSpec:
-    pml_class: str  # the pytorch-metric-learning class; also keeps Enum values distinct
-    proxy: bool  # owns per-class parameters (needs num_classes; its parameters join the optimiser)
-    miner: str | None = None
+    pml_class: str  # the pytorch-metric-learning loss; also keeps Enum values distinct
+    proxy: bool  # owns per-class parameters (built with num_classes and embedding_size; its parameters join the optimiser)
+    defaults: dict = field(default_factory=dict, hash=False)  # the keyword arguments a recipe's loss_kwargs may override
+    miner: str | None = None  # a pytorch-metric-learning miner, built with miner_kwargs
+    miner_kwargs: dict = field(default_factory=dict, hash=False)
+
+    def check_kwargs(self, name: str, kwargs: dict) -> None:
+        unknown = sorted(set(kwargs) - set(self.defaults))
+        if unknown:
+            takes = ", ".join(self.defaults) or "none"
+            raise MarkguardError(f"loss_kwargs {', '.join(unknown)}: loss {name} takes {takes}; drop them from loss_kwargs")
 
 
 class Loss(Enum):
     """Losses a recipe can name; each value says how it is built."""
 
-    cosface = LossSpec("CosFaceLoss", proxy=True)
-    arcface = LossSpec("ArcFaceLoss", proxy=True)
-    subcenter_arcface = LossSpec("SubCenterArcFaceLoss", proxy=True)
-    proxy_anchor = LossSpec("ProxyAnchorLoss", proxy=True)
-    multi_similarity = LossSpec("MultiSimilarityLoss", proxy=False, miner="multi_similarity")
-    triplet = LossSpec("TripletMarginLoss", proxy=False, miner="batch_hard")
-    supcon = LossSpec("SupConLoss", proxy=False)
+    cosface = LossSpec("CosFaceLoss", proxy=True, defaults={"margin": 0.35, "scale": 30})
+    arcface = LossSpec("ArcFaceLoss", proxy=True, defaults={"margin": 28.6, "scale": 30})  # margin in degrees
+    subcenter_arcface = LossSpec("SubCenterArcFaceLoss", proxy=True, defaults={"margin": 28.6, "scale": 30, "sub_centers": 3})
+    proxy_anchor = LossSpec("ProxyAnchorLoss", proxy=True, defaults={"margin": 0.1, "alpha": 32})
+    multi_similarity = LossSpec("MultiSimilarityLoss", proxy=False, defaults={"alpha": 2, "beta": 50, "base": 0.5},
+                                miner="MultiSimilarityMiner", miner_kwargs={"epsilon": 0.1})
+    triplet = LossSpec("TripletMarginLoss", proxy=False, defaults={"margin": 0.2}, miner="BatchHardMiner")
+    supcon = LossSpec("SupConLoss", proxy=False, defaults={"temperature": 0.1})
+
+    @classmethod
+    def named(cls, name: str) -> Loss:
+        try:
+            return cls[name]
+        except KeyError:
+            raise MarkguardError(f"unknown loss '{name}'; choose one of {', '.join(m.name for m in cls)}") from None
 
 
 class MetricLoss(nn.Module):
@@ -34,28 +50,14 @@ class MetricLoss(nn.Module):
 
     def __init__(self, name: str, num_classes: int, dim: int, **kwargs):
         super().__init__()
-        from pytorch_metric_learning import losses, miners
+        from pytorch_metric_learning import losses, miners  # its inference utilities patch faiss on import: only when training
 
-        try:
-            spec = Loss[name].value
-        except KeyError:
-            raise MarkguardError(f"unknown loss '{name}'; choose one of {', '.join(m.name for m in Loss)}") from None
+        spec = Loss.named(name).value
+        spec.check_kwargs(name, kwargs)
         self.name = name
-        build = {
-            "cosface": lambda: losses.CosFaceLoss(num_classes, dim, margin=kwargs.get("margin", 0.35), scale=kwargs.get("scale", 30)),
-            "arcface": lambda: losses.ArcFaceLoss(num_classes, dim, margin=kwargs.get("margin", 28.6), scale=kwargs.get("scale", 30)),
-            "subcenter_arcface": lambda: losses.SubCenterArcFaceLoss(num_classes=num_classes, embedding_size=dim, margin=kwargs.get("margin", 28.6), scale=kwargs.get("scale", 30), sub_centers=kwargs.get("sub_centers", 3)),
-            "proxy_anchor": lambda: losses.ProxyAnchorLoss(num_classes=num_classes, embedding_size=dim, margin=kwargs.get("margin", 0.1), alpha=kwargs.get("alpha", 32)),
-            "multi_similarity": lambda: losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5),
-            "triplet": lambda: losses.TripletMarginLoss(margin=kwargs.get("margin", 0.2)),
-            "supcon": lambda: losses.SupConLoss(temperature=kwargs.get("temperature", 0.1)),
-        }
-        self.loss = build[name]()
-        self.miner = None
-        if spec.miner == "multi_similarity":
-            self.miner = miners.MultiSimilarityMiner(epsilon=0.1)
-        elif spec.miner == "batch_hard":
-            self.miner = miners.BatchHardMiner()
+        sizes = {"num_classes": num_classes, "embedding_size": dim} if spec.proxy else {}
+        self.loss = getattr(losses, spec.pml_class)(**sizes, **{**spec.defaults, **kwargs})
+        self.miner = getattr(miners, spec.miner)(**spec.miner_kwargs) if spec.miner else None
 
     def forward(self, embeddings, labels):
         pairs = self.miner(embeddings, labels) if self.miner is not None else None

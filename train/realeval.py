@@ -8,16 +8,24 @@ the bench's ``truth.csv``. The operating threshold is the one that flags 1% of t
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from markguard.boxes import iou
+from markguard.checkpoint import CARD, load_card, resolve_model_dir
 from markguard.datasets.realbench import NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, read_truth
 from markguard.errors import MarkguardError
+from markguard.fsio import atomic_write_text
+from markguard.infer.bank import Hub, hub_of
+from markguard.infer.build import build_index
+from markguard.infer.results import ScanRow, read_results
+from markguard.infer.scan import ScanOptions, run_scan
+from markguard.train.rates import roc_auc, threshold_at_fpr
 
 FPR = 0.01
 IOU_HIT = 0.5
@@ -29,18 +37,6 @@ class TierScore:
     flagged: float  # share scoring >= the threshold: TPR for a positive tier, FPR for a negative one
     right_brand: float | None  # share flagged with the true brand as the best match (positive tiers)
     box_iou50: float | None  # among those, the share whose box has IoU >= 0.5 with the truth
-
-
-@dataclass
-class Hub:
-    """Best matches of photos that do not show them: how much one reference soaks up."""
-
-    photos: int  # photos whose best match is a reference they do not show (negatives, and positives matched to another brand)
-    reference: str | None  # "brand/mark" that is most often such a best match
-    count: int  # how many of those photos it is the best match of
-    share: float | None  # count / photos
-    distinct: int  # references that are the best match of at least one such photo
-    top: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -69,44 +65,29 @@ class BenchScore:
         return lines
 
 
-def read_results(path: str | Path) -> dict[str, dict]:
-    """``results.jsonl`` rows by listing id, with the fields scoring needs checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise MarkguardError(f"{path}: not found; scan the bench's listings/manifest.csv first")
+def read_bench_results(path: str | Path) -> dict[str, ScanRow]:
+    """``results.jsonl`` rows by listing id, each naming its best match (what scoring needs)."""
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MarkguardError(f"{path}:{line_no}: not JSON ({e.msg})") from None
-            missing = [k for k in ("listing_id", "status", "score", "brand", "mark", "box") if k not in row]
-            if missing:
-                raise MarkguardError(f"{path}:{line_no}: row lacks {', '.join(missing)}; not a markguard scan's results.jsonl")
-            if row["score"] is not None and row["brand"] is None and row["status"] != "error":
-                # a scan names the best match only at or above its review threshold: right brand and box would read as misses
-                raise MarkguardError(f"{path}:{line_no}: a score without its best match; scan with --flag-threshold -1 --review-threshold -1 "
-                                     "so that every row names its best match (the benchmark sets its own threshold)")
-            out[str(row["listing_id"])] = row
+    for row in read_results(path, fix="scan the bench's listings/manifest.csv first"):
+        if row.score is not None and row.brand is None and row.status != "error":
+            # a scan names the best match only at or above its review threshold: right brand and box would read as misses
+            raise MarkguardError(f"{path}: listing {row.listing_id}: a score without its best match; scan with --flag-threshold -1 "
+                                 "--review-threshold -1 so that every row names its best match (the benchmark sets its own threshold)")
+        out[row.listing_id] = row
     return out
 
 
 def score_bench(results_path: str | Path, truth_path: str | Path, *, fpr: float = FPR) -> BenchScore:
     """Score a scan of the bench's listings against its truth (module docstring)."""
-    from markguard.train.calibrate import roc_auc, threshold_at_fpr
-
     truth = read_truth(truth_path)
-    results = read_results(results_path)
+    results = read_bench_results(results_path)
     lacking = [lid for lid in truth if lid not in results]
     if lacking:
         raise MarkguardError(f"{results_path}: no row for {len(lacking)} of the bench's {len(truth)} listings (first: {lacking[0]}); "
                              "scan the whole listings/manifest.csv")
     ids = list(truth)
     rows = [results[i] for i in ids]
-    score = np.array([r["score"] if r["status"] != "error" and r["score"] is not None else -np.inf for r in rows], dtype=np.float64)
+    score = np.array([r.score if r.status != "error" and r.score is not None else -np.inf for r in rows], dtype=np.float64)
     tier = np.array([truth[i].tier for i in ids])
     neg = np.isin(tier, NEGATIVE_TIERS)
     pos = np.isin(tier, POSITIVE_TIERS)
@@ -114,8 +95,8 @@ def score_bench(results_path: str | Path, truth_path: str | Path, *, fpr: float 
         raise MarkguardError(f"{truth_path}: needs listings of a positive tier ({', '.join(POSITIVE_TIERS)}) and a negative one ({', '.join(NEGATIVE_TIERS)})")
     t = threshold_at_fpr(score[neg], fpr)
     flagged = score >= t
-    right = np.array([r["status"] != "error" and r["brand"] is not None and r["brand"] == truth[i].brand for i, r in zip(ids, rows)]) & pos
-    boxed = np.array([bool(r["box"]) and truth[i].box is not None and iou(r["box"], truth[i].box) >= IOU_HIT for i, r in zip(ids, rows)])
+    right = np.array([r.status != "error" and r.brand is not None and r.brand == truth[i].brand for i, r in zip(ids, rows)]) & pos
+    boxed = np.array([bool(r.box) and truth[i].box is not None and iou(r.box, truth[i].box) >= IOU_HIT for i, r in zip(ids, rows)])
 
     def tier_score(sel: np.ndarray, positive: bool) -> TierScore:
         n = int(sel.sum())
@@ -128,36 +109,18 @@ def score_bench(results_path: str | Path, truth_path: str | Path, *, fpr: float 
     tiers = {name: tier_score(tier == name, name in POSITIVE_TIERS) for name in TIERS}
     finite = np.where(np.isfinite(score), score, -1e9)  # an error row ranks below every real score
     return BenchScore(float(t), fpr, roc_auc(finite[pos], finite[neg]), int(pos.sum()), int(neg.sum()),
-                      sum(r["status"] == "error" for r in rows), tiers, tier_score(pos, True),
+                      sum(r.status == "error" for r in rows), tiers, tier_score(pos, True),
                       hub_figure([(truth[i].brand if truth[i].tier in POSITIVE_TIERS else None, r) for i, r in zip(ids, rows)]))
 
 
-def hub_figure(pairs: list[tuple[str | None, dict]], top: int = 5) -> Hub:
+def hub_figure(pairs: list[tuple[str | None, ScanRow]], top: int = 5) -> Hub:
     """``pairs``: (registered brand the photo shows or None, its result row). Counts the best matches of photos that do not show them."""
-    wrong = Counter()
-    for shown, row in pairs:
-        if row.get("status") == "error" or row.get("brand") is None:
-            continue
-        if row["brand"] != shown:
-            wrong[f"{row['brand']}/{row['mark']}"] += 1
-    n = sum(wrong.values())
-    if not n:
-        return Hub(0, None, 0, None, 0)
-    (ref, count), = wrong.most_common(1)
-    return Hub(n, ref, count, count / n, len(wrong), wrong.most_common(top))
+    return hub_of((f"{row.brand}/{row.mark}" for shown, row in pairs if row.status != "error" and row.brand is not None and row.brand != shown), top)
 
 
 def evaluate_bench(bench: str | Path, out_dir: str | Path, *, model: str | Path | None = None, device: str = "auto",
                    scan_options: dict | None = None, write_card: bool = False, log=print) -> dict:
     """``markguard eval --bench``: index ``bench/gallery`` with the model, scan ``bench/listings``, score; writes ``OUT/real.json``."""
-    import dataclasses
-    import time
-
-    from markguard.checkpoint import CARD, load_card, resolve_model_dir
-    from markguard.fsio import atomic_write_text
-    from markguard.infer.build import build_index
-    from markguard.infer.scan import ScanOptions, run_scan
-
     bench, out_dir = Path(bench), Path(out_dir)
     for need in ("gallery", "listings/manifest.csv", "truth.csv"):
         if not (bench / need).exists():

@@ -6,6 +6,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from markguard.commands.args import positive_int
+
 
 def register_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devicon", help="fetch the devicon package (MIT colour logos): the real-photo benchmark's marks",
@@ -29,8 +31,8 @@ def register_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cross", metavar="SIMPLE_ICONS", help="the unpacked simple-icons package folder, or its .tgz (the cross tier)")
     p.add_argument("--photos", required=True, nargs="+", metavar="DIR", help="folders of photographs (from `markguard data photos`)")
     p.add_argument("--out", required=True, metavar="DIR", help="new folder to write")
-    p.add_argument("--brands", type=_positive, default=300, help="registered brands (default 300)")
-    p.add_argument("--listings", type=_positive, default=1650, help="listing photos over all tiers (default 1650)")
+    p.add_argument("--brands", type=positive_int, default=300, help="registered brands (default 300)")
+    p.add_argument("--listings", type=positive_int, default=1650, help="listing photos over all tiers (default 1650)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_realbench)
 
@@ -87,13 +89,3 @@ def _package_dir(path: str, tmp: Path, name: str) -> Path:
 
     p = Path(path)
     return fetch_npm(name, tmp, archive=p) if p.is_file() else (p / "package" if (p / "package").is_dir() else p)
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n

@@ -29,7 +29,7 @@ def run(args) -> int:
     import json
 
     from markguard.errors import MarkguardError
-    from markguard.infer.scan import resolve_device
+    from markguard.device import resolve_device
     from markguard.train.calibrate import calibrate_results
 
     if args.combiner:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
+from markguard.commands.args import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="import reference marks and check training sets", description="Import reference marks and check training sets.")
@@ -18,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", required=True, dest="iconset", metavar="NAME", help="twemoji or flags")
     p.add_argument("--out", required=True, metavar="DIR", help="gallery folder to write")
     p.add_argument("--archive", metavar="TGZ", help="the package's .tgz from npm pack (default: fetch it with npm pack)")
-    p.add_argument("--size", type=_positive, default=128, metavar="PX", help="render size in pixels (default 128)")
-    p.add_argument("--limit", type=_positive, metavar="N", help="import only the first N icons")
+    p.add_argument("--size", type=positive_int, default=128, metavar="PX", help="render size in pixels (default 128)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="import only the first N icons")
     p.set_defaults(func=run_icons)
 
     p = sub.add_parser(
@@ -30,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="gallery folder to write (created; existing brands.yaml entries are kept)")
     p.add_argument("--package", metavar="PATH", help="an unpacked simple-icons package folder (default: fetch it with npm pack)")
     p.add_argument("--version", metavar="V", help="package version to fetch with npm (default: latest); ignored with --package")
-    p.add_argument("--limit", type=_positive, metavar="N", help="import only the first N icons")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="import only the first N icons")
     p.add_argument("--only", metavar="SLUGS", help="comma-separated icon slugs to import, e.g. github,nike")
-    p.add_argument("--size", type=_positive, default=256, metavar="PX", help="render size in pixels (default 256)")
+    p.add_argument("--size", type=positive_int, default=256, metavar="PX", help="render size in pixels (default 256)")
     p.add_argument("--variants", default="color,black", metavar="LIST", help="comma-separated: color, black, white-on-color, white (default color,black)")
     p.set_defaults(func=run_simple_icons)
 
@@ -45,10 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--names", metavar="FILE", help="text file, one brand name a line, optionally ending in a colour: 'Acme Corp #E4002B'")
     src.add_argument("--from-gallery", metavar="DIR", help="use the brands (ids and names) of this gallery")
     p.add_argument("--out", required=True, metavar="DIR", help="gallery folder to write (may be the --from-gallery folder)")
-    p.add_argument("--size", type=_positive, default=96, metavar="PX", help="font size in pixels (default 96)")
+    p.add_argument("--size", type=positive_int, default=96, metavar="PX", help="font size in pixels (default 96)")
     p.add_argument("--color", metavar="#RRGGBB", help="text colour for names without one (default black)")
-    p.add_argument("--max-fonts", type=_positive, metavar="N", help="use only the first N fonts found (sorted by path)")
-    p.add_argument("--fonts-per-brand", type=_positive, metavar="K", help="draw each brand in K of the fonts, chosen per brand: many typefaces, fewer images")
+    p.add_argument("--max-fonts", type=positive_int, metavar="N", help="use only the first N fonts found (sorted by path)")
+    p.add_argument("--fonts-per-brand", type=positive_int, metavar="K", help="draw each brand in K of the fonts, chosen per brand: many typefaces, fewer images")
     p.set_defaults(func=run_wordmarks)
 
     p = sub.add_parser(
@@ -58,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("path", metavar="PATH", help="the training set's folder, or a .csv/.jsonl manifest")
     p.add_argument("--format", default="auto", help="auto (default), imagefolder, manifest, logodet3k, flickrlogos32, openlogo, sop, products10k")
-    p.add_argument("--top", type=_positive, default=20, metavar="N", help="labels to list, most samples first (default 20)")
+    p.add_argument("--top", type=positive_int, default=20, metavar="N", help="labels to list, most samples first (default 20)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad image or annotation instead of skipping it")
     p.set_defaults(func=run_check_trainset)
 
@@ -144,13 +146,3 @@ def run_gallery_check(args: argparse.Namespace) -> int:
         raise MarkguardError(f"{args.gallery}: gallery has no mark images; add <brand_id>/<mark_id>.png|jpg|webp|svg files")
     print("\n".join(report.lines()))
     return 0 if report.ok else 1
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args) -> int:
     from markguard.errors import MarkguardError
-    from markguard.infer.scan import resolve_device
+    from markguard.device import resolve_device
     from markguard.train.evaluate import EvalConfig, evaluate_model
 
     if args.bench:

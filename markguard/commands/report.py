@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from markguard.commands.args import positive_int
+
 STATUSES_ALL = ("flag", "review", "allowed", "pass")
 
 
@@ -14,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write OUT/report.html (with OUT/report/) from OUT/results.jsonl and OUT/summary.json.",
     )
     p.add_argument("out", metavar="OUT", help="the scan's output folder (markguard scan ... -o OUT)")
-    p.add_argument("--page-size", type=_positive, default=50, metavar="N", help="rows per page when the page opens (default 50)")
+    p.add_argument("--page-size", type=positive_int, default=50, metavar="N", help="rows per page when the page opens (default 50)")
     p.add_argument("--all", action="store_true", help="also list listings that passed (default: flag, review, allowed)")
     p.set_defaults(func=run)
 
@@ -25,13 +27,3 @@ def run(args: argparse.Namespace) -> int:
     path = write_report(args.out, statuses=STATUSES_ALL if args.all else DEFAULT_STATUSES, page_size=args.page_size)
     print(path)
     return 0
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n

@@ -8,18 +8,6 @@ import json
 from markguard.errors import MarkguardError
 
 
-def parse_shard(text: str | None):
-    if text is None:
-        return None
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise MarkguardError(f"--shard {text!r} must look like i/N, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise MarkguardError(f"--shard {text}: need 0 <= i < N")
-    return i, n
-
-
 def check_compile_backend(name: str) -> None:
     import torch
 
@@ -77,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
+    from markguard.datasets.listings import parse_shard
     from markguard.infer.scan import ScanOptions, run_scan
 
     if args.batch_size < 1 or args.workers < 0 or (args.actors is not None and args.actors < 1):
@@ -97,7 +86,7 @@ def run(args) -> int:
         if importlib.util.find_spec("rapidocr_onnxruntime") is None:
             raise MarkguardError("--ocr needs RapidOCR; pip install 'markguard[ocr]' or scan without --ocr")
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                       flag=args.flag_threshold, review=args.review_threshold, shard=parse_shard(args.shard),
+                       flag=args.flag_threshold, review=args.review_threshold, shard=None if args.shard is None else parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
                        decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch,
                        combiner=args.combiner)

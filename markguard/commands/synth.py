@@ -19,24 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_synth_args(out, *, brands: int, listings: int, marks_per_brand: int = 1, distractors: int = 0) -> None:
-    """Counts that make sense and an output that is a folder, before anything is written (synth and demo)."""
-    from pathlib import Path
-
-    from markguard.errors import MarkguardError
-
-    for name, v, low in (("--brands", brands, 1), ("--marks-per-brand", marks_per_brand, 1), ("--listings", listings, 0),
-                         ("--distractors", distractors, 0)):
-        if v < low:
-            raise MarkguardError(f"{name} {v} must be at least {low}")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise MarkguardError(f"{out}: is a file; --out names the folder to write")
-
-
 def run(args) -> int:
     import os
 
-    from markguard.datasets.synth import synth_dataset
+    from markguard.datasets.synth import check_synth_args, synth_dataset
     from markguard.errors import MarkguardError
 
     if args.workers is not None and args.workers < 0:

@@ -18,31 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_recipe(recipe: str | None):
-    """A path when one is clearly meant (a '/' in it, or ending in .yaml/.yml), else the shipped recipe of that name.
-
-    So a folder that happens to be called like a recipe (``demo --out demo``) never shadows it.
-    """
-    import os
-    from pathlib import Path
-
-    from markguard.errors import MarkguardError
-
-    if recipe is None or "/" in recipe or os.sep in recipe or recipe.endswith((".yaml", ".yml")):
-        return recipe
-    import markguard.train as train_pkg
-
-    shipped = Path(train_pkg.__file__).parent / "recipes"
-    path = shipped / f"{recipe}.yaml"
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
-        raise MarkguardError(f"no shipped recipe named {recipe!r} (shipped: {names}); for a file of your own give its path, e.g. ./{recipe}.yaml")
-    return str(path)
-
-
 def run(args) -> int:
     from markguard.config import load_layered
-    from markguard.train.config import TrainConfig
+    from markguard.train.config import TrainConfig, resolve_recipe
     from markguard.train.loop import train
 
     import os

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import random
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from markguard.commands import data as data_cmd
+from markguard.cli import main
 from markguard.datasets.registry import (
     check_gallery,
     flatten_gray,
@@ -56,12 +55,6 @@ def _gallery(root: Path) -> Path:
     (root / "initech" / "mark.svg").write_text(SQUARE)
     return root
 
-
-def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="markguard")
-    data_cmd.register(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 # --------------------------------------------------------------------------- brands.yaml
@@ -242,7 +235,7 @@ def test_hamming_pairs_matches_brute_force():
 
 def test_cli_gallery_check_exit_codes(tmp_path, capsys):
     root = _gallery(tmp_path / "g")
-    assert _cli("gallery", "check", str(root)) == 0
+    assert main(["gallery", "check", str(root)]) == 0
     (root / "empty-brand").mkdir()
-    assert _cli("gallery", "check", str(root)) == 1
+    assert main(["gallery", "check", str(root)]) == 1
     assert "brand 'empty-brand' has no mark images" in capsys.readouterr().out

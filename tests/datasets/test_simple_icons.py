@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import stat
@@ -16,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from markguard.commands import data as data_cmd
+from markguard.cli import main
 from markguard.datasets.registry import check_gallery, load_gallery
 from markguard.datasets.simple_icons import fetch_simple_icons, import_simple_icons, read_icons, title_to_slug
 from markguard.errors import MarkguardError
@@ -52,12 +51,6 @@ def make_package(root: Path, *, old_layout: bool = False, version: str = "16.0.0
     data.write_text(json.dumps({"icons": entries} if old_layout else entries))
     return root
 
-
-def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="markguard")
-    data_cmd.register(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +187,7 @@ def test_fetch_unpacks_what_npm_pack_gives(tmp_path, monkeypatch):
 
 def test_cli_data_simple_icons(tmp_path, capsys):
     package = make_package(tmp_path / "package")
-    assert _cli("data", "simple-icons", "--package", str(package), "--out", str(tmp_path / "g"), "--limit", "2", "--size", "32") == 0
+    assert main(["data", "simple-icons", "--package", str(package), "--out", str(tmp_path / "g"), "--limit", "2", "--size", "32"]) == 0
     out = capsys.readouterr().out
     assert "2 brands, 4 images from simple-icons 16.0.0" in out
     assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["acme", "brands.yaml", "dotdotandcoplus"]

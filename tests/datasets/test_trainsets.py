@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from markguard.commands import data as data_cmd
+from markguard.cli import main
 from markguard.datasets.trainsets import (
     READERS,
     TrainSample,
@@ -225,6 +224,21 @@ def test_manifest_missing_column_names_file_and_fix(tmp_path):
         open_trainset(bad)
 
 
+def test_manifest_as_a_spreadsheet_saves_it_and_unreadable_files_are_one_line(tmp_path):
+    _img(tmp_path / "a.jpg")
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes(b"\xef\xbb\xbfpath,label\na.jpg,acme\n")  # the byte-order mark would rename the first column
+    assert [(s.path.name, s.label) for s in open_trainset(excel)] == [("a.jpg", "acme")]
+    big = tmp_path / "big.csv"
+    big.write_text("path,label\n" + "a.jpg," + "x" * 200_000 + "\n")
+    with pytest.raises(MarkguardError, match=r"big\.csv:2: unreadable CSV \(field larger than field limit"):
+        list(open_trainset(big))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps({"path": "a.jpg", "label": "caf\u00e9"}).encode().replace(b"\\u00e9", b"\xe9") + b"\n")
+    with pytest.raises(MarkguardError, match=r"latin\.jsonl: not UTF-8 text"):
+        list(open_trainset(latin))
+
+
 def test_logodet3k(tmp_path):
     reader = open_trainset(make_logodet3k(tmp_path / "set"))
     got = sorted((s.path.name, s.label, s.box, s.group) for s in reader)
@@ -368,16 +382,10 @@ def test_summary_counts_and_lines(tmp_path):
     assert "skipped " in text and "2.jpg" in text
 
 
-def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="markguard")
-    data_cmd.register(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
 
 def test_cli_check_trainset(tmp_path, capsys):
     root = make_sop(tmp_path / "set")
-    assert _cli("data", "check-trainset", str(root)) == 0
+    assert main(["data", "check-trainset", str(root)]) == 0
     out = capsys.readouterr().out
     assert "(sop): 3 samples, 2 labels" in out
     assert "gone.JPG: image file not found" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from markguard.commands import data as data_cmd
+from markguard.cli import main
 from markguard.datasets.registry import load_gallery
 from markguard.datasets.wordmarks import (
     DEFAULT_FONT,
@@ -22,12 +21,6 @@ from markguard.datasets.wordmarks import (
 )
 from markguard.errors import MarkguardError
 
-
-def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="markguard")
-    data_cmd.register(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def _system_font() -> Path:
@@ -127,12 +120,12 @@ def test_cli_wordmarks_from_names_and_from_gallery(tmp_path, capsys):
     names = tmp_path / "names.txt"
     names.write_text("Acme Corp #E4002B\n")
     out = tmp_path / "g"
-    assert _cli("data", "wordmarks", "--names", str(names), "--out", str(out), "--max-fonts", "1", "--size", "24") == 0
+    assert main(["data", "wordmarks", "--names", str(names), "--out", str(out), "--max-fonts", "1", "--size", "24"]) == 0
     assert len(list((out / "acme-corp").glob("acme-corp-wm-*.png"))) == 1
     assert load_gallery(out).brands["acme-corp"].name == "Acme Corp"
 
     # from a gallery: its ids and display names, written back beside its marks
     (out / "brands.yaml").write_text(yaml.safe_dump({"brands": {"acme-corp": {"name": "Acme Corp", "authorized_sellers": ["s1"]}}}))
-    assert _cli("data", "wordmarks", "--from-gallery", str(out), "--out", str(out), "--max-fonts", "2", "--size", "24") == 0
+    assert main(["data", "wordmarks", "--from-gallery", str(out), "--out", str(out), "--max-fonts", "2", "--size", "24"]) == 0
     assert load_gallery(out).brands["acme-corp"].authorized_sellers == ["s1"]
     assert "wordmarks of 1 brands" in capsys.readouterr().out

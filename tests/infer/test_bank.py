@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from markguard.infer.bank import bank_images, hub_share, normalise, reference_bias
+from markguard.infer.bank import Hub, bank_images, hub_of, normalise, reference_bias
 
 
 def _unit(v):
@@ -37,9 +37,10 @@ def test_hub_loses_to_true_match():
     assert normalise(1.0, 0.7) == pytest.approx(1.0) and normalise(0.7, 0.7) == pytest.approx(0.0)
 
 
-def test_hub_share():
-    assert hub_share(["a", "a", "b", None, "c"], ["x", "y", "b", None, "z"]) == (pytest.approx(2 / 3), 2)
-    assert hub_share(["a"], ["a"]) == (0.0, 0)
+def test_hub_of():
+    hub = hub_of(["a", "a", "b", "a", "c"], top=2)
+    assert (hub.photos, hub.reference, hub.count, hub.share, hub.distinct, hub.top) == (5, "a", 3, 0.6, 3, [("a", 3), ("b", 1)])
+    assert hub_of([]) == Hub(0, None, 0, None, 0)
 
 
 def test_bank_images_deterministic():

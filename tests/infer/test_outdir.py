@@ -184,6 +184,8 @@ def test_keep_matching_rows_cuts_at_the_first_mismatch(tmp_path):
     assert p.read_bytes() == row("L0") + row("L1")
     p.write_bytes(row("L0") + row("L1") + b'{"listing_id": "L2"')  # torn
     assert keep_matching_rows(p, items) == 2
+    p.write_bytes(row("L0") + row("L1") + row("L2")[:-1])  # cut right before its newline: the next row would join its line
+    assert keep_matching_rows(p, items) == 2 and p.read_bytes() == row("L0") + row("L1")
     p.write_bytes(row("L0") + row("L1") + row("L2"))
     assert keep_matching_rows(p, items[:2]) == 2  # more rows than inputs
 

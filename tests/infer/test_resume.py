@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from markguard.infer.results import PARTIAL
-from markguard.infer.writer import recover_partial
 from test_scan import read_rows, make_world
 
 
@@ -76,15 +75,6 @@ def test_sigkill_then_resume_has_every_row_once(resume_world, tmp_path, seed):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["images"] == world.n_rows and sum(summary["counts"].values()) == world.n_rows
     assert not (tmp_path / "out" / PARTIAL).exists()
-
-
-def test_torn_last_line_is_dropped(tmp_path):
-    p = tmp_path / PARTIAL
-    p.write_bytes(b'{"a": 1}\n{"a": 2}\n{"a": 3, "b"')
-    assert recover_partial(p) == 2
-    assert p.read_bytes() == b'{"a": 1}\n{"a": 2}\n'
-    p.write_bytes(b'{"a": 1}\n{"a": 2\n')  # a line cut right before its newline is not a row either
-    assert recover_partial(p) == 1
 
 
 def test_resume_after_kill_between_rename_and_summary(tmp_path, resume_world):

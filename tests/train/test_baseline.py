@@ -56,7 +56,7 @@ def test_sift_scan_writes_rows_the_scorer_reads(tmp_path, sources):
     from PIL import Image
 
     from markguard.train.baseline import sift_scan
-    from markguard.train.realeval import read_results
+    from markguard.train.realeval import read_bench_results
 
     gallery = _gallery(tmp_path, sources, ["brand00", "brand01"])
     (tmp_path / "dump").mkdir()
@@ -64,6 +64,6 @@ def test_sift_scan_writes_rows_the_scorer_reads(tmp_path, sources):
     (tmp_path / "dump" / "bad.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "dump" / "manifest.csv").write_text("listing_id,image_path\na,a.jpg\nbad,bad.jpg\n")
     summary = sift_scan(tmp_path / "dump" / "manifest.csv", gallery, tmp_path / "out")
-    rows = read_results(tmp_path / "out" / "results.jsonl")
-    assert summary["images"] == 2 and rows["a"]["brand"] == "brand01" and rows["a"]["score"] >= 12
-    assert rows["bad"]["status"] == "error" and rows["bad"]["error"]
+    rows = read_bench_results(tmp_path / "out" / "results.jsonl")
+    assert summary["images"] == 2 and rows["a"].brand == "brand01" and rows["a"].score >= 12
+    assert rows["bad"].status == "error" and rows["bad"].error

@@ -10,7 +10,8 @@ import pytest
 from markguard.checkpoint import load_card, load_checkpoint
 from markguard.cli import main
 from markguard.errors import MarkguardError
-from markguard.train.calibrate import calibrate_listings, roc_auc, threshold_at_fpr, threshold_at_precision
+from markguard.train.calibrate import calibrate_listings
+from markguard.train.rates import roc_auc, threshold_at_fpr, threshold_at_precision
 from markguard.infer.results import Match
 from markguard.train.evaluate import EvalConfig, evaluate_model, localisation_metrics, retrieval_metrics, size_bucket
 

@@ -12,6 +12,7 @@ import pytest
 from markguard.boxes import iou
 from markguard.datasets.realbench import POSITIVE_TIERS, TIERS, TRUTH_COLUMNS
 from markguard.errors import MarkguardError
+from markguard.infer.results import ScanRow
 from markguard.train.realeval import hub_figure, score_bench
 
 
@@ -26,7 +27,7 @@ def write_truth(path, rows):
 def write_results(path, rows):
     with open(path, "w") as f:
         for lid, score, brand, box in rows:
-            f.write(json.dumps({"listing_id": lid, "image": f"{lid}.jpg", "status": "flag", "score": score, "brand": brand,
+            f.write(json.dumps({"listing_id": lid, "image": f"{lid}.jpg", "seller_id": None, "status": "flag", "score": score, "brand": brand,
                                 "mark": f"{brand}-original" if brand else None, "box": box, "matches": [], "error": None}) + "\n")
 
 
@@ -100,9 +101,9 @@ def test_every_tier_matches_a_brute_force_recount(tmp_path):
 
 
 def test_hub_figure_counts_only_photos_that_do_not_show_their_best_match():
-    row = lambda b: {"status": "flag", "brand": b, "mark": f"{b}-m"}  # noqa: E731
+    row = lambda b, status="flag": ScanRow("x", "x.jpg", None, status, 0.5, b, b and f"{b}-m", None, [])  # noqa: E731
     pairs = [(None, row("a")), (None, row("a")), (None, row("b")), ("c", row("a")), ("a", row("a")), ("a", row("a")),
-             (None, {"status": "error", "brand": None, "mark": None})]
+             (None, row(None, "error"))]
     hub = hub_figure(pairs)
     assert (hub.photos, hub.reference, hub.count, hub.distinct) == (4, "a/a-m", 3, 2)
     assert hub.share == 0.75 and hub.top == [("a/a-m", 3), ("b/b-m", 1)]
@@ -115,7 +116,8 @@ def test_results_that_hide_best_matches_or_miss_listings_are_refused(tmp_path):
     with pytest.raises(MarkguardError, match="no row for 1 of the bench's 2 listings"):
         score_bench(tmp_path / "results.jsonl", tmp_path / "truth.csv")
     with open(tmp_path / "results.jsonl", "a") as f:  # a scan at its calibrated thresholds: a pass row names no match
-        f.write(json.dumps({"listing_id": "n0", "status": "pass", "score": 0.4, "brand": None, "mark": None, "box": None}) + "\n")
+        f.write(json.dumps({"listing_id": "n0", "image": "n0.jpg", "seller_id": None, "status": "pass", "score": 0.4, "brand": None,
+                            "mark": None, "box": None, "matches": [], "error": None}) + "\n")
     with pytest.raises(MarkguardError, match="--flag-threshold -1"):
         score_bench(tmp_path / "results.jsonl", tmp_path / "truth.csv")
 

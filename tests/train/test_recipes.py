@@ -11,7 +11,7 @@ from markguard.datasets.synth import make_marks, write_gallery
 from markguard.errors import MarkguardError
 from markguard.train.config import TrainConfig
 from markguard.train.loop import train
-from markguard.commands.train import resolve_recipe
+from markguard.train.config import resolve_recipe
 
 
 @pytest.mark.parametrize("name", ["demo", "logo", "product"])
