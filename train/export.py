@@ -98,19 +98,23 @@ def _export_onnx(graph, example, path: Path) -> None:
 
 
 def shape_nodes(proto) -> list[str]:
-    """Names of the nodes that compute shapes rather than pixels: those fed only by a Shape node's output,
-    by constants or by other such nodes (timm's TF "same" padding works out each Pad from the input size).
-    Quantising them would round the padding arithmetic, calibrated at one input size, to 8 bits."""
+    """Names of the nodes that compute shapes rather than pixels: fed by a Shape node's output, directly or
+    through other such nodes, and otherwise only by constants (timm's TF "same" convolutions work out each
+    Pad from the input size). Quantised, that arithmetic would be rounded to 8 bits on the ranges it took
+    at the calibration size."""
     graph = proto.graph
     constant = {t.name for t in graph.initializer}
     derived: set[str] = set()
     names = []
     for node in graph.node:  # ONNX nodes are in topological order
         inputs = [i for i in node.input if i]
-        if node.op_type == "Shape" or node.op_type == "Constant" or (inputs and all(i in derived or i in constant for i in inputs)):
+        if node.op_type == "Constant" or (inputs and all(i in constant for i in inputs)):
+            constant.update(node.output)  # constants, and what is computed from constants alone (weights' DequantizeLinear)
+        elif node.op_type == "Shape":
             derived.update(node.output)
-            if node.op_type != "Shape":
-                names.append(node.name)
+        elif any(i in derived for i in inputs) and all(i in derived or i in constant for i in inputs):
+            derived.update(node.output)
+            names.append(node.name)
     return names
 
 

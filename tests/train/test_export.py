@@ -154,3 +154,36 @@ def test_export_cli(model_dir, tmp_path, capsys):
     assert main(["export", "--format", "onnx", "--model", str(model_dir), "--out", str(tmp_path / "m.onnx")]) == 0
     assert "max |embedding difference|" in capsys.readouterr().out
     assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_int8_keeps_the_padding_arithmetic_of_same_convolutions_in_fp32(tmp_path):
+    """TF-"same" convolutions (timm's tf_ EfficientNets) work out each Pad from the input size at run time;
+    quantised with the pixels, that arithmetic is rounded to 8 bits on ranges seen at the calibration size."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from timm.layers import Conv2dSame
+
+    from markguard.train.export import CalibrationPhotos, _export_onnx, _quantize_int8, shape_nodes
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Conv2dSame(3, 8, 3, stride=2), torch.nn.ReLU6(), Conv2dSame(8, 8, 3, stride=2), torch.nn.ReLU6()).eval()
+    fp32, int8 = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    with torch.no_grad():
+        _export_onnx(net, torch.zeros(1, 3, 64, 64), fp32)
+    ops = {n.name: n.op_type for n in onnx.load(str(fp32)).graph.node}
+    skipped = set(shape_nodes(onnx.load(str(fp32))))
+    assert "Ceil" in {ops[n] for n in skipped} and not {ops[n] for n in skipped} & {"Conv", "Pad"}
+    assert sum(op == "Clip" and n not in skipped for n, op in ops.items()) == 2  # the ReLU6s are pixels (the padding's max(., 0) is not)
+    rng = np.random.default_rng(0)
+    _quantize_int8(fp32, int8, CalibrationPhotos([rng.standard_normal((4, 3, 64, 64), dtype=np.float32)], "noise", 0))
+    q = onnx.load(str(int8))
+    q_ops = {n.name: n.op_type for n in q.graph.node}
+    assert "QuantizeLinear" in q_ops.values()
+    assert not {q_ops[n] for n in shape_nodes(q)} & {"QuantizeLinear", "DequantizeLinear"}
+    run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)}
+    for h, w in ((64, 64), (37, 53)):  # an odd size pads differently from the calibrated one
+        x = rng.standard_normal((2, 3, h, w), dtype=np.float32)
+        a, b = (torch.from_numpy(s.run(None, {"images": x})[0]) for s in run.values())
+        assert a.shape == b.shape
+        assert _cosine(a, b).min() > 0.98
