@@ -22,6 +22,11 @@ OPSET = 17
 CALIB_COUNT = 64  # photos a static quantisation sees by default: ranges settle well before (ORT's examples use tens)
 CALIB_BATCH = 8
 PARITY_PHOTOS = 4
+# convolutions at the start of the graph left in fp32 (with what lies between them): on the shipped
+# EfficientNet-Lite0 the stem and blocks 0-2 (15 convolutions, 1/2 to 1/8 of the input's resolution) carry most
+# of the int8 error; in fp32 the region embeddings' mean cosine to PyTorch's goes from 0.9958 to 0.9994 on
+# held-out photos, at a cost lost in the shared machine's noise (benchmarks/results/backends.md)
+FP32_CONVS = 15
 # the embedding agreement `markguard export` asks of an int8 graph by default: the mean cosine similarity of
 # its region embeddings to PyTorch's (the shipped model gives 0.99-0.996; 8-bit padding arithmetic gave 0.95-0.976)
 INT8_MIN_COSINE = 0.98
@@ -118,10 +123,23 @@ def shape_nodes(proto) -> list[str]:
     return names
 
 
-def _quantize_int8(fp32: Path, out: Path, photos: CalibrationPhotos) -> None:
+def leading_nodes(proto, convs: int) -> list[str]:
+    """Names of the graph's first ``convs`` convolutions and of every node before the next one."""
+    names, seen = [], 0
+    for node in proto.graph.node:
+        if node.op_type == "Conv":
+            if seen == convs:
+                break
+            seen += 1
+        names.append(node.name)
+    return names if convs > 0 else []
+
+
+def _quantize_int8(fp32: Path, out: Path, photos: CalibrationPhotos, fp32_convs: int = 0) -> None:
     """Static int8 quantisation (ONNX Runtime): QDQ, per-channel int8 weights, uint8 activations whose ranges
-    come from the calibration photos (min/max). uint8 x int8 without reduce_range is ORT's advice for x86 with
-    VNNI (and ARM); CPUs without VNNI may saturate the 16-bit accumulation on a few layers."""
+    come from the calibration photos (min/max); the first ``fp32_convs`` convolutions stay fp32. uint8 x int8
+    without reduce_range is ORT's advice for x86 with VNNI (and ARM); CPUs without VNNI may saturate the
+    16-bit accumulation on a few layers."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -130,20 +148,28 @@ def _quantize_int8(fp32: Path, out: Path, photos: CalibrationPhotos) -> None:
         pre = Path(tmp) / "pre.onnx"
         # shape inference and graph optimisation first (Conv+BatchNorm folded), as ORT's guide recommends
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        proto = onnx.load(str(pre))
+        convs = sum(n.op_type == "Conv" for n in proto.graph.node)
+        if fp32_convs >= convs:
+            raise MarkguardError(f"--fp32-convs {fp32_convs} leaves nothing to quantise: the backbone has {convs} convolutions")
+        keep = sorted(set(shape_nodes(proto)) | set(leading_nodes(proto, fp32_convs)))
         quantize_static(str(pre), str(out), _CalibrationReader(photos, "images"), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=shape_nodes(onnx.load(str(pre))),
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep,
                         # ranges folded in every few batches: calibration memory stays a few batches' activations
                         extra_options={"CalibMaxIntermediateOutputs": 4})
 
 
 def export_model(model_dir: str | Path | None, fmt: str, out: str | Path | None = None, *, check: bool = True,
-                 calib: str | Path | None = None, calib_count: int = CALIB_COUNT) -> dict:
+                 calib: str | Path | None = None, calib_count: int = CALIB_COUNT, fp32_convs: int = FP32_CONVS) -> dict:
     """Write the backbone as ``fmt`` (default file: beside the weights) and, with ``check``, compare
     the embeddings it gives with PyTorch's; returns the path and the agreement (largest difference,
-    lowest cosine similarity). ``onnx-int8`` is calibrated on the photos of ``calib``."""
+    lowest cosine similarity). ``onnx-int8`` is calibrated on the photos of ``calib``, its first
+    ``fp32_convs`` convolutions left in fp32."""
     if fmt not in FORMATS:
         raise MarkguardError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fp32_convs < 0:
+        raise MarkguardError(f"--fp32-convs {fp32_convs}: need 0 or more")
     if fmt == "onnx-int8" and calib is None:
         raise MarkguardError("--format onnx-int8 needs --calib PHOTOS: a folder or manifest of listing-like photos (not the ones you evaluate on)")
     model_dir = resolve_model_dir(model_dir)
@@ -169,14 +195,14 @@ def export_model(model_dir: str | Path | None, fmt: str, out: str | Path | None 
                 fp32 = tmp.with_name(f"{tmp.name}.fp32")
                 tmp.replace(fp32)
                 try:
-                    _quantize_int8(fp32, tmp, photos)
+                    _quantize_int8(fp32, tmp, photos, fp32_convs)
                 finally:
                     fp32.unlink(missing_ok=True)
             proto = onnx.load(str(tmp))
             meta = {FINGERPRINT_KEY: card.fingerprint}
             if photos is not None:
                 meta["markguard_calibration"] = json.dumps({"photos": photos.count, "source": Path(photos.source).name,
-                                                            "size": card.scan_size, "method": "minmax"})
+                                                            "size": card.scan_size, "method": "minmax", "fp32_convs": fp32_convs})
             for key, value in meta.items():
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = key, value

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", metavar="PHOTOS", help="onnx-int8: a folder, manifest or tar shards of listing-like photos to calibrate "
                                                      "on (not the photos you evaluate on)")
     p.add_argument("--calib-count", type=int, help="onnx-int8: calibration photos used, the first N that decode (default 64)")
+    p.add_argument("--fp32-convs", type=int, help="onnx-int8: the graph's first N convolutions stay fp32, where int8 errs most "
+                                                  "(default 15: the shipped EfficientNet-Lite0's stem and blocks 0-2)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     p.add_argument("--tolerance", type=float, default=1e-4, help="onnx, torchscript: largest embedding difference the check accepts")
     p.add_argument("--min-cosine", type=float, help="onnx-int8: lowest mean cosine similarity between PyTorch's and the int8 "
@@ -27,12 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args) -> int:
     from markguard.errors import MarkguardError
-    from markguard.train.export import CALIB_COUNT, INT8_MIN_COSINE, export_model
+    from markguard.train.export import CALIB_COUNT, FP32_CONVS, INT8_MIN_COSINE, export_model
 
     if args.calib is not None and args.format != "onnx-int8":
         raise MarkguardError(f"--calib is for --format onnx-int8 (a {args.format} export is not calibrated)")
     result = export_model(args.model, args.format, args.out, check=not args.no_check, calib=args.calib,
-                          calib_count=CALIB_COUNT if args.calib_count is None else args.calib_count)
+                          calib_count=CALIB_COUNT if args.calib_count is None else args.calib_count,
+                          fp32_convs=FP32_CONVS if args.fp32_convs is None else args.fp32_convs)
     calib = result.get("calibration")
     print(f"exported {result['format']}: {result['path']} ({result['bytes'] / 1e6:.1f} MB, fingerprint {result['fingerprint']})"
           + (f"; calibrated on {calib['photos']} photos of {calib['source']} ({calib['unusable']} could not be decoded)" if calib else ""))

@@ -54,7 +54,7 @@ def test_export_parity(model_dir, fmt):
 
 
 def test_int8_export_calibrates_and_agrees_at_any_size(model_dir, calib):
-    result = export_model(model_dir, "onnx-int8", calib=calib, calib_count=10)
+    result = export_model(model_dir, "onnx-int8", calib=calib, calib_count=10, fp32_convs=1)
     assert result["path"].endswith(EXPORT_FILES["onnx-int8"])
     assert result["calibration"] == {"photos": 10, "unusable": 0, "source": str(calib)}
     assert result["mean_cosine"] > 0.98 and result["min_cosine"] > 0.9  # not bit-exact, but the same embedding
@@ -94,7 +94,7 @@ def test_scan_runs_through_onnx_backend(model_dir, calib, backend, tmp_path):
     from markguard.datasets.decode import load_mark
     from markguard.datasets.registry import load_gallery
 
-    export_model(model_dir, backend, check=False, calib=calib if backend == "onnx-int8" else None)
+    export_model(model_dir, backend, check=False, **({"calib": calib, "fp32_convs": 1} if backend == "onnx-int8" else {}))
     data = synth_dataset(tmp_path / "d", brands=3, marks_per_brand=1, distractor_brands=1, listings=6, seed=2, cfg=SynthConfig(size=(96, 72)))
     rows = {}
     for name in ("torch", backend):
@@ -138,7 +138,7 @@ def test_backend_refuses_stale_or_missing_export(model_dir, tmp_path):
         load_backend(other, "onnx-int8", path=tmp_path / "stale.onnx")
 
 
-def test_int8_export_needs_usable_calibration_photos(model_dir, tmp_path):
+def test_int8_export_needs_usable_calibration_photos(model_dir, calib, tmp_path):
     with pytest.raises(MarkguardError, match="--format onnx-int8 needs --calib"):
         export_model(model_dir, "onnx-int8")
     with pytest.raises(MarkguardError, match="^--calib .*nope: no such file or folder"):
@@ -147,7 +147,9 @@ def test_int8_export_needs_usable_calibration_photos(model_dir, tmp_path):
     (tmp_path / "junk" / "a.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(MarkguardError, match="no usable photo .1 rows could not be decoded"):
         export_model(model_dir, "onnx-int8", calib=tmp_path / "junk")
-    assert not (model_dir / ".model.int8.onnx.tmp").exists()
+    with pytest.raises(MarkguardError, match="--fp32-convs 1000 leaves nothing to quantise: the backbone has"):
+        export_model(model_dir, "onnx-int8", calib=calib, fp32_convs=1000)
+    assert not list(model_dir.glob(".model.int8.onnx*")) and not list(model_dir.glob("markguard-int8-*"))
 
 
 def test_export_cli(model_dir, tmp_path, capsys):
@@ -164,7 +166,7 @@ def test_int8_keeps_the_padding_arithmetic_of_same_convolutions_in_fp32(tmp_path
     import onnxruntime as ort
     from timm.layers import Conv2dSame
 
-    from markguard.train.export import CalibrationPhotos, _export_onnx, _quantize_int8, shape_nodes
+    from markguard.train.export import CalibrationPhotos, _export_onnx, _quantize_int8, leading_nodes, shape_nodes
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(Conv2dSame(3, 8, 3, stride=2), torch.nn.ReLU6(), Conv2dSame(8, 8, 3, stride=2), torch.nn.ReLU6()).eval()
@@ -180,6 +182,10 @@ def test_int8_keeps_the_padding_arithmetic_of_same_convolutions_in_fp32(tmp_path
     q = onnx.load(str(int8))
     q_ops = {n.name: n.op_type for n in q.graph.node}
     assert "QuantizeLinear" in q_ops.values()
+    # the first convolution and what follows it up to the second (its ReLU6, the next one's padding) stay fp32
+    first = [ops[n] for n in leading_nodes(onnx.load(str(fp32)), 1)]
+    assert first.count("Conv") == 1 and first.count("Pad") == 2 and "Clip" in first and first[-1] == "Pad"
+    assert leading_nodes(onnx.load(str(fp32)), 0) == []
     assert not {q_ops[n] for n in shape_nodes(q)} & {"QuantizeLinear", "DequantizeLinear"}
     run = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8)}
     for h, w in ((64, 64), (37, 53)):  # an odd size pads differently from the calibrated one
