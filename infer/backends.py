@@ -1,4 +1,4 @@
-"""Backends: the scan's model with its backbone run by PyTorch, ONNX Runtime or a TorchScript file.
+"""Backends: the scan's model with its backbone run by PyTorch, ONNX Runtime (fp32 or int8) or a TorchScript file.
 
 Only the backbone (``forward_features``, nearly all the compute) moves to the exported graph; the
 region pooling, projection and proposal head stay in PyTorch with the checkpoint's weights, so
@@ -15,9 +15,16 @@ import torch
 from markguard.checkpoint import ModelCard, load_checkpoint, resolve_model_dir
 from markguard.errors import MarkguardError
 
-BACKENDS = ("torch", "onnx", "torchscript")
-EXPORT_FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # default names beside the weights
+BACKENDS = ("torch", "onnx", "onnx-int8", "torchscript")
+# default names beside the weights, where `markguard export` writes and `scan --backend` looks
+EXPORT_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "torchscript": "model.torchscript.pt"}
+ONNX_BACKENDS = ("onnx", "onnx-int8")
 FINGERPRINT_KEY = "markguard_fingerprint"
+
+
+def export_command(backend: str) -> str:
+    """The command that writes ``backend``'s file (the int8 graph needs calibration photos)."""
+    return f"markguard export --format {backend}" + (" --calib PHOTOS" if backend == "onnx-int8" else "") + " --model DIR"
 
 
 class ExportedModel(torch.nn.Module):
@@ -51,7 +58,12 @@ class _OnnxRunner:
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        opts = ort.SessionOptions()
+        # as many threads as torch uses (OMP_NUM_THREADS, torch.set_num_threads): ORT's own default is one a
+        # core, and beside torch's pool and the decode workers that oversubscribes a small machine
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +84,7 @@ def _first_line(e: Exception) -> str:
 
 def load_backend(model_dir: str | Path | None = None, backend: str = "torch", *, device: str = "cpu",
                  path: str | Path | None = None) -> tuple[torch.nn.Module, ModelCard]:
-    """The scan's model and card; ``backend`` onnx/torchscript runs the backbone from ``path``
+    """The scan's model and card; ``backend`` onnx/onnx-int8/torchscript runs the backbone from ``path``
     (default: the file ``markguard export`` wrote beside the weights), refused unless it was exported
     from this very checkpoint (same fingerprint)."""
     if backend not in BACKENDS:
@@ -82,13 +94,13 @@ def load_backend(model_dir: str | Path | None = None, backend: str = "torch", *,
         return model, card
     file = Path(path) if path is not None else resolve_model_dir(model_dir) / EXPORT_FILES[backend]
     if not file.exists():
-        raise MarkguardError(f"{file}: no exported model; run `markguard export --format {backend} --model DIR` first")
-    if backend == "onnx":
+        raise MarkguardError(f"{file}: no exported model; run `{export_command(backend)}` first")
+    if backend in ONNX_BACKENDS:
         try:
             found = _onnx_fingerprint(file)
             runner = _OnnxRunner(file, device)
         except ImportError:
-            raise MarkguardError("--backend onnx needs onnx and onnxruntime; pip install 'markguard[onnx]'") from None
+            raise MarkguardError(f"--backend {backend} needs onnx and onnxruntime; pip install 'markguard[onnx]'") from None
         except Exception as e:  # protobuf's DecodeError and onnxruntime's pybind errors share no narrower base
             raise MarkguardError(f"{file}: not a readable ONNX model ({_first_line(e)}); export it again") from None
     else:

@@ -37,6 +37,7 @@ def bad(world, scanned, tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(world.model, model)
     (model / "model.onnx").write_bytes(b"\x08\x07garbage" * 50)
     (model / "model.torchscript.pt").write_bytes(b"PK\x03\x04 not a zip" * 20)
+    (model / "model.int8.onnx").write_bytes(b"\x08\x07garbage" * 50)
     f["model"] = model
     card = json.loads((world.model / "model_card.json").read_text())
     for name, change in {"card_scan0": {"scan_size": 0}, "card_dim": {"dim": "32"}, "card_mode": {"regions": {"mode": "everything"}},
@@ -70,6 +71,14 @@ CASES = {  # id → (argv builder, words the message must hold)
     "scan --backend torchscript bad file": (lambda w, b: _scan(w, b, "-m", str(b["model"]), "--backend", "torchscript"),
                                             ["model.torchscript.pt", "TorchScript"]),
     "scan --backend onnx bad file": (lambda w, b: _scan(w, b, "-m", str(b["model"]), "--backend", "onnx"), ["model.onnx", "ONNX"]),
+    "scan --backend onnx-int8 bad file": (lambda w, b: _scan(w, b, "-m", str(b["model"]), "--backend", "onnx-int8"),
+                                          ["model.int8.onnx", "ONNX"]),
+    "export onnx-int8 without --calib": (lambda w, b: ["export", "-f", "onnx-int8", "-m", str(b["model"]), "-o", str(b["root"] / "never")],
+                                         ["--calib PHOTOS"]),
+    "export onnx-int8 --calib missing": (lambda w, b: ["export", "-f", "onnx-int8", "-m", str(b["model"]), "--calib", str(b["root"] / "nope"),
+                                                       "-o", str(b["root"] / "never")], ["--calib", "nope: no such file or folder"]),
+    "export onnx --calib": (lambda w, b: ["export", "-f", "onnx", "-m", str(b["model"]), "--calib", str(b["root"]), "-o", str(b["root"] / "never")],
+                            ["--calib is for --format onnx-int8"]),
     "scan --flag-threshold nan": (lambda w, b: _scan(w, b, "--flag-threshold", "nan"), ["--flag-threshold nan"]),
     "scan --flag-threshold inf": (lambda w, b: _scan(w, b, "--flag-threshold", "inf"), ["--flag-threshold inf"]),
     "scan --review-threshold -inf": (lambda w, b: _scan(w, b, "--review-threshold=-inf"), ["--review-threshold"]),

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ocr-budget", type=float, default=0.25, help="with --ocr: share of each batch's photos read (default 0.25)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
                    help="re-score the best candidates with a keypoint + RANSAC check and tighten their boxes (needs markguard[verify])")
-    p.add_argument("--backend", choices=["torch", "onnx", "torchscript"], default="torch",
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8", "torchscript"], default="torch",
                    help="run the backbone in PyTorch, or the file `markguard export` wrote beside the weights")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
