@@ -104,9 +104,33 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
-def batch_order(labels: list[int], cfg: TrainConfig, n: int) -> list[int]:
+def batch_order(labels: list[int], cfg: TrainConfig, n: int, background: int | None = None) -> list[int]:
     """The first ``n`` indices of the run's sample order, fixed by the seed; a longer run extends it
-    without changing its start, so a resume (or more ranks) continues the same sequence."""
+    without changing its start, so a resume (or more ranks) continues the same sequence.
+
+    With ``background`` (the background class's label) and the m-per-class sampler, each batch ends
+    with ``p_background`` of its samples from the background class, in whole groups of m: the sampler
+    draws classes uniformly, so among thousands of mark classes it would almost never draw that one,
+    and the background samples (and the hard negatives on them) would never be seen.
+    """
+    order = _sampler_order(labels, cfg, n)
+    if background is None or cfg.sampler != "m_per_class" or cfg.p_background <= 0:
+        return order
+    bg = np.flatnonzero(np.asarray(labels) == background)
+    groups = round(cfg.p_background * cfg.batch_size / cfg.m_per_class)
+    k = min(groups * cfg.m_per_class, cfg.batch_size - cfg.m_per_class)  # at least one mark class stays in a batch
+    if not len(bg) or k <= 0:
+        return order
+    pool = np.random.default_rng((cfg.seed, 104729)).permutation(bg)
+    B, used = cfg.batch_size, 0
+    for start in range(0, len(order) - B + 1, B):
+        for j in range(start + B - k, start + B):
+            order[j] = int(pool[used % len(pool)])
+            used += 1
+    return order
+
+
+def _sampler_order(labels: list[int], cfg: TrainConfig, n: int) -> list[int]:
     if cfg.sampler == "random":
         rng = np.random.default_rng(cfg.seed)
         reps = -(-n // len(labels))
@@ -207,7 +231,8 @@ def build_data(cfg: TrainConfig, n: int, card: ModelCard) -> TrainData:
     summary = {"marks": len(names), "classes": ds.num_classes, "gallery": cfg.gallery,
                "brands": len({n.split("/", 1)[0] for n in names}), "sources": _sources(names), "backgrounds": cfg.backgrounds,
                "exclude_brands": cfg.exclude_brands}
-    return TrainData(ds, batch_order(ds.labels, cfg, n), ds.num_classes, len(marks) if cfg.background_class else None, summary, held)
+    background = len(marks) if cfg.background_class else None
+    return TrainData(ds, batch_order(ds.labels, cfg, n, background), ds.num_classes, background, summary, held)
 
 
 def _sources(names: list[str]) -> dict[str, int]:

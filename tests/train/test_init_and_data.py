@@ -72,3 +72,27 @@ def test_fold_brand_and_freeze_bounds():
     with pytest.raises(MarkguardError, match="has 4 stages"):
         freeze_stages(model, 5)
     assert freeze_stages(model, 0) == []
+
+
+def test_background_samples_take_their_share_of_every_batch():
+    """The m-per-class sampler draws classes uniformly: with thousands of mark classes it would almost never
+    draw the one background class, and p_background (and p_negative, which lives on background samples)
+    would do nothing. Each batch must end with p_background of background samples, in whole groups of m."""
+    from markguard.config import load_layered
+    from markguard.train.config import TrainConfig
+    from markguard.train.loop import batch_order
+
+    marks, bg_label = 2000, 2000
+    labels = [i % marks for i in range(20_000)]
+    for i in range(0, 20_000, 9):
+        labels[i] = bg_label
+    cfg = load_layered(TrainConfig, None, ["batch_size=32", "m_per_class=2", "p_background=0.12", "sampler=m_per_class"])
+    order = batch_order(labels, cfg, 32 * 50, background=bg_label)
+    assert order == batch_order(labels, cfg, 32 * 50, background=bg_label)  # fixed by the seed
+    for b in range(50):
+        batch = [labels[i] for i in order[32 * b : 32 * (b + 1)]]
+        assert batch[-4:] == [bg_label] * 4  # 0.12 x 32 = 3.84 samples: two groups of 2
+        marks_in = batch[:-4]
+        assert all(marks_in[j] == marks_in[j + 1] for j in range(0, len(marks_in), 2))  # mark classes still in pairs
+    uniform = batch_order(labels, cfg, 32 * 50)  # without the background label: the sampler's own order
+    assert sum(labels[i] == bg_label for i in uniform) < 0.01 * len(uniform)
