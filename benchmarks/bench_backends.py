@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -27,19 +26,16 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_scan import machine as scan_machine  # noqa: E402
+
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), platform.processor())
-    except OSError:
-        model = platform.processor()
     import onnxruntime
 
-    return (f"{model}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-            f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    return f"{scan_machine()}, onnxruntime {onnxruntime.__version__}, load average {os.getloadavg()[0]:.1f}"
 
 
 def quick_model(root: Path) -> Path:

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_real import markguard, run_sift, subset  # noqa: E402
+from bench_real import markguard, open_bench, run_sift  # noqa: E402
 
 from markguard.checkpoint import CARD, load_checkpoint, resolve_model_dir  # noqa: E402
 from markguard.datasets.realbench import TIERS  # noqa: E402
@@ -93,7 +93,27 @@ def run_setting(bench: Path, manifest: Path, truth: Path, model: Path, size: int
               "--review-threshold", "-1", "--looks", str(looks))
     summary = json.loads((scan / "summary.json").read_text())
     return {"score": score_bench(scan / "results.jsonl", truth).to_json(), "images_per_s": float(summary["images_per_s"]),
+            "at_any_score": at_any_score(scan / "results.jsonl", truth),
             "model_only_images_per_s": model_only_rate(model, size, looks, repeats=repeats)}
+
+
+def at_any_score(results: Path, truth_path: Path) -> dict:
+    """Without a threshold: per tier the share of photos whose best match is the right brand, and the median best score
+    (for the negative tiers: how high a photo without a registered mark scores)."""
+    import numpy as np
+
+    from markguard.datasets.realbench import NEGATIVE_TIERS, read_truth
+    from markguard.train.realeval import read_bench_results
+
+    truth, rows = read_truth(truth_path), read_bench_results(results)
+    out = {}
+    for tier in TIERS:
+        ids = [i for i, t in truth.items() if t.tier == tier]
+        if ids:
+            scores = [rows[i].score for i in ids if rows[i].score is not None]
+            out[tier] = {"right_brand": float(np.mean([rows[i].brand == truth[i].brand for i in ids])) if tier not in NEGATIVE_TIERS else None,
+                         "median_score": float(np.median(scores)) if scores else None}
+    return out
 
 
 def _f(x) -> str:
@@ -126,22 +146,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tiny bench from generated sources (for the tests)")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="markguard-frontier-")
-    out = Path(args.out or tmp.name)
-    out.mkdir(parents=True, exist_ok=True)
-    bench = Path(args.bench) if args.bench else None
-    if args.quick:
-        from markguard.datasets.realbench import BenchConfig, build_realbench, write_sample_sources
-
-        src = write_sample_sources(out / "sources", brands=12, photos=4)
-        bench = out / "bench"
-        build_realbench(src["marks"], [src["photos"]], bench, cross_dir=src["cross"], cfg=BenchConfig(brands=6, listings=33))
+    out, bench, manifest, truth = open_bench(ap, args, tmp.name)
+    if args.quick:  # a smoke test of every step, not a measurement
         args.bank = min(args.bank, 16)
-        args.settings = [(96, 0), (96, 1)]  # a smoke test of every step, not a measurement
-    if bench is None:
-        ap.error("--bench is required (or --quick)")
-    if args.every < 1:
-        ap.error("--every must be at least 1")
-    manifest, truth = subset(bench, out, args.every)
+        args.settings = [(96, 0), (96, 1)]
     model = resolve_model_dir(args.model)
     results: dict[str, dict] = {}
     for size, looks in args.settings:
@@ -154,6 +162,10 @@ def main() -> None:
           + (f", index --bank {args.bank}" if args.bank else ""))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print("\n".join(table(results)))
+    for name, r in results.items():
+        if "at_any_score" in r:
+            print(f"# {name}, without a threshold (right brand / median best score): "
+                  + ", ".join(f"{t} {_f(v['right_brand'])} / {_f(v['median_score'])}" for t, v in r["at_any_score"].items()))
     (out / "bench_frontier.json").write_text(json.dumps({"bench": str(bench), "model": str(model), "every": args.every,
                                                           "results": results}, indent=2))
 

@@ -57,6 +57,25 @@ def subset(bench: Path, out: Path, every: int) -> tuple[Path, Path]:
     return manifest, truth
 
 
+def open_bench(ap: argparse.ArgumentParser, args, default_out: str) -> tuple[Path, Path, Path, Path]:
+    """The output folder, the bench (``--bench``, or with ``--quick`` a tiny one generated in it) and the
+    manifest and truth of its every ``--every``-th listing: the set-up bench_real and bench_frontier share."""
+    out = Path(args.out or default_out)
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Path(args.bench) if args.bench else None
+    if args.quick:
+        from markguard.datasets.realbench import BenchConfig, build_realbench, write_sample_sources
+
+        src = write_sample_sources(out / "sources", brands=12, photos=4)
+        bench = out / "bench"
+        build_realbench(src["marks"], [src["photos"]], bench, cross_dir=src["cross"], cfg=BenchConfig(brands=6, listings=33))
+    if bench is None:
+        ap.error("--bench is required (or --quick)")
+    if args.every < 1:
+        ap.error("--every must be at least 1")
+    return (out, bench, *subset(bench, out, args.every))
+
+
 def run_model(bench: Path, manifest: Path, truth: Path, model: str | None, out: Path, scan_args: list[str],
               index_args: list[str] = ()) -> tuple[dict, float]:
     index, scan = out / "index", out / "scan"
@@ -107,20 +126,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tiny bench from generated sources (for the tests)")
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory(prefix="markguard-bench-real-")
-    out = Path(args.out or tmp.name)
-    out.mkdir(parents=True, exist_ok=True)
-    bench = Path(args.bench) if args.bench else None
-    if args.quick:
-        from markguard.datasets.realbench import BenchConfig, build_realbench, write_sample_sources
-
-        src = write_sample_sources(out / "sources", brands=12, photos=4)
-        bench = out / "bench"
-        build_realbench(src["marks"], [src["photos"]], bench, cross_dir=src["cross"], cfg=BenchConfig(brands=6, listings=33))
-    if bench is None:
-        ap.error("--bench is required (or --quick)")
-    if args.every < 1:
-        ap.error("--every must be at least 1")
-    manifest, truth = subset(bench, out, args.every)
+    out, bench, manifest, truth = open_bench(ap, args, tmp.name)
     models = args.model or [None]
     results: dict[str, tuple[dict, float]] = {}
     for i, model in enumerate(models):
