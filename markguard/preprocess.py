@@ -7,7 +7,7 @@ instead of reading card fields and defaults of its own. The region defaults live
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from markguard.errors import MarkguardError
 
@@ -36,9 +36,8 @@ class LookSettings:
     refine: int = 1  # 1: the head's best box on the look itself replaces the proposal's (tighter boxes)
 
     def replace(self, **changes) -> "LookSettings":
-        import dataclasses
-
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """These settings with the given ones over them; a None leaves a setting as it is (an option not given)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclass(frozen=True)
