@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from markguard.boxes import iou
 from markguard.datasets.decode import decode_image
 from markguard.datasets.listings import IMAGE_SUFFIXES
+from markguard.datasets.wordmarks import is_symbol_font
 from markguard.errors import DecodeError, MarkguardError
 
 SYLLABLES = ["ka", "lo", "mi", "zu", "ra", "te", "no", "vi", "sa", "po", "qu", "xe", "bri", "tor", "den", "fal", "gor", "lux", "pex", "van", "zen", "ori", "ast", "kel"]
@@ -64,11 +65,11 @@ class SynthListing:
 
 
 def find_fonts(limit: int = 12) -> list[str]:
-    """TrueType/OpenType fonts installed on this machine, in a stable order."""
+    """TrueType/OpenType text fonts installed on this machine (symbol and dingbat fonts left out), in a stable order."""
     paths: list[Path] = []
     for root in (Path("/usr/share/fonts"), Path("/usr/local/share/fonts")):
         if root.is_dir():
-            paths += [p for p in root.rglob("*") if p.suffix.lower() in (".ttf", ".otf")]
+            paths += [p for p in root.rglob("*") if p.suffix.lower() in (".ttf", ".otf") and not is_symbol_font(p)]
     return [str(p) for p in sorted(paths)[:limit]]
 
 

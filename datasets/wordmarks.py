@@ -51,8 +51,24 @@ def brand_id_for(name: str) -> str:
     return slug
 
 
+# Fonts whose letters are pictures (URW's D050000L is Zapf Dingbats; Standard Symbols PS maps Latin letters to Greek):
+# a wordmark set in one reads as no word at all, so it is neither a wordmark to train on nor one OCR could read
+SYMBOL_FONTS = ("d050000l", "dingbat", "symbol", "wingding", "webding")
+
+
+def is_symbol_font(path: str | Path) -> bool:
+    """A font whose file or family name says its glyphs are symbols, not letters."""
+    names = [Path(path).stem.lower()]
+    try:
+        names.append(" ".join(ImageFont.truetype(str(path), 12).getname()).lower())
+    except OSError:
+        pass
+    return any(s in n for n in names for s in SYMBOL_FONTS)
+
+
 def find_fonts(dirs: Iterable[str | Path] = FONT_DIRS) -> list[Path]:
-    """Every .ttf/.otf under ``dirs`` (missing ones are fine), sorted so a run is reproducible."""
+    """Every .ttf/.otf text font under ``dirs`` (missing ones are fine; symbol and dingbat fonts left out), sorted so a
+    run is reproducible."""
     found = set()
     for d in dirs:
         d = Path(d).expanduser()
@@ -60,7 +76,7 @@ def find_fonts(dirs: Iterable[str | Path] = FONT_DIRS) -> list[Path]:
             continue
         for dirpath, _, filenames in os.walk(d):
             found.update(Path(dirpath) / f for f in filenames if Path(f).suffix.lower() in FONT_SUFFIXES)
-    return sorted(found)
+    return sorted(p for p in found if not is_symbol_font(p))
 
 
 def read_names(path: str | Path) -> dict[str, tuple[str, str | None]]:
