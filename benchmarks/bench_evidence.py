@@ -341,7 +341,8 @@ def real_subset(bench: Path, every: int, out: Path) -> tuple[Path, Path]:
     return listings / "manifest.csv", out / "truth.csv"
 
 
-def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: float, model: str | None) -> dict:
+def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: float, model: str | None,
+              review_fpr: float = 0.05) -> dict:
     """Scan the subset with every signal on; score each signal alone and the cross-fitted combination per tier."""
     from markguard.datasets.realbench import NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, read_truth
     from markguard.infer.build import build_index
@@ -356,7 +357,20 @@ def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: 
     t0 = time.perf_counter()
     build_index(workdir / "gallery", workdir / "index", model=model, kind="flat", device="cpu", bank=bank)
     index_s = time.perf_counter() - t0
-    opts = ScanOptions(workers=1, verify=True, ocr=True, ocr_budget=ocr_budget, flag=-1.0, review=-1.0, combiner=None, device="cpu")
+    # Verification runs as a scan's default gate runs it: on candidates near or above the review threshold. The review
+    # threshold a user would set is taken from a first pass without verification or OCR: the score a share ``review_fpr``
+    # of the negative listings reach; the evidence scan then keeps every threshold off so that every candidate is written
+    # (and scored below), but verifies only from that review threshold less the gate's margin.
+    from markguard.infer.verify import VerifyConfig
+
+    first = ScanOptions(workers=1, verify=False, ocr=False, flag=-1.0, review=-1.0, combiner=None, device="cpu")
+    s0 = run_scan(manifest, [workdir / "index"], workdir / "first", model=model, opts=first, progress=True, progress_every_s=60)
+    rows0 = {r.listing_id: r for r in read_results(workdir / "first" / "results.jsonl")}
+    neg_best = [rows0[i].score if rows0[i].score is not None else -1.0 for i in truth if i in rows0 and truth[i].tier in NEGATIVE_TIERS]
+    review = float(np.quantile(neg_best, 1.0 - review_fpr))
+    verify_from = review - VerifyConfig().near
+    opts = ScanOptions(workers=1, verify=True, verify_from=verify_from, ocr=True, ocr_budget=ocr_budget, flag=-1.0, review=-1.0,
+                       combiner=None, device="cpu")
     summary = run_scan(manifest, [workdir / "index"], workdir / "scan", model=model, opts=opts, progress=True, progress_every_s=60)
     rows = {r.listing_id: r for r in read_results(workdir / "scan" / "results.jsonl")}
     ids = [i for i in truth if i in rows]
@@ -397,13 +411,18 @@ def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: 
     seen = {name: sum(any(f(c) > -1.0 for c in cands[i]) for i in ids) for name, f in REAL_SIGNALS.items()}
     return {"listings": len(ids), "negatives": int(neg.sum()), "table": table, "weights": weights, "seen": seen,
             "stage_seconds": summary["stage_seconds"], "seconds": summary["seconds"], "images_per_s": summary["images_per_s"],
-            "index_s": index_s, "halves": [len(h) for h in halves]}
+            "index_s": index_s, "halves": [len(h) for h in halves], "ocr_budget": ocr_budget, "review_fpr": review_fpr,
+            "review": review, "verify_from": verify_from, "first_pass": {"seconds": s0["seconds"], "stage_seconds": s0["stage_seconds"]},
+            "checked": sum("geometry" in c.evidence for i in ids for c in cands[i]),
+            "candidates": sum(len(cands[i]) for i in ids)}
 
 
 def print_real(res: dict, args) -> None:
     tiers = [t for t in next(iter(res["table"].values()))["tiers"]]
     print(f"\n## per signal on real photos: {res['listings']} listings of {args.real} (every {args.every}th of each tier), "
-          f"{res['negatives']} negative; combiner cross-fitted on halves of {res['halves']} listings\n")
+          f"{res['negatives']} negative; combiner cross-fitted on halves of {res['halves']} listings; review threshold "
+          f"{res['review']:.4f} (reached by {res['review_fpr']:.0%} of the negatives without verification), candidates verified from "
+          f"{res['verify_from']:.4f}: {res['checked']} of {res['candidates']}; OCR on {res['ocr_budget']:.0%} of each batch's photos\n")
     print("TPR at FPR 1% (right brand) per tier; FPR on the negative tiers at that threshold\n")
     print("| signal | " + " | ".join(f"{t} ({res['table']['similarity']['tiers'][t]['n']})" for t in tiers) + " | all positive | FPR |")
     print("|---|" + "---:|" * (len(tiers) + 2))
@@ -437,6 +456,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bank", type=int, default=256, help="with --real: background pictures of the index's bank")
     ap.add_argument("--model", help="with --real: checkpoint folder (default: the shipped model)")
     ap.add_argument("--out", help="with --real: keep the index, scan and results here (default: a temporary folder)")
+    ap.add_argument("--review-fpr", type=float, default=0.05,
+                    help="with --real: the review threshold the verification gate works from, as the share of negatives reaching it")
     args = ap.parse_args(argv)
     if args.real:
         import tempfile
@@ -444,7 +465,8 @@ def main(argv=None) -> int:
         print(f"# bench_evidence --real  {platform.processor() or platform.machine()}  {time.strftime('%Y-%m-%d %H:%M')}")
         with tempfile.TemporaryDirectory(prefix="bench-evidence-real-") as tmp:
             work = Path(args.out or tmp)
-            res = real_part(Path(args.real), args.every, work, bank=args.bank, ocr_budget=float(args.ocr_budget), model=args.model)
+            res = real_part(Path(args.real), args.every, work, bank=args.bank, ocr_budget=float(args.ocr_budget), model=args.model,
+                            review_fpr=args.review_fpr)
         print_real(res, args)
         if args.out:
             (Path(args.out) / "bench_evidence_real.json").write_text(json.dumps(res, indent=2))

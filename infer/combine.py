@@ -222,6 +222,12 @@ def load_for_scan(spec: str | Path | None, searchers: list, opts) -> tuple[Combi
         combiner.check(searchers[0].card.fingerprint, [s.card.fingerprint for s in searchers], source=str(path))
     except MarkguardError as e:
         raise MarkguardError(f"{e}; or scan with --no-combiner") from None
+    fitted_bank = combiner.fitted.get("bank", "unknown")
+    if "similarity_norm" in combiner.signals and fitted_bank != "unknown" and searchers[0].bias and fitted_bank != searchers[0].bank:
+        # normalised similarities against another bank are other numbers: the fitted weights no longer hold
+        raise MarkguardError(f"{path}: fitted on scores normalised against a background bank {fitted_bank}, but {searchers[0].path} "
+                             f"now has the bank {searchers[0].bank} (rebuilt with another --bank?); refit it with `markguard calibrate "
+                             "--combiner` on a scan with this index, or scan with --no-combiner")
     combiner.absent = tuple(s for s in combiner.signals if not SIGNALS[s].collected(opts, searchers))
     return combiner, path
 
@@ -315,5 +321,7 @@ def calibrate_combiner(results_dir: str | Path, truth_path: str | Path, *, out: 
     cands, labels = labelled_candidates(results_dir / "results.jsonl", read_truth(truth_path))
     combiner = fit_combiner(cands, labels, model_fingerprint=fingerprint, isotonic=isotonic,
                             source=f"{results_dir} + {truth_path}")
+    if "bank" in summary["indexes"][0]:  # the bank the normalised similarities were measured against (checked at scan time)
+        combiner.fitted["bank"] = summary["indexes"][0]["bank"]
     target = Path(out) if out is not None else Path(summary["indexes"][0]["path"]) / COMBINER_FILE
     return combiner, (combiner.save(target) if write else target)

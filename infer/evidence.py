@@ -121,9 +121,10 @@ def encode(candidate: Candidate, signals: list[str] | None = None) -> np.ndarray
 
 def candidate_from_json(match: dict) -> Candidate:
     """A match as written in results.jsonl back into a candidate with typed evidence; a match whose evidence has
-    no ``similarity`` (a scan that measured nothing beyond it, or from before evidence) keeps its ``score`` as the similarity."""
+    no ``similarity`` (a scan that measured nothing beyond it, or from before evidence) keeps its ``score`` as the similarity,
+    except a match only the text found (``mark`` null), which has none."""
     raw = dict(match.get("evidence") or {})
-    if "similarity" not in raw:
+    if "similarity" not in raw and match.get("mark") is not None:  # a match only the text found has no similarity
         raw["similarity"] = match.get("score")
     evidence = {}
     for name, sig in SIGNALS.items():
@@ -253,6 +254,12 @@ def add_text_candidates(candidates: list[Candidate], text: Text, box: list[int] 
 
 # --------------------------------------------------------------------------- the scan's evidence stage
 
+def _priority(c: Candidate) -> float:
+    """What orders a candidate's region for reading: its similarity (-1 for one only text found)."""
+    sim = c.evidence.get("similarity")
+    return sim.value if sim is not None else -1.0
+
+
 def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, combiner=None,
             verified: list[list[Geometry | None]] | None = None, read_unmatched: bool = True) -> list[list[Candidate]]:
     """Each photo's matches (``decide.Match``, boxes in the pixels of ``photos[i]``) as candidates with their evidence.
@@ -269,7 +276,7 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
         cands = []
         for j, m in enumerate(found):
             # the evidence the scan's stages already gave the match (search, verify), else its score as the similarity
-            ev = candidate_from_json({"brand": m.brand, "score": m.score, "evidence": m.evidence}).evidence
+            ev = candidate_from_json({"brand": m.brand, "mark": m.mark, "score": m.score, "evidence": m.evidence}).evidence
             g = verified[i][j] if verified is not None else None
             if g is not None:
                 ev["geometry"] = g
@@ -279,10 +286,10 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
         requests = []
         for i, cands in enumerate(out):
             if cands and reader.config.where == "photo":
-                requests.append(OcrRequest(i, None, max(c.evidence["similarity"].value for c in cands)))
+                requests.append(OcrRequest(i, None, max(_priority(c) for c in cands)))
                 continue
             boxed = [c for c in cands if c.box is not None]
-            requests += [OcrRequest(i, tuple(c.box), c.evidence["similarity"].value) for c in boxed]
+            requests += [OcrRequest(i, tuple(c.box), _priority(c)) for c in boxed]
             if not cands and read_unmatched:
                 requests.append(OcrRequest(i, None, -2.0))  # below any similarity: read only when the budget has room
         reads = reader.read_batch(photos, requests)

@@ -15,6 +15,7 @@ from markguard.infer.regions import RegionMode, find_regions
 from markguard.infer.results import Match, ScanRow
 from markguard.infer.search import search_batch
 from markguard.infer.searchers import Searcher
+from markguard.preprocess import LOOK_DEFAULTS
 
 
 @dataclass
@@ -31,7 +32,10 @@ class ScanOptions:
     flag: float | None = None
     review: float | None = None
     shard: tuple[int, int] | None = None
-    verify: bool = False  # geometric check of the best candidates (infer/verify.py)
+    verify: bool | None = None  # geometric check of the candidates near the thresholds (infer/verify.py); None: when OpenCV is installed
+    # the gate (infer/verify.py plan): candidates are verified from this value on (the thresholds' units);
+    # None: from the review threshold less VerifyConfig.near
+    verify_from: float | None = None
     backend: str = "torch"  # torch | onnx | torchscript (infer/backends.py)
     engine: str = "local"  # local | ray (infer/ray_engine.py)
     address: str | None = None  # Ray cluster address; None starts a local instance
@@ -96,8 +100,34 @@ def look_settings(s: Searcher, opts: ScanOptions):
 
 
 def hires_needed(searchers: list[Searcher], opts: ScanOptions) -> int:
-    """The long side the decoded photos are kept at for second looks (0: no searcher takes one)."""
-    return max((lk.resolution for lk in (look_settings(s, opts) for s in searchers) if lk.per_photo), default=0)
+    """The long side the decoded photos are kept at for second looks and verification (0: neither needs them)."""
+    looks = max((lk.resolution for lk in (look_settings(s, opts) for s in searchers) if lk.per_photo), default=0)
+    return max(looks, VERIFY_RESOLUTION) if opts.verify else looks
+
+
+VERIFY_RESOLUTION = LOOK_DEFAULTS["resolution"]  # keypoints are found in the photo at up to this long side, not the scan size
+
+
+def verify_gate(found: list[list[Match]], policy: Policy, opts: ScanOptions):
+    """The verification plan for one index's matches (infer/verify.py ``plan``): each match's value before
+    verification — the combiner's probability without geometry, or the similarity — against its review threshold."""
+    from markguard.infer.verify import VerifyConfig, plan
+
+    cfg = VerifyConfig()
+    if policy.combiner is not None:
+        from dataclasses import replace
+
+        from markguard.infer.evidence import candidate_from_json
+
+        before = replace(policy.combiner, absent=tuple({*policy.combiner.absent, "geometry"}))
+        values = [before.probabilities([candidate_from_json(m.to_json()) for m in ms]).tolist() for ms in found]
+    else:
+        values = [[float(m.score) for m in ms] for ms in found]
+    if opts.verify_from is not None:
+        floors = [[opts.verify_from + cfg.near] * len(ms) for ms in found]
+    else:
+        floors = [[policy.thresholds(m.brand, m.index)[1] for m in ms] for ms in found]
+    return cfg, plan(values, floors, cfg, [[m.box is not None for m in ms] for ms in found])
 
 
 _READERS: dict[float, object] = {}  # one OCR reader (one loaded engine) per budget, per process
@@ -120,10 +150,12 @@ def _text_evidence(batch: Batch, per_photo: list[list[Match]], searchers: list[S
     photos = OriginalPhotos([batch.items[pos] for pos in batch.ok])
     cands = collect(photos, per_photo, lexicon=_LEXICONS[key], reader=_READERS[opts.ocr_budget], read_unmatched=False)
     for matches, cs in zip(per_photo, cands):
-        # candidates keep the matches' order; a brand only the text named has no mark or similarity to decide on
-        # without a combiner, so it stays in the evidence of the photo's matches ("text_brand"), not a match of its own
+        # candidates keep the matches' order, then come those only the text found (a brand it names that no region
+        # matched): a match of their own, with no mark and no similarity (score 0), that a combiner with the text
+        # signal can flag; decided on similarity alone, it stays below any usual threshold
         for m, c in zip(matches, cs):
             m.evidence = c.evidence_json()
+        matches.extend(Match(c.brand, None, 0.0, c.box, None, c.evidence_json()) for c in cs[len(matches):])
 
 
 def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts: ScanOptions, times: StageTimes) -> list[ScanRow]:
@@ -161,7 +193,9 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         if opts.verify:
             from markguard.infer.verify import verify_matches
 
-            found = verify_matches(inp.x, found, s, inp.to_orig, inp.factor, orig_size=inp.orig_size)
+            cfg, checks = verify_gate(found, policy, opts)
+            found = verify_matches(inp.x, found, s, inp.to_orig, inp.factor, cfg, orig_size=inp.orig_size, checks=checks,
+                                   hires=batch.hires, hires_to_orig=batch.hires_to_orig)
             t = times.add("verify", t)
         for i, matches in enumerate(found):
             per_photo[i].extend(matches)

@@ -29,8 +29,8 @@ class Match:
     """One candidate mark in one photo; ``box`` is in original pixels."""
 
     brand: str
-    mark: str
-    score: float
+    mark: str | None  # None for a match only the text found: OCR read the brand's name where no region matched a mark of it
+    score: float  # the embedding's similarity to the mark (0 for a match only the text found)
     box: list[int] | None
     index: str | None = None  # which index it came from, when a scan searches several
     evidence: dict | None = None  # what else supports the match (see docs/contracts.md); None when nothing was measured
@@ -59,7 +59,9 @@ class Match:
         probability = _number(d, "probability", optional=True)
         if probability is not None and not 0.0 <= probability <= 1.0:
             raise ValueError(f"match probability {probability} is not between 0 and 1")
-        return cls(_str(d, "brand"), _str(d, "mark"), _number(d, "score"), _box(d.get("box")),
+        if "mark" not in d:  # null for a match only the text found, but always there
+            raise ValueError("match has no key 'mark'")
+        return cls(_str(d, "brand"), _str(d, "mark", optional=True), _number(d, "score"), _box(d.get("box")),
                    _str(d, "index", optional=True), evidence, probability)
 
 

@@ -141,6 +141,10 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     opts = opts or ScanOptions()
     opts = dataclasses.replace(opts, device=resolve_device(opts.device))
     opts = dataclasses.replace(opts, decode=resolve_decode(opts.decode, opts.device))
+    if opts.verify is None:  # the default: verification where OpenCV is installed (scan.json and summary.json say which)
+        import importlib.util
+
+        opts = dataclasses.replace(opts, verify=importlib.util.find_spec("cv2") is not None)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise MarkguardError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -216,7 +220,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         "stage_seconds": {k: round(v, 3) for k, v in times.seconds.items()},
         "model": {"fingerprint": card.fingerprint, "backbone": card.backbone, "scan_size": card.scan_size},
         "indexes": [{"path": str(s.path.resolve()), "name": s.name or None, "fingerprint": s.card.fingerprint,
-                     "model": str(s.model_dir.resolve()) if s.model_dir else None, "vectors": len(s.index)} for s in searchers],
+                     "model": str(s.model_dir.resolve()) if s.model_dir else None, "vectors": len(s.index), "bank": s.bank}
+                    for s in searchers],
         "shard": list(opts.shard) if opts.shard else None,
         "policy": policy.to_json(),
         "options": dataclasses.asdict(opts),

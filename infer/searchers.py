@@ -29,6 +29,7 @@ class Searcher:
     brands: dict[str, dict]
     model_dir: Path | None = None  # where the model was loaded from (None: the shipped default); engines reload it
     bias: dict[int, float] | None = None  # each reference's background level (the index's bank), when it has one
+    bank: dict | None = None  # how the bank was made ({images, regions, k}): what a combiner fitted on its scores depends on
     prep: Preprocessing = field(init=False)  # resolved once from the card
 
     def __post_init__(self):
@@ -71,6 +72,14 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
         if device.startswith("cuda"):
             sys.stderr.write(f"index {p}: {index.use_gpu()}\n")
         bias = {int(k): float(v) for k, v in (meta.get("bank") or {}).get("bias", {}).items()} or None
-        searchers.append(Searcher(name, p, index, model, card, meta.get("brands", {}), None if mpath is None else Path(mpath), bias))
+        searchers.append(Searcher(name, p, index, model, card, meta.get("brands", {}), None if mpath is None else Path(mpath), bias,
+                                  bank_settings(meta)))
     return searchers
 
+
+
+def bank_settings(meta: dict) -> dict | None:
+    """An index's background bank without its per-reference biases: the pictures it was made of (deterministic
+    for a count and a model) and how many nearest regions a bias averages. None for an index without a bank."""
+    bank = meta.get("bank") or None
+    return None if bank is None else {k: bank.get(k) for k in ("images", "regions", "k")}

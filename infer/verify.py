@@ -30,8 +30,13 @@ class VerifyConfig:
 
     method: str = "sift"  # sift (robust to blur and scale) | orb (faster, weaker on small crops)
     candidates: int = 3  # best matches of a photo that get checked
+    # The gate (:func:`plan`): verification costs far more than the search, so only candidates near or above the review
+    # threshold (at most ``near`` below it, in the units the thresholds are on) are checked. The gate looks at one photo
+    # at a time, so a row never depends on which photos shared its batch (a resumed or sharded scan gives the same rows).
+    near: float = 0.05
     margin: float = 0.25  # look this far beyond the region on each side: a region may cut through the mark
     crop_side: int = 256  # upscale small crops so their long side is at least this (keypoints need ~30 px patches)
+    crop_max: int = 640  # and shrink large ones to at most this: a mark filling a full-resolution photo needs no more
     ref_side: int = 256  # references are rendered with this long side
     ratio: float = 0.8  # Lowe's ratio test on the two nearest descriptors
     ransac_px: float = 5.0  # RANSAC reprojection tolerance, in crop pixels
@@ -41,6 +46,24 @@ class VerifyConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise MarkguardError(f"verify method '{self.method}' is unknown; choose one of {', '.join(METHODS)}")
+        if not self.near >= 0.0:
+            raise MarkguardError(f"verify near {self.near} must be 0 or more (how far below the review threshold a candidate is still checked)")
+
+
+def plan(values: list[list[float]], floors: list[list[float]], cfg: VerifyConfig, has_box: list[list[bool]] | None = None) -> list[set[int]]:
+    """The gate: which matches of each photo are checked (their positions in the photo's list).
+
+    ``values[i][j]`` is what the thresholds apply to for match j of photo i, before verification;
+    ``floors[i][j]`` the value from which it is worth checking (its review threshold). A match is
+    checked when it is among the photo's best ``cfg.candidates``, has a box, and its value is at
+    least ``floor - cfg.near``: far below the threshold, geometry could lift it only past a
+    threshold it is far from, and checking it costs as much as checking a real one.
+    """
+    out = []
+    for i, (vals, fls) in enumerate(zip(values, floors)):
+        order = sorted(range(len(vals)), key=lambda j: -vals[j])[: cfg.candidates]
+        out.append({j for j in order if vals[j] >= fls[j] - cfg.near and (has_box is None or has_box[i][j])})
+    return out
 
 
 @dataclass
@@ -155,9 +178,10 @@ def verify_region(image: np.ndarray, box, ref: RefFeatures, cfg: VerifyConfig = 
     if cx1 - cx0 < 4 or cy1 - cy0 < 4 or ref.descriptors is None or len(ref.points) < 4:
         return Verification(0, 0, None, None)
     crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
-    up = max(1.0, cfg.crop_side / max(crop.shape[:2]))
-    if up > 1.0:
-        crop = cv2.resize(crop, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC)
+    long = max(crop.shape[:2])
+    up = max(1.0, cfg.crop_side / long) if long <= cfg.crop_max else cfg.crop_max / long
+    if up != 1.0:
+        crop = cv2.resize(crop, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC if up > 1.0 else cv2.INTER_AREA)
     best = Verification(0, 0, None, None)
     for gray in _gray_views(crop):
         v = _verify_view(gray, up, (cx0, cy0, cx1, cy1), (W, H), ref, cfg)
@@ -243,58 +267,71 @@ def to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
 
 
 def verify_matches(x: torch.Tensor, found: list[list[Match]], searcher, to_orig: list[tuple[float, float]], factor: float,
-                   cfg: VerifyConfig | None = None, *, orig_size: list[tuple[int, int]] | None = None) -> list[list[Match]]:
-    """Check each photo's best ``cfg.candidates`` matches against their reference marks: a verified match gets a
-    higher score and the projected reference's box; every checked match gets its geometric evidence (inliers, the
-    share of the reference's keypoints they cover, the projected outline); the rest pass through unchanged.
-    Returns ``found``'s shape.
+                   cfg: VerifyConfig | None = None, *, orig_size: list[tuple[int, int]] | None = None,
+                   checks: list[set[int]] | None = None, hires: list[torch.Tensor] | None = None,
+                   hires_to_orig: list[tuple[float, float]] | None = None) -> list[list[Match]]:
+    """Check each photo's chosen matches against their reference marks: a verified match gets a higher score and
+    the projected reference's box; every checked match gets its geometric evidence (inliers, the share of the
+    reference's keypoints they cover, the projected outline); the rest pass through unchanged. Returns ``found``'s shape.
 
-    ``x`` is the letterboxed batch the boxes were found in; a box in original pixels maps to it by
-    dividing by ``to_orig[i]`` and multiplying by ``factor`` (the scan-size rescale). With ``orig_size``,
-    a tightened box is clipped to its photo (a projected reference may reach past it).
+    ``checks[i]`` holds the positions of photo i's matches to check (the gate, :func:`plan`); None: its best
+    ``cfg.candidates``. Keypoints come from ``hires[i]`` (the photo as decoded, uint8 CHW, before it was shrunk to
+    the scan size; ``hires_to_orig[i]`` its pixel → photo pixel factors) when given, else from the letterboxed
+    batch ``x`` the boxes were found in (a box in photo pixels maps to it by dividing by ``to_orig[i]`` and
+    multiplying by ``factor``). With ``orig_size``, a tightened box is clipped to its photo.
     """
     cfg = cfg or VerifyConfig()
     sources = _sources(searcher.index)
     prep = resolve_preprocessing(searcher.card)
     out = []
     for i, matches in enumerate(found):
-        if not matches:
+        todo = set(range(min(cfg.candidates, len(matches)))) if checks is None else checks[i]
+        if not matches or not todo:
             out.append(matches)
             continue
-        fx, fy = to_orig[i]
-        scale = np.array([fx, fy, fx, fy], dtype=np.float64) / factor  # letterbox → original pixels
-        image = to_uint8(x[i], prep.mean, prep.std)
+        if hires is not None:
+            fx, fy = hires_to_orig[i]
+            scale = np.array([fx, fy, fx, fy], dtype=np.float64)  # copy pixels → photo pixels
+            image = np.ascontiguousarray(hires[i].detach().cpu().permute(1, 2, 0).numpy())
+        else:
+            fx, fy = to_orig[i]
+            scale = np.array([fx, fy, fx, fy], dtype=np.float64) / factor  # letterbox → photo pixels
+            image = to_uint8(x[i], prep.mean, prep.std)
         checked = []
         for rank, m in enumerate(matches):
-            if rank >= cfg.candidates or m.box is None:
+            if rank not in todo or m.box is None:
                 checked.append(m)
                 continue
-            box = np.asarray(m.box, dtype=np.float64) / scale
-            best, best_ref = Verification(0, 0, None, None), None
-            for src in sources.get((m.brand, m.mark), []):
-                ref = reference_features(src, cfg.method, cfg.ref_side)
-                if ref is None:
-                    continue
-                v = verify_region(image, box, ref, cfg)
-                if best_ref is None or (v.inliers > best.inliers and (v.verified or not best.verified)):
-                    best, best_ref = v, ref
-            if best_ref is None:  # no reference could be read: not checked, so no geometric evidence
-                checked.append(m)
-                continue
-            if "similarity" not in (m.evidence or {}):  # the score is about to change: keep the embedding's own
-                m = dataclasses.replace(m)
-                attach(m, "similarity", Similarity(float(m.score)))
-            outline = None
-            if best.verified:
-                outline = _cv2().perspectiveTransform(best_ref.corners[None], best.homography)[0] * scale[:2]
-                new_box = [int(round(v)) for v in np.asarray(best.box) * scale]
-                if orig_size is not None:
-                    w, h = orig_size[i]
-                    new_box = [min(max(0, v), lim) for v, lim in zip(new_box, (w, h, w, h))]
-                m = dataclasses.replace(m, score=rescore(m.score, best, cfg), box=new_box)
-            else:
-                m = dataclasses.replace(m)  # the evidence is added to a copy: ``found`` stays as the search gave it
-            attach(m, "geometry", geometry(best, len(best_ref.points), outline))
-            checked.append(m)
+            checked.append(_verify_one(m, image, scale, sources, cfg, None if orig_size is None else orig_size[i]))
         out.append(sorted(checked, key=lambda mm: -mm.score))
     return out
+
+
+def _verify_one(m: Match, image: np.ndarray, scale: np.ndarray, sources, cfg: VerifyConfig, size) -> Match:
+    """One match checked against each of its mark's reference files; the best verification decides."""
+    box = np.asarray(m.box, dtype=np.float64) / scale
+    best, best_ref = Verification(0, 0, None, None), None
+    for src in sources.get((m.brand, m.mark), []):
+        ref = reference_features(src, cfg.method, cfg.ref_side)
+        if ref is None:
+            continue
+        v = verify_region(image, box, ref, cfg)
+        if best_ref is None or (v.inliers > best.inliers and (v.verified or not best.verified)):
+            best, best_ref = v, ref
+    if best_ref is None:  # no reference could be read: not checked, so no geometric evidence
+        return m
+    if "similarity" not in (m.evidence or {}):  # the score is about to change: keep the embedding's own
+        m = dataclasses.replace(m)
+        attach(m, "similarity", Similarity(float(m.score)))
+    outline = None
+    if best.verified:
+        outline = _cv2().perspectiveTransform(best_ref.corners[None], best.homography)[0] * scale[:2]
+        new_box = [int(round(v)) for v in np.asarray(best.box) * scale]
+        if size is not None:
+            w, h = size
+            new_box = [min(max(0, v), lim) for v, lim in zip(new_box, (w, h, w, h))]
+        m = dataclasses.replace(m, score=rescore(m.score, best, cfg), box=new_box)
+    else:
+        m = dataclasses.replace(m)  # the evidence is added to a copy: ``found`` stays as the search gave it
+    attach(m, "geometry", geometry(best, len(best_ref.points), outline))
+    return m

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from markguard.errors import MarkguardError
 
@@ -33,8 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="read text in the best matches' regions and match it to the brands' names and aliases; "
                         "each match carries the evidence (needs markguard[ocr])")
     p.add_argument("--ocr-budget", type=float, default=0.25, help="with --ocr: share of each batch's photos read (default 0.25)")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=False,
-                   help="re-score the best candidates with a keypoint + RANSAC check and tighten their boxes (needs markguard[verify])")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-score the candidates near or above the review threshold with a keypoint + RANSAC check on the photo at its "
+                        "own resolution and tighten their boxes (needs markguard[verify]); default: on when OpenCV is installed")
+    p.add_argument("--verify-from", type=float, metavar="VALUE",
+                   help="verify the candidates scoring at least VALUE (a similarity, or with a combiner a probability); "
+                        "default: those at most 0.05 below the review threshold")
     p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8", "torchscript"], default="torch",
                    help="run the backbone in PyTorch, or the file `markguard export` wrote beside the weights")
     p.add_argument("--batch-size", type=int, default=16)
@@ -72,7 +77,7 @@ def run(args) -> int:
         raise MarkguardError("--batch-size and --actors must be at least 1, --workers at least 0")
     if args.address and args.engine != "ray":
         raise MarkguardError("--address is for --engine ray")
-    for name, v in (("--flag-threshold", args.flag_threshold), ("--review-threshold", args.review_threshold)):
+    for name, v in (("--flag-threshold", args.flag_threshold), ("--review-threshold", args.review_threshold), ("--verify-from", args.verify_from)):
         if v is not None and not -1 <= v <= 1:  # also refuses nan and inf: a similarity lies in [-1, 1]
             raise MarkguardError(f"{name} {v} must be a similarity between -1 and 1")
     if args.compile is not None:
@@ -85,9 +90,17 @@ def run(args) -> int:
         OcrConfig(budget=args.ocr_budget)  # refuses a budget outside [0, 1] before the first batch
         if importlib.util.find_spec("rapidocr_onnxruntime") is None:
             raise MarkguardError("--ocr needs RapidOCR; pip install 'markguard[ocr]' or scan without --ocr")
+    import importlib.util
+
+    has_cv2 = importlib.util.find_spec("cv2") is not None
+    if args.verify and not has_cv2:
+        raise MarkguardError("--verify needs OpenCV; pip install 'markguard[verify]' or scan with --no-verify")
+    if args.verify is None and not has_cv2 and not args.quiet:  # the default verifies where it can, and says where it cannot
+        print("scan: no geometric verification (OpenCV is not installed: pip install 'markguard[verify]'); "
+              "--no-verify silences this", file=sys.stderr)
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        flag=args.flag_threshold, review=args.review_threshold, shard=None if args.shard is None else parse_shard(args.shard),
-                       engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
+                       engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, verify_from=args.verify_from, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
                        decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch,
                        combiner=args.combiner)
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))

@@ -32,5 +32,7 @@ def test_real_mode_scores_each_signal_and_the_cross_fitted_combination_per_tier(
     for name, r in res["table"].items():
         assert set(r["tiers"]) <= set(TIERS) and sum(t["n"] for t in r["tiers"].values()) == res["listings"]
         assert all(0.0 <= t["tpr"] <= 1.0 for t in r["tiers"].values()) and r["fpr"] <= 0.5
-    assert res["seen"]["similarity"] == res["seen"]["verification (inliers)"] > 0  # --verify checked every photo with a match
+    # the gate verified from the review threshold the first pass set (reached by 5% of the negatives) less its margin
+    assert 0 < res["checked"] < res["candidates"] and res["verify_from"] == pytest.approx(res["review"] - 0.05)
+    assert 0 < res["seen"]["verification (inliers)"] <= res["seen"]["similarity"]
     assert res["stage_seconds"]["verify"] > 0 and "evidence" in res["stage_seconds"]

@@ -352,3 +352,24 @@ def test_collect_attaches_geometric_evidence_from_a_verification():
     out = collect([None], matches, verified=[[checked, None]])
     assert out[0][0].evidence_json() == {"similarity": 0.7, "inliers": 30, "coverage": 0.25, "verified": True}
     assert "geometry" not in out[0][1].evidence  # not checked: no evidence, not a failed check
+
+
+def test_a_match_only_the_text_found_can_be_flagged_by_a_combiner_with_the_text_signal():
+    """The wordmark the embedding missed: no mark, no similarity (``similarity_seen`` 0), the text naming the brand."""
+    from markguard.infer.decide import Policy
+    from markguard.infer.results import Match
+
+    # weights on standardised features: similarity_seen, similarity, text_seen, text_read, text_same_brand, text_other_brand;
+    # a fit on a scan holding text-only matches learns what no similarity means (here: similarity_seen offsets it)
+    c = Combiner(["similarity", "text"], [-5.0, 1.0, 0.0, 0.0, 3.0, -1.0], -1.0, [1.0, 0.5, 0.5, 0.5, 0.1, 0.1],
+                 [1.0, 0.1, 0.5, 0.5, 0.3, 0.3], "f" * 16)
+    text = {"text": "ADIBAS", "text_brand": "adidas", "text_distance": 1}
+    only_text = Match("adidas", None, 0.0, [10, 10, 60, 30], evidence=dict(text))
+    weak_logo = Match("puma", "puma-cat", 0.45, [0, 0, 40, 40], evidence={"similarity": 0.45, **text})
+    c.score_matches([only_text, weak_logo])
+    assert only_text.probability > 0.5 > weak_logo.probability  # the text names adidas, and not puma
+    status, decider = Policy(0.5, 0.2, combiner=c).decide([weak_logo, only_text], None)
+    assert (status, decider.brand, decider.mark) == ("flag", "adidas", None)
+    # as results.jsonl holds it, and back
+    back = Match.from_json(only_text.to_json())
+    assert back.mark is None and back.probability == pytest.approx(only_text.probability, abs=1e-4)

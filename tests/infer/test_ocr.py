@@ -175,14 +175,24 @@ def test_a_scan_with_ocr_puts_each_matchs_evidence_in_its_row(tmp_path, monkeypa
     world = make_world(tmp_path / "world", listings=6)
     engine = FakeEngine([[None, "BRAND0O1", 0.9]])  # the synthetic gallery's display names are "Brand000", ...
     monkeypatch.setitem(pipeline._READERS, 1.0, OcrReader(OcrConfig(budget=1.0), engine=engine))
-    opts = ScanOptions(batch_size=4, workers=0, device="cpu", flag=-1.0, review=-1.0, ocr=True, ocr_budget=1.0)
+    # one mark a region: many photos' matches lack brand001, which the text then names on its own
+    opts = ScanOptions(batch_size=4, workers=0, device="cpu", flag=-1.0, review=-1.0, ocr=True, ocr_budget=1.0, k=1, max_matches=10,
+                       verify=False)  # the score stays the similarity
     summary = run_scan(world.dump, [world.index], tmp_path / "out", opts=opts, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     matched = [r for r in rows if r["matches"]]
     assert matched and engine.seen  # every photo with a match was read (budget 100%)
+    text_only = 0
     for r in matched:
         for m in r["matches"]:
-            assert m["evidence"]["similarity"] == pytest.approx(m["score"], abs=1e-4)
             assert m["evidence"]["text"] == "BRAND0O1" and m["evidence"]["text_brand"] == "brand001"
             assert m["evidence"]["text_distance"] == 0  # 0/O fold alike
+            if m["mark"] is None:  # the text named a brand no region of the photo matched: a match of its own
+                assert m["brand"] == "brand001" and m["score"] == 0 and "similarity" not in m["evidence"]
+                text_only += 1
+            else:
+                assert m["evidence"]["similarity"] == pytest.approx(m["score"], abs=1e-4)
+        # one text-only match a photo, and only where no region matched the brand the text names
+        assert sum(m["mark"] is None for m in r["matches"]) == (all(m["brand"] != "brand001" for m in r["matches"] if m["mark"]))
+    assert text_only > 0, [[(m['brand'], m['mark']) for m in r['matches']] for r in matched]
     assert summary["stage_seconds"]["evidence"] > 0

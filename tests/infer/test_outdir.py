@@ -134,10 +134,11 @@ def test_resume_refuses_an_index_saved_since(world, tmp_path):
 
 def test_resume_refuses_other_thresholds_and_options(world, tmp_path):
     import dataclasses
+    from importlib.util import find_spec  # the interrupted scan verified by default where OpenCV is installed: the other choice
 
     out = tmp_path / "out"
     interrupted(world, out, keep=4)
-    for opts, what in ((dataclasses.replace(OPTS, flag=0.2), "thresholds"), (dataclasses.replace(OPTS, verify=True), "--verify"),
+    for opts, what in ((dataclasses.replace(OPTS, flag=0.2), "thresholds"), (dataclasses.replace(OPTS, verify=find_spec("cv2") is None), "--verify"),
                        (dataclasses.replace(OPTS, regions="none"), "region mode")):
         with pytest.raises(MarkguardError, match=f"cannot resume, changed .*{what}"):
             run_scan(world.dump, [world.index], out, opts=opts, progress=False, resume=True)

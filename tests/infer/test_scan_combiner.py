@@ -39,14 +39,15 @@ def world(tmp_path_factory):
 
 def test_the_scan_puts_the_probability_on_every_match_and_decides_on_it(world, tmp_path):
     plain = tmp_path / "plain"
-    run_scan(world.dump, [world.index], plain, opts=ScanOptions(batch_size=4, workers=1, device="cpu", flag=-1, review=-1),
+    run_scan(world.dump, [world.index], plain, opts=ScanOptions(batch_size=4, workers=1, device="cpu", flag=-1, review=-1, verify=False),
              progress=False)
     best = [r["score"] for r in read_rows(plain) if r["status"] != "error"]
     mid = float(np.median(best))  # about half the photos on each side of the flag probability
     path = similarity_combiner(world.fingerprint, mid=mid).save(tmp_path / "c.json")
     out = tmp_path / "with"
-    summary = run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=4, workers=1, device="cpu", combiner=str(path)),
-                       progress=False, formats=("jsonl", "parquet"))
+    # no verification: the score stays the similarity the combiner reads (verification is tested on its own below)
+    summary = run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=4, workers=1, device="cpu", combiner=str(path),
+                                                                        verify=False), progress=False, formats=("jsonl", "parquet"))
     pq = pytest.importorskip("pyarrow.parquet")
     in_parquet = [m["probability"] for r in pq.read_table(out / "results.parquet").to_pylist() for m in r["matches"]]
     assert in_parquet == [m["probability"] for r in read_rows(out) for m in r["matches"]] and in_parquet
@@ -68,8 +69,8 @@ def test_the_scan_puts_the_probability_on_every_match_and_decides_on_it(world, t
     # the rows depend on the combiner's numbers: a rerun with a refitted one (same path) is another scan
     similarity_combiner(world.fingerprint, mid=mid + 0.05).save(path)
     with pytest.raises(MarkguardError, match="another scan"):
-        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=4, workers=1, device="cpu", combiner=str(path)),
-                 progress=False)
+        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=4, workers=1, device="cpu", combiner=str(path),
+                                                                  verify=False), progress=False)
 
 
 def test_the_index_combiner_is_the_default_and_no_combiner_turns_it_off(world, tmp_path):
@@ -138,7 +139,8 @@ def test_an_index_with_a_bank_gives_each_match_its_raw_and_normalised_similarity
     ids: dict[tuple[str, str], list[int]] = {}
     for rec in MarkIndex.load(index).records():
         ids.setdefault((rec.brand, rec.mark), []).append(rec.id)
-    run_scan(world.dump, [index], tmp_path / "out", opts=ScanOptions(batch_size=4, workers=1, device="cpu", flag=-1, review=-1),
+    run_scan(world.dump, [index], tmp_path / "out", opts=ScanOptions(batch_size=4, workers=1, device="cpu", flag=-1, review=-1,
+                                                                     verify=False),  # the score stays the normalised similarity
              progress=False, formats=("jsonl", "parquet"))
     pq = pytest.importorskip("pyarrow.parquet")
     got = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
@@ -156,3 +158,62 @@ def test_an_index_with_a_bank_gives_each_match_its_raw_and_normalised_similarity
             assert ev["similarity_norm"] == pytest.approx(float(normalise(ev["similarity"], ev["background"])), abs=tol)
             seen += 1
     assert seen > 0
+
+
+def test_a_combiner_fitted_against_another_background_bank_is_refused(world, tmp_path):
+    """Normalised similarities are numbers of one bank: an index rebuilt with another --bank needs a refit."""
+    index = tmp_path / "bank-index"
+    build_index(world.gallery, index, model=world.model, device="cpu", bank=4)
+    plain = run_scan(world.dump, [index], tmp_path / "fit", opts=ScanOptions(batch_size=4, workers=1, device="cpu", flag=-1, review=-1),
+                     progress=False)
+    assert plain["indexes"][0]["bank"]["images"] == 4  # summary.json says which bank the scores were normalised against
+    c = Combiner(["similarity", "similarity_norm"], [0.0, 1.0, 0.0, 1.0], 0.0, [1.0, 0.5, 1.0, 0.3], [1.0, 0.1, 1.0, 0.1],
+                 world.fingerprint, fitted={"bank": plain["indexes"][0]["bank"]})
+    c.save(index)
+    run_scan(world.dump, [index], tmp_path / "same", opts=OPTS, progress=False)  # the same bank: accepted
+    build_index(world.gallery, index, model=world.model, device="cpu", bank=6)  # rebuilt with another bank
+    c.save(index)
+    with pytest.raises(MarkguardError, match=r"background bank .*'images': 4.*'images': 6.*refit") as e:
+        run_scan(world.dump, [index], tmp_path / "other", opts=OPTS, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_verification_is_gated_to_candidates_near_the_review_threshold(world, tmp_path):
+    pytest.importorskip("cv2")
+
+    def checked(out):
+        return [sum("inliers" in (m.get("evidence") or {}) for m in r["matches"]) for r in read_rows(out) if r["status"] != "error"]
+
+    every = ScanOptions(batch_size=4, workers=1, device="cpu", flag=-1, review=-1, verify=True)
+    run_scan(world.dump, [world.index], tmp_path / "all", opts=every, progress=False)
+    assert all(0 < n <= 3 for n in checked(tmp_path / "all"))  # thresholds off: each photo's best three
+    scores = sorted(r["score"] for r in read_rows(tmp_path / "all") if r["status"] != "error")
+    mid = scores[len(scores) // 2]
+    gated = ScanOptions(batch_size=4, workers=1, device="cpu", flag=-1, review=-1, verify=True, verify_from=mid)
+    s = run_scan(world.dump, [world.index], tmp_path / "gated", opts=gated, progress=False)
+    assert s["options"]["verify_from"] == mid
+    for r in read_rows(tmp_path / "gated"):
+        for m in r["matches"]:
+            ev = m.get("evidence") or {}
+            if "inliers" in ev:
+                assert ev["similarity"] >= mid - 1e-4  # nothing below the gate was checked
+    n_all, n_gated = sum(checked(tmp_path / "all")), sum(checked(tmp_path / "gated"))
+    assert 0 < n_gated < n_all
+
+
+def test_the_gate_reads_the_probability_before_verification_or_the_similarity(world):
+    from markguard.infer.decide import Policy
+    from markguard.infer.pipeline import verify_gate
+    from markguard.infer.results import Match
+
+    found = [[Match("acme", "m", 0.94, [0, 0, 10, 10]), Match("acme", "n", 0.80, [0, 0, 10, 10])], [Match("beta", "m", 0.70, [0, 0, 5, 5])]]
+    opts = ScanOptions(verify=True)
+    _, checks = verify_gate(found, Policy(0.92, 0.9), opts)
+    assert checks == [{0}, set()]  # 0.80 and 0.70 are more than `near` (0.05) below review 0.9
+    _, checks = verify_gate(found, Policy(0.999, 0.999), opts)
+    assert checks == [set(), set()]  # nothing is near a threshold: nothing is checked
+    # with a combiner: its probability without geometry, here p = sigmoid(200 (similarity - 0.75)), against review 0.2
+    c = Combiner(["similarity", "geometry"], [0.0, 2.0, 0.0, 5.0, 5.0, 5.0], 0.0, [1.0, 0.75, 0.5, 1.0, 0.1, 0.5],
+                 [1.0, 0.01, 0.5, 1.0, 0.1, 0.5], world.fingerprint)
+    _, checks = verify_gate(found, Policy(0.5, 0.2, combiner=c), opts)
+    assert checks == [{0, 1}, set()]  # p(0.80) ~ 1 and p(0.94) ~ 1 pass; p(0.70) ~ 0 does not
