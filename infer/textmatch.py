@@ -4,7 +4,8 @@ Counterfeits spell the brand almost right ("ADIBAS", "Adldas", "NlKE"): the matc
 accents and letters that look alike, then allows an edit distance that grows with the name's
 length. Short names must match exactly after folding: at four letters one edit already turns
 "nike" into "mike" and "bike", words a listing may well show; the rule holds for the read text's
-length too ("Sano" is not "Osano"). The policy is ``max_distance``.
+length too ("Sano" is not "Osano"). The one edit a name of 3-4 letters allows is two neighbours
+swapped ("NKIE"): a counterfeiter's typo, which real words rarely are. The policy is ``max_distance``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,19 @@ def fold(text: str) -> str:
     return "".join(c for c in text if c.isalnum())
 
 
+SHORT_CHARS = 4  # names up to this long (folded) allow no substitution, insertion or deletion: "mike" is not "nike"
+SHORT_SWAP_CHARS = 3  # but from this length two swapped neighbours still name the brand: "NKIE" is Nike, a typo no word makes
+
+
+def _transpositions(word: str) -> list[str]:
+    """``word`` with each pair of different neighbouring letters swapped."""
+    return [word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(len(word) - 1) if word[i] != word[i + 1]]
+
+
 def max_distance(folded_length: int) -> int:
-    """Edits allowed against a name of this folded length: none up to 4 letters, one to 8, two to 12, then three."""
-    if folded_length <= 4:
+    """Edits allowed against a name of this folded length: none up to 4 letters (but a swap of neighbours from 3 letters:
+    ``Lexicon.match``), one to 8, two to 12, then three."""
+    if folded_length <= SHORT_CHARS:
         return 0
     if folded_length <= 8:
         return 1
@@ -102,6 +113,7 @@ class Lexicon:
     def __init__(self, names: Mapping[str, Iterable[str]]):
         self._names: list[tuple[str, str, str, int]] = []  # (brand, name as written, folded, allowed distance)
         self._by_deletion: dict[str, set[int]] = {}
+        self._short: dict[str, set[int]] = {}  # names of 3-4 folded letters, exact: their one allowed edit is a transposition
         self.max_words = 1
         for brand, brand_names in names.items():
             for name in dict.fromkeys(brand_names):
@@ -113,6 +125,8 @@ class Lexicon:
                     self._names.append((brand, name, folded, k))
                     for d in _deletions(folded, k):
                         self._by_deletion.setdefault(d, set()).add(len(self._names) - 1)
+                    if k == 0 and len(folded) >= SHORT_SWAP_CHARS:
+                        self._short.setdefault(folded, set()).add(len(self._names) - 1)
                     self.max_words = max(self.max_words, len(_WORD.findall(name)))
         self.max_k = max((n[3] for n in self._names), default=0)
         self.max_len = max((len(n[2]) + n[3] for n in self._names), default=0)
@@ -162,6 +176,12 @@ class Lexicon:
                         key = (d, -len(target))
                         if brand not in best or key < best[brand][0]:
                             best[brand] = (key, TextMatch(brand, name, read, d))
+                if SHORT_SWAP_CHARS <= len(folded) <= SHORT_CHARS:  # "NKIE": two neighbours swapped, the one edit a short name allows
+                    for swapped in _transpositions(folded):
+                        for i in self._short.get(swapped, ()):
+                            brand, name, target, _ = self._names[i]
+                            if brand not in best or (1, -len(target)) < best[brand][0]:
+                                best[brand] = ((1, -len(target)), TextMatch(brand, name, read, 1))
         return [m for _, m in sorted(best.values(), key=lambda kv: (kv[0], kv[1].brand))]
 
     def best(self, text: str | None) -> TextMatch | None:

@@ -43,6 +43,9 @@ def test_similar_but_different_words_do_not(lexicon, read):
 def test_short_names_need_an_exact_match_after_folding(lexicon):
     assert _brands(lexicon, "NIKE") == ["nike"] and _brands(lexicon, "N1KE") == ["nike"]  # folded: exact
     assert _brands(lexicon, "NIKEE") == [] and _brands(lexicon, "NKE") == []  # one edit: not for four letters
+    # except two neighbours swapped, a typo no real word makes: "NKIE" and "INKE" are Nike, "ADLI" is Aldi
+    assert _brands(lexicon, "NKIE") == ["nike"] and _brands(lexicon, "INKE") == ["nike"] and _brands(lexicon, "ADLI") == ["aldi"]
+    assert lexicon.best("NKIE").distance == 1 and _brands(lexicon, "NIEK") == ["nike"] and _brands(lexicon, "KINE") == []
     # nor for a four-letter read of a longer name: "Sano" would otherwise be "Osano", "Tesa" "Tesla"
     lx = Lexicon({"osano": ["Osano"], "tesla": ["Tesla"]})
     assert lx.match("Sano") == [] and lx.match("Tesa") == [] and [m.brand for m in lx.match("Tes1a")] == ["tesla"]
@@ -122,8 +125,10 @@ def test_lexicon_finds_what_brute_force_finds():
             elif read and pos < len(read):
                 read[pos:pos + 1] = [] if op == "d" else [rng.choice(letters)]
         read = "".join(read) if rng.random() < 0.8 else "".join(rng.choice(letters) for _ in range(rng.randint(2, 12)))
+        r = fold(read)
         expected = {b for b, (n,) in names.items() for v in (fold(n), fold(n.upper()))  # a name folds per case
-                    if _osa_reference(fold(read), v) <= min(max_distance(len(v)), max_distance(len(fold(read))))}
+                    if _osa_reference(r, v) <= min(max_distance(len(v)), max_distance(len(r)))
+                    or (3 <= len(r) == len(v) <= 4 and sorted(r) == sorted(v) and _osa_reference(r, v) == 1)}  # a swap of neighbours
         assert {m.brand for m in lx.match(read)} == expected, read
 
 
