@@ -42,6 +42,7 @@ class Geometry:
     coverage: float  # inliers / reference keypoints, in [0, 1]
     verified: bool  # a plausible homography was found
     outline: tuple[tuple[float, float], ...] | None = None  # the reference's corners projected into the photo's pixels, when verified
+    mirrored: bool = False  # verified against the mark's mirror image (a flipped copy)
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,11 @@ register(Signal(
     # inliers grow with the mark's detail: their logarithm keeps a 200-inlier copy from swamping every other signal
     encode=lambda ev, c: (math.log1p(ev.inliers), ev.coverage, float(ev.verified)),
     to_json=lambda ev: {"inliers": int(ev.inliers), "coverage": round(float(ev.coverage), 4), "verified": bool(ev.verified)}
-    | ({} if ev.outline is None else {"outline": [[round(float(x), 1), round(float(y), 1)] for x, y in ev.outline]}),
+    | ({} if ev.outline is None else {"outline": [[round(float(x), 1), round(float(y), 1)] for x, y in ev.outline]})
+    | ({"mirrored": True} if ev.mirrored else {}),
     from_json=lambda raw: None if _num(raw, "inliers", int) is None
-    else Geometry(_num(raw, "inliers", int), _num(raw, "coverage") or 0.0, bool(raw.get("verified", False)), _outline(raw.get("outline"))),
+    else Geometry(_num(raw, "inliers", int), _num(raw, "coverage") or 0.0, bool(raw.get("verified", False)), _outline(raw.get("outline")),
+                  raw.get("mirrored") is True),
     collected=lambda opts, searchers: bool(opts.verify),
 ))
 
@@ -223,11 +226,11 @@ def normalised_similarity(similarity: float, bias: float) -> SimilarityNorm:
     return SimilarityNorm(float(normalise(similarity, bias)), float(bias))
 
 
-def geometry(verification, reference_points: int, outline=None) -> Geometry:
+def geometry(verification, reference_points: int, outline=None, *, mirrored: bool = False) -> Geometry:
     """Evidence from an ``infer.verify.Verification`` of a reference with ``reference_points`` keypoints; ``outline``: its
-    projected corners in the photo's pixels."""
+    projected corners in the photo's pixels; ``mirrored``: verified against the mark's mirror image."""
     return Geometry(int(verification.inliers), min(1.0, verification.inliers / max(1, reference_points)), bool(verification.verified),
-                    None if outline is None else tuple((float(x), float(y)) for x, y in outline))
+                    None if outline is None else tuple((float(x), float(y)) for x, y in outline), bool(mirrored))
 
 
 def attach(match, name: str, record) -> None:

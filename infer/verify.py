@@ -74,6 +74,7 @@ class Verification:
     tentative: int  # descriptor matches that passed the ratio test
     box: tuple[float, float, float, float] | None  # the projected reference, in the photo's pixels; None unless verified
     homography: np.ndarray | None  # reference pixels → photo pixels
+    ref: "RefFeatures | None" = None  # the reference (or its mirror image) this outcome is of
 
     @property
     def verified(self) -> bool:
@@ -85,6 +86,7 @@ class RefFeatures:
     points: np.ndarray  # (N, 2) float32, reference pixels
     descriptors: np.ndarray | None
     corners: np.ndarray  # (4, 2): the mark's own box (its opaque pixels), reference pixels
+    mirrored: bool = False  # of the mark flipped left to right
 
 
 def _cv2():
@@ -109,10 +111,12 @@ def _features(gray: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray | N
 
 
 @functools.lru_cache(maxsize=4096)
-def reference_features(source: str, method: str = "sift", ref_side: int = 256) -> RefFeatures | None:
+def reference_features(source: str, method: str = "sift", ref_side: int = 256, mirrored: bool = False) -> RefFeatures | None:
     """Keypoints of a reference mark flattened on white (as the index embeds it); cached per file.
 
-    None when the file cannot be read any more (moved or corrupt): that mark cannot be verified.
+    ``mirrored``: of the mark flipped left to right — a mirrored copy is still the mark, but no
+    keypoint descriptor matches its mirror image. None when the file cannot be read any more
+    (moved or corrupt): that mark cannot be verified.
     """
     from PIL import Image
 
@@ -125,6 +129,9 @@ def reference_features(source: str, method: str = "sift", ref_side: int = 256) -
     bbox = mark.getchannel("A").getbbox() if mark.mode == "RGBA" else None
     bbox = bbox or (0, 0, mark.width, mark.height)
     flat = composite(mark)
+    if mirrored:
+        flat = flat.transpose(Image.FLIP_LEFT_RIGHT)
+        bbox = (mark.width - bbox[2], bbox[1], mark.width - bbox[0], bbox[3])
     f = ref_side / max(flat.size)
     flat = flat.resize((max(1, round(flat.width * f)), max(1, round(flat.height * f))), Image.BICUBIC)
     canvas = Image.new("RGB", (flat.width + 2 * REF_PAD, flat.height + 2 * REF_PAD), (255, 255, 255))
@@ -133,7 +140,7 @@ def reference_features(source: str, method: str = "sift", ref_side: int = 256) -
     pts, desc = _features(gray, method)
     x0, y0, x1, y1 = (np.array(bbox, dtype=np.float32) * f) + REF_PAD
     corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
-    return RefFeatures(pts, desc, corners)
+    return RefFeatures(pts, desc, corners, mirrored)
 
 
 def _match(ref: RefFeatures, desc: np.ndarray, method: str, ratio: float) -> list[tuple[int, int]]:
@@ -167,15 +174,17 @@ def _plausible(quad: np.ndarray, window: tuple[float, float, float, float]) -> b
     return x0 > wx0 - 0.25 * w and y0 > wy0 - 0.25 * h and x1 < wx1 + 0.25 * w and y1 < wy1 + 0.25 * h
 
 
-def verify_region(image: np.ndarray, box, ref: RefFeatures, cfg: VerifyConfig = VerifyConfig()) -> Verification:
-    """Match ``ref`` against the region ``box`` (x0, y0, x1, y1, pixels) of ``image`` (H, W, 3 uint8 RGB)."""
+def verify_region(image: np.ndarray, box, ref: RefFeatures | list[RefFeatures], cfg: VerifyConfig = VerifyConfig()) -> Verification:
+    """Match ``ref`` against the region ``box`` (x0, y0, x1, y1, pixels) of ``image`` (H, W, 3 uint8 RGB); with a list
+    of references (a mark and its mirror image), the best of them, the region's keypoints found once."""
     cv2 = _cv2()
     H, W = image.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box)
     mx, my = cfg.margin * (x1 - x0), cfg.margin * (y1 - y0)
     cx0, cy0 = int(max(0, np.floor(x0 - mx))), int(max(0, np.floor(y0 - my)))
     cx1, cy1 = int(min(W, np.ceil(x1 + mx))), int(min(H, np.ceil(y1 + my)))
-    if cx1 - cx0 < 4 or cy1 - cy0 < 4 or ref.descriptors is None or len(ref.points) < 4:
+    refs = [r for r in (ref if isinstance(ref, list) else [ref]) if r is not None and r.descriptors is not None and len(r.points) >= 4]
+    if cx1 - cx0 < 4 or cy1 - cy0 < 4 or not refs:
         return Verification(0, 0, None, None)
     crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
     long = max(crop.shape[:2])
@@ -184,9 +193,11 @@ def verify_region(image: np.ndarray, box, ref: RefFeatures, cfg: VerifyConfig = 
         crop = cv2.resize(crop, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC if up > 1.0 else cv2.INTER_AREA)
     best = Verification(0, 0, None, None)
     for gray in _gray_views(crop):
-        v = _verify_view(gray, up, (cx0, cy0, cx1, cy1), (W, H), ref, cfg)
-        if (v.verified, v.inliers) > (best.verified, best.inliers):
-            best = v
+        pts, desc = _features(gray, cfg.method)
+        for r in refs:
+            v = _verify_view(pts, desc, up, (cx0, cy0, cx1, cy1), (W, H), r, cfg)
+            if (v.verified, v.inliers) > (best.verified, best.inliers) or best.ref is None:
+                best = dataclasses.replace(v, ref=r)
         if best.verified and best.inliers >= cfg.full_inliers:
             break  # conclusive already: the other views cost a detection each
     return best
@@ -208,11 +219,10 @@ def _gray_views(crop: np.ndarray) -> list[np.ndarray]:
     return views
 
 
-def _verify_view(gray: np.ndarray, up: float, window, size, ref: RefFeatures, cfg: VerifyConfig) -> Verification:
+def _verify_view(pts: np.ndarray, desc, up: float, window, size, ref: RefFeatures, cfg: VerifyConfig) -> Verification:
     cv2 = _cv2()
     cx0, cy0 = window[:2]
     W, H = size
-    pts, desc = _features(gray, cfg.method)
     if desc is None or len(pts) < 4:
         return Verification(0, 0, None, None)
     pairs = _match(ref, desc, cfg.method, cfg.ratio)
@@ -315,9 +325,12 @@ def _verify_one(m: Match, image: np.ndarray, scale: np.ndarray, sources, cfg: Ve
         ref = reference_features(src, cfg.method, cfg.ref_side)
         if ref is None:
             continue
-        v = verify_region(image, box, ref, cfg)
+        # the mark as registered and mirrored: a counterfeit flips a logo as often as it recolours it
+        v = verify_region(image, box, [ref, reference_features(src, cfg.method, cfg.ref_side, mirrored=True)], cfg)
+        if v.ref is None:
+            v = dataclasses.replace(v, ref=ref)
         if best_ref is None or (v.inliers > best.inliers and (v.verified or not best.verified)):
-            best, best_ref = v, ref
+            best, best_ref = v, v.ref
     if best_ref is None:  # no reference could be read: not checked, so no geometric evidence
         return m
     if "similarity" not in (m.evidence or {}):  # the score is about to change: keep the embedding's own
@@ -333,5 +346,5 @@ def _verify_one(m: Match, image: np.ndarray, scale: np.ndarray, sources, cfg: Ve
         m = dataclasses.replace(m, score=rescore(m.score, best, cfg), box=new_box)
     else:
         m = dataclasses.replace(m)  # the evidence is added to a copy: ``found`` stays as the search gave it
-    attach(m, "geometry", geometry(best, len(best_ref.points), outline))
+    attach(m, "geometry", geometry(best, len(best_ref.points), outline, mirrored=best.verified and best_ref.mirrored))
     return m

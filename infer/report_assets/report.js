@@ -104,7 +104,7 @@
     if (ev.inliers != null) {
       line("inliers", ev.inliers + " keypoint inliers" +
         (ev.coverage != null ? " (" + Math.round(100 * ev.coverage) + "% of the mark)" : "") +
-        (ev.verified ? ", verified" : ", not verified") +
+        (ev.verified ? (ev.mirrored ? ", verified as a mirror image" : ", verified") : ", not verified") +
         (ev.outline ? "; outline in green" : ""));
     }
     return box;

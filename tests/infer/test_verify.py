@@ -190,3 +190,24 @@ def test_checks_pick_the_matches_and_keypoints_come_from_the_full_resolution_cop
     assert checked.evidence["verified"] is True and checked.score > 0.4 and _iou(checked.box, box) >= 0.7  # photo pixels
     assert (unchecked.score, unchecked.box) == (0.5, loose)
     assert verify_matches(x, [matches], searcher, to_orig, 1.0, checks=[set()]) == [matches]
+
+
+def test_a_mirrored_copy_verifies_against_the_mirror_image_and_says_so(scene):
+    """Keypoint descriptors do not match a mark's mirror image; the reference's mirror is checked too."""
+    from PIL import Image
+
+    from markguard.datasets.synth import paste_mark, procedural_background
+
+    marks, _, searcher, photos = scene
+    m = photos[1][2]  # a wordmark: nothing like its own mirror image
+    rng = np.random.default_rng(9)
+    img = procedural_background(480, 360, rng)
+    box = paste_mark(img, m.image.transpose(Image.FLIP_LEFT_RIGHT), rng, scale=0.45, strength=0.4)
+    x, to_orig = _batch([(img, box, m)])
+    (got,) = verify_matches(x, [[Match(m.brand, m.mark, 0.5, _loose(box, img))]], searcher, to_orig, 1.0)[0]
+    assert got.evidence["verified"] is True and got.evidence["mirrored"] is True and _iou(got.box, box) >= 0.7
+    # the same mark unflipped verifies as itself: no "mirrored"
+    img0, box0, _ = photos[1]
+    x0, to_orig0 = _batch(photos[1:2])
+    (plain,) = verify_matches(x0, [[Match(m.brand, m.mark, 0.5, _loose(box0, img0))]], searcher, to_orig0, 1.0)[0]
+    assert plain.evidence["verified"] is True and "mirrored" not in plain.evidence
