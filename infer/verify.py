@@ -111,12 +111,16 @@ def _features(gray: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray | N
 
 
 @functools.lru_cache(maxsize=4096)
-def reference_features(source: str, method: str = "sift", ref_side: int = 256, mirrored: bool = False) -> RefFeatures | None:
+def reference_features(source: str, method: str = "sift", ref_side: int = 256, mirrored: bool = False,
+                       inverted: bool = False) -> RefFeatures | None:
     """Keypoints of a reference mark flattened on white (as the index embeds it); cached per file.
 
     ``mirrored``: of the mark flipped left to right — a mirrored copy is still the mark, but no
-    keypoint descriptor matches its mirror image. None when the file cannot be read any more
-    (moved or corrupt): that mark cannot be verified.
+    keypoint descriptor matches its mirror image. ``inverted``: of its grey levels inverted — a
+    mark printed light on dark has the reference's gradients reversed; matching the photo against
+    the inverted reference (cached) costs a descriptor match where inverting the photo would cost
+    another keypoint detection. None when the file cannot be read any more (moved or corrupt):
+    that mark cannot be verified.
     """
     from PIL import Image
 
@@ -137,10 +141,19 @@ def reference_features(source: str, method: str = "sift", ref_side: int = 256, m
     canvas = Image.new("RGB", (flat.width + 2 * REF_PAD, flat.height + 2 * REF_PAD), (255, 255, 255))
     canvas.paste(flat, (REF_PAD, REF_PAD))
     gray = np.asarray(canvas.convert("L"))
+    if inverted:
+        gray = np.ascontiguousarray(255 - gray)
     pts, desc = _features(gray, method)
     x0, y0, x1, y1 = (np.array(bbox, dtype=np.float32) * f) + REF_PAD
     corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
     return RefFeatures(pts, desc, corners, mirrored)
+
+
+def reference_variants(source: str, cfg: VerifyConfig = VerifyConfig()) -> list[RefFeatures | None]:
+    """The reference as registered and mirrored (a counterfeit flips a logo as often as it recolours it), each also with
+    its grey levels inverted (printed light on dark): what a region is matched against."""
+    return [reference_features(source, cfg.method, cfg.ref_side, mirrored=mi, inverted=inv)
+            for mi, inv in ((False, False), (True, False), (False, True), (True, True))]
 
 
 def _match(ref: RefFeatures, desc: np.ndarray, method: str, ratio: float) -> list[tuple[int, int]]:
@@ -204,8 +217,8 @@ def verify_region(image: np.ndarray, box, ref: RefFeatures | list[RefFeatures], 
 
 
 def _gray_views(crop: np.ndarray) -> list[np.ndarray]:
-    """Luminance, and the crop's main colour axis in both polarities: a teal mark on a purple shirt has
-    almost no luminance contrast, and a mark printed light on dark inverts the reference's gradients."""
+    """Luminance, and the crop's main colour axis: a teal mark on a purple shirt has almost no luminance
+    contrast. (A mark printed light on dark is matched by the inverted reference, not a third view.)"""
     cv2 = _cv2()
     views = [cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)]
     px = crop.reshape(-1, 3).astype(np.float32)
@@ -215,7 +228,7 @@ def _gray_views(crop: np.ndarray) -> list[np.ndarray]:
     lo, hi = np.percentile(axis, [1, 99])
     if hi - lo > 1e-3:
         main = np.clip((axis - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8).reshape(crop.shape[:2])
-        views += [main, 255 - main]
+        views.append(main)
     return views
 
 
@@ -325,8 +338,7 @@ def _verify_one(m: Match, image: np.ndarray, scale: np.ndarray, sources, cfg: Ve
         ref = reference_features(src, cfg.method, cfg.ref_side)
         if ref is None:
             continue
-        # the mark as registered and mirrored: a counterfeit flips a logo as often as it recolours it
-        v = verify_region(image, box, [ref, reference_features(src, cfg.method, cfg.ref_side, mirrored=True)], cfg)
+        v = verify_region(image, box, reference_variants(src, cfg), cfg)
         if v.ref is None:
             v = dataclasses.replace(v, ref=ref)
         if best_ref is None or (v.inliers > best.inliers and (v.verified or not best.verified)):

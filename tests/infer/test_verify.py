@@ -16,7 +16,7 @@ from markguard.errors import MarkguardError
 from markguard.infer.results import Match
 from markguard.infer.index import MarkIndex
 from markguard.infer.scan import Searcher
-from markguard.infer.verify import VerifyConfig, reference_features, verify_matches, verify_region
+from markguard.infer.verify import VerifyConfig, reference_variants, verify_matches, verify_region
 
 SCAN = 320
 CARD = ModelCard(scan_size=SCAN, fingerprint="f" * 16)
@@ -86,11 +86,11 @@ def test_exact_copy_many_inliers_unrelated_mark_few(scene):
     marks, records, _, photos = scene
     img, box, m = photos[1]
     image = np.asarray(img)
-    own = reference_features(records[1]["source"])
+    own = reference_variants(records[1]["source"])  # as a scan checks it: as registered, mirrored, inverted
     v = verify_region(image, _loose(box, img), own)
     assert v.verified and v.inliers >= 1.5 * VerifyConfig().min_inliers, v
     for rec in records[:1] + records[2:]:
-        other = verify_region(image, _loose(box, img), reference_features(rec["source"]))
+        other = verify_region(image, _loose(box, img), reference_variants(rec["source"]))
         # another word set in the same font shares letter shapes, so a few chance inliers can pass min_inliers;
         # what must hold is that no plausible homography comes of them and the own mark's count is far above
         assert not other.verified and other.inliers < v.inliers / 2, (rec["mark"], other)
@@ -211,3 +211,20 @@ def test_a_mirrored_copy_verifies_against_the_mirror_image_and_says_so(scene):
     x0, to_orig0 = _batch(photos[1:2])
     (plain,) = verify_matches(x0, [[Match(m.brand, m.mark, 0.5, _loose(box0, img0))]], searcher, to_orig0, 1.0)[0]
     assert plain.evidence["verified"] is True and "mirrored" not in plain.evidence
+
+
+def test_a_mark_printed_light_on_dark_verifies_against_the_inverted_reference(scene):
+    from PIL import Image, ImageOps
+
+    marks, records, searcher, photos = scene
+    m = photos[2][2]
+    rgb, alpha = m.image.convert("RGB"), m.image.getchannel("A")
+    light = ImageOps.invert(rgb)
+    light.putalpha(alpha)
+    img = Image.new("RGB", (480, 360), (25, 25, 35))  # a dark shirt
+    img.paste(light.resize((200, round(200 * light.height / light.width))), (120, 90), light.resize((200, round(200 * light.height / light.width))))
+    box = (120, 90, 320, 90 + round(200 * light.height / light.width))
+    src = next(r["source"] for r in records if r["mark"] == m.mark)
+    variants = reference_variants(src)
+    assert verify_region(np.asarray(img), _loose(box, img), variants).verified
+    assert not verify_region(np.asarray(img), _loose(box, img), variants[:2]).verified  # as registered or mirrored only: not
