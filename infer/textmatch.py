@@ -28,10 +28,11 @@ _WORD = re.compile(r"(?:[^\W_]|[$@€!|])+", re.UNICODE)  # letters, digits and 
 MIN_NAME_CHARS = 2  # a one-character name (after folding) would match any stray letter the OCR reads
 
 
-def fold(text: str) -> str:
-    """``text`` as the matcher compares it: compatibility forms, accents, look-alikes and case folded, letters and digits only."""
+def fold(text: str, pairs: bool = True) -> str:
+    """``text`` as the matcher compares it: compatibility forms, accents, look-alikes and case folded, letters and digits
+    only; ``pairs``: with the two-letter look-alikes ("rn" as "m") folded too."""
     text = unicodedata.normalize("NFKC", text)
-    for a, b in _PAIRS_CASED:
+    for a, b in _PAIRS_CASED if pairs else ():
         text = text.replace(a, b)
     text = unicodedata.normalize("NFKD", text.casefold())
     text = "".join(c for c in text if not unicodedata.combining(c))  # "adidás" is "adidas"
@@ -160,29 +161,35 @@ class Lexicon:
         for start in range(len(words)):
             for end in range(start + 1, min(len(words), start + self.max_words + 1) + 1):
                 read = " ".join(words[start:end])
-                folded = fold("".join(words[start:end]))
-                if len(folded) > self.max_len:
+                joined = "".join(words[start:end])
+                # "rn" may stand for "m" or be an "r" and an "n" ("Falbrnio": "Falbrino" with two letters swapped): both
+                variants = dict.fromkeys((fold(joined), fold(joined, pairs=False)))
+                if all(len(v) > self.max_len for v in variants):
                     break  # longer runs only grow
-                if len(folded) < MIN_NAME_CHARS:
-                    continue
-                # a name within its k edits is at most k letters longer, so k can be no more than that length allows
-                depth = min(self.max_k, max_distance(len(folded) + self.max_k))
-                candidates = set().union(*(self._by_deletion.get(d, ()) for d in _deletions(folded, depth)))
-                for i in candidates:
-                    brand, name, target, k = self._names[i]
-                    k = min(k, max_distance(len(folded)))  # a short read is held to the short-name rule too: "Sano" is not "Osano"
-                    d = edit_distance(folded, target, k)
-                    if d <= k:
-                        key = (d, -len(target))
-                        if brand not in best or key < best[brand][0]:
-                            best[brand] = (key, TextMatch(brand, name, read, d))
-                if SHORT_SWAP_CHARS <= len(folded) <= SHORT_CHARS:  # "NKIE": two neighbours swapped, the one edit a short name allows
-                    for swapped in _transpositions(folded):
-                        for i in self._short.get(swapped, ()):
-                            brand, name, target, _ = self._names[i]
-                            if brand not in best or (1, -len(target)) < best[brand][0]:
-                                best[brand] = ((1, -len(target)), TextMatch(brand, name, read, 1))
+                for folded in variants:
+                    if MIN_NAME_CHARS <= len(folded) <= self.max_len:
+                        self._match_folded(folded, read, best)
         return [m for _, m in sorted(best.values(), key=lambda kv: (kv[0], kv[1].brand))]
+
+    def _match_folded(self, folded: str, read: str, best: dict) -> None:
+        """Every name within its allowed edits of one folded read, into ``best`` (brand -> (key, match)) where better."""
+        # a name within its k edits is at most k letters longer, so k can be no more than that length allows
+        depth = min(self.max_k, max_distance(len(folded) + self.max_k))
+        candidates = set().union(*(self._by_deletion.get(d, ()) for d in _deletions(folded, depth)))
+        for i in candidates:
+            brand, name, target, k = self._names[i]
+            k = min(k, max_distance(len(folded)))  # a short read is held to the short-name rule too: "Sano" is not "Osano"
+            d = edit_distance(folded, target, k)
+            if d <= k:
+                key = (d, -len(target))
+                if brand not in best or key < best[brand][0]:
+                    best[brand] = (key, TextMatch(brand, name, read, d))
+        if SHORT_SWAP_CHARS <= len(folded) <= SHORT_CHARS:  # "NKIE": two neighbours swapped, the one edit a short name allows
+            for swapped in _transpositions(folded):
+                for i in self._short.get(swapped, ()):
+                    brand, name, target, _ = self._names[i]
+                    if brand not in best or (1, -len(target)) < best[brand][0]:
+                        best[brand] = ((1, -len(target)), TextMatch(brand, name, read, 1))
 
     def best(self, text: str | None) -> TextMatch | None:
         found = self.match(text)
