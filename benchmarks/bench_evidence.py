@@ -435,6 +435,9 @@ def print_real(res: dict, args) -> None:
     print(f"\nlistings with some evidence of each signal: {res['seen']}")
     print(f"scan {res['seconds']:.0f} s ({res['images_per_s']} img/s); stage seconds {st}; verify + evidence (OCR) "
           f"{(st.get('verify', 0) + st.get('evidence', 0)) / max(total, 1e-9):.0%} of the stages' time; index build {res['index_s']:.0f} s")
+    t0, t1 = res["first_pass"]["seconds"], res["seconds"]
+    print(f"the same listings without verification or OCR (the first pass): {t0:.0f} s; with them, gated: {t1:.0f} s "
+          f"(they take {1 - t0 / t1:.0%} of the scan's wall time)")
     print(f"combiner weights (standardised features), one per half: {res['weights']}")
 
 

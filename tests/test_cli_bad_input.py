@@ -181,3 +181,18 @@ def test_counts_are_checked_as_the_arguments_are_parsed(argv, words, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_without_opencv_verify_is_one_line_and_the_default_scan_says_it_does_not_verify(world, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cv2" else real(name, *a))
+    assert main(["scan", str(world.dump), "-i", str(world.index), "-o", str(tmp_path / "v"), "--verify", *SCAN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'markguard[verify]'" in err and "--no-verify" in err, err
+    scan = [a for a in SCAN if a != "--quiet"] + ["--log-every", "1000"]
+    assert main(["scan", str(world.dump), "-i", str(world.index), "-o", str(tmp_path / "d"), *scan]) == 0
+    err = capsys.readouterr().err
+    assert "no geometric verification (OpenCV is not installed" in err
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["options"]["verify"] is False
