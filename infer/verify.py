@@ -36,7 +36,8 @@ class VerifyConfig:
     near: float = 0.05
     margin: float = 0.25  # look this far beyond the region on each side: a region may cut through the mark
     crop_side: int = 256  # upscale small crops so their long side is at least this (keypoints need ~30 px patches)
-    crop_max: int = 640  # and shrink large ones to at most this: a mark filling a full-resolution photo needs no more
+    crop_max: int = 400  # and shrink large ones to at most this: the reference is drawn at 256 px, and keypoint detection
+    # on a 640 px crop costs twice a 400 px one for no more verified marks (benchmarks/results/evidence.md)
     ref_side: int = 256  # references are rendered with this long side
     ratio: float = 0.8  # Lowe's ratio test on the two nearest descriptors
     ransac_px: float = 5.0  # RANSAC reprojection tolerance, in crop pixels
