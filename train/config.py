@@ -41,6 +41,7 @@ class TrainConfig(ModelShape):
     loss_kwargs: dict = field(default_factory=dict)
     background_class: bool = True  # regions without a mark form one more class, pushed away from every mark
     proposals: dict = field(default_factory=dict)  # settings of the learned proposal head; empty = no head
+    looks: int = 0  # second looks a photo the card asks scans for (infer/looks.py); needs the proposal head
     proposal_weight: float = 1.0
     sampler: str = "m_per_class"
     m_per_class: int = 4

@@ -29,6 +29,7 @@ from markguard.device import autocast, resolve_device
 from markguard.errors import DecodeError, MarkguardError
 from markguard.model import compile_backbone
 from markguard.pretrained import load_into, resolve_init
+from markguard.preprocess import LOOK_DEFAULTS
 from markguard.train import ddp
 from markguard.train.calibrate import calibrate_synthetic
 from markguard.train.config import TrainConfig
@@ -53,6 +54,10 @@ def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
             card.mean, card.std = tuple(init.mean), tuple(init.std)
     if cfg.proposals:  # a model that can find marks scans with its own proposals plus a coarse grid by default
         card.regions = dict(card.regions, mode="learned+grid")
+    if cfg.looks:
+        if not cfg.proposals:
+            raise MarkguardError(f"looks={cfg.looks}: second looks are chosen by the proposal head; set proposals (e.g. {{top_k: 20}}) or looks=0")
+        card.regions = dict(card.regions, looks={"per_photo": int(cfg.looks), "per_batch": LOOK_DEFAULTS["per_batch"]})
     return card
 
 

@@ -109,3 +109,17 @@ def test_tensorboard_scalars_written(gallery, tmp_path, monkeypatch):
     train(tiny_config(gallery, tensorboard=True, steps=2), tmp_path / "run")
     assert calls[0] == ("init", str(tmp_path / "run" / "tensorboard"))
     assert ("train/loss", 1) in calls and ("train/samples_per_s", 2) in calls and calls[-1] == ("close", None)
+
+
+def test_the_card_asks_for_the_recipes_second_looks_and_only_with_a_proposal_head():
+    from markguard.preprocess import resolve_preprocessing
+    from markguard.train.loop import card_from_config
+
+    card = card_from_config(TrainConfig(proposals={"top_k": 20}, looks=1))
+    assert resolve_preprocessing(card).looks.per_photo == 1 and card.regions["mode"] == "learned+grid"
+    assert resolve_preprocessing(card_from_config(TrainConfig(proposals={"top_k": 20}))).looks.per_photo == 0
+    with pytest.raises(MarkguardError, match="proposal head"):
+        card_from_config(TrainConfig(looks=1))
+    assert resolve_recipe("logo")  # the shipped logo recipe takes one look a photo
+    logo = yaml.safe_load(open(resolve_recipe("logo")))
+    assert logo["looks"] == 1
