@@ -145,6 +145,9 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         import importlib.util
 
         opts = dataclasses.replace(opts, verify=importlib.util.find_spec("cv2") is not None)
+        if not opts.verify and progress:
+            (progress_stream or sys.stderr).write("scan: no geometric verification (OpenCV is not installed: "
+                                                  "pip install 'markguard[verify]'); --no-verify silences this\n")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise MarkguardError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")

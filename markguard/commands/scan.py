@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from markguard.errors import MarkguardError
 
@@ -92,12 +91,8 @@ def run(args) -> int:
             raise MarkguardError("--ocr needs RapidOCR; pip install 'markguard[ocr]' or scan without --ocr")
     import importlib.util
 
-    has_cv2 = importlib.util.find_spec("cv2") is not None
-    if args.verify and not has_cv2:
+    if args.verify and importlib.util.find_spec("cv2") is None:  # the default (None) verifies where it can and says where not
         raise MarkguardError("--verify needs OpenCV; pip install 'markguard[verify]' or scan with --no-verify")
-    if args.verify is None and not has_cv2 and not args.quiet:  # the default verifies where it can, and says where it cannot
-        print("scan: no geometric verification (OpenCV is not installed: pip install 'markguard[verify]'); "
-              "--no-verify silences this", file=sys.stderr)
     opts = ScanOptions(regions=args.regions, batch_size=args.batch_size, workers=args.workers, device=args.device,
                        flag=args.flag_threshold, review=args.review_threshold, shard=None if args.shard is None else parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, verify_from=args.verify_from, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
