@@ -212,8 +212,8 @@ def verify_region(image: np.ndarray, box, ref: RefFeatures | list[RefFeatures], 
             v = _verify_view(pts, desc, up, (cx0, cy0, cx1, cy1), (W, H), r, cfg)
             if (v.verified, v.inliers) > (best.verified, best.inliers) or best.ref is None:
                 best = dataclasses.replace(v, ref=r)
-        if best.verified and best.inliers >= cfg.full_inliers:
-            break  # conclusive already: the other views cost a detection each
+        if best.verified:
+            break  # conclusive already: the main colour axis is for marks the luminance does not show, and costs a detection
     return best
 
 
