@@ -222,8 +222,8 @@ def load_for_scan(spec: str | Path | None, searchers: list, opts) -> tuple[Combi
         combiner.check(searchers[0].card.fingerprint, [s.card.fingerprint for s in searchers], source=str(path))
     except MarkguardError as e:
         raise MarkguardError(f"{e}; or scan with --no-combiner") from None
-    fitted_bank = combiner.fitted.get("bank", "unknown")
-    if "similarity_norm" in combiner.signals and fitted_bank != "unknown" and searchers[0].bias and fitted_bank != searchers[0].bank:
+    fitted_bank = combiner.fitted.get("bank")  # absent in a combiner fitted before scans recorded their bank: not checked
+    if "similarity_norm" in combiner.signals and "bank" in combiner.fitted and searchers[0].bias and fitted_bank != searchers[0].bank:
         # normalised similarities against another bank are other numbers: the fitted weights no longer hold
         raise MarkguardError(f"{path}: fitted on scores normalised against a background bank {fitted_bank}, but {searchers[0].path} "
                              f"now has the bank {searchers[0].bank} (rebuilt with another --bank?); refit it with `markguard calibrate "

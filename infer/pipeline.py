@@ -99,13 +99,13 @@ def look_settings(s: Searcher, opts: ScanOptions):
     return looks
 
 
+VERIFY_RESOLUTION = LOOK_DEFAULTS["resolution"]  # keypoints are found in the photo at up to this long side, not the scan size
+
+
 def hires_needed(searchers: list[Searcher], opts: ScanOptions) -> int:
     """The long side the decoded photos are kept at for second looks and verification (0: neither needs them)."""
     looks = max((lk.resolution for lk in (look_settings(s, opts) for s in searchers) if lk.per_photo), default=0)
     return max(looks, VERIFY_RESOLUTION) if opts.verify else looks
-
-
-VERIFY_RESOLUTION = LOOK_DEFAULTS["resolution"]  # keypoints are found in the photo at up to this long side, not the scan size
 
 
 def verify_gate(found: list[list[Match]], policy: Policy, opts: ScanOptions):

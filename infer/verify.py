@@ -190,7 +190,8 @@ def _plausible(quad: np.ndarray, window: tuple[float, float, float, float]) -> b
 
 def verify_region(image: np.ndarray, box, ref: RefFeatures | list[RefFeatures], cfg: VerifyConfig = VerifyConfig()) -> Verification:
     """Match ``ref`` against the region ``box`` (x0, y0, x1, y1, pixels) of ``image`` (H, W, 3 uint8 RGB); with a list
-    of references (a mark and its mirror image), the best of them, the region's keypoints found once."""
+    of references (``reference_variants``: as registered, mirrored, inverted), the best of them, the region's keypoints
+    found once a view. The outcome's ``ref`` says which; None only when no reference had keypoints to match."""
     cv2 = _cv2()
     H, W = image.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box)

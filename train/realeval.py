@@ -143,9 +143,9 @@ def evaluate_bench(bench: str | Path, out_dir: str | Path, *, model: str | Path 
                "bench_sources": bench_info.get("sources"), "listings_per_tier": bench_info.get("listings_per_tier"),
                "brands": len(bench_info.get("gallery_brands", [])), "images_per_s": summary.get("images_per_s"),
                "seconds": round(seconds, 1), "scan_options": {k: v for k, v in (scan_options or {}).items()},
-               # what the scan did by default: verification (where OpenCV is installed) and the card's second looks
+               # what the scan did by default: verification (where OpenCV is installed), the card's second looks, the index's bank
                "scan": {"verify": bool(summary["options"]["verify"]), "looks": resolve_preprocessing(card).looks.per_photo,
-                        "bank": None}, **score.to_json()}
+                        "bank": summary["indexes"][0].get("bank")}, **score.to_json()}
     atomic_write_text(out_dir / "real.json", json.dumps(metrics, indent=2))
     log("\n".join(score.table()))
     if write_card:

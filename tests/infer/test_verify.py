@@ -222,8 +222,9 @@ def test_a_mark_printed_light_on_dark_verifies_against_the_inverted_reference(sc
     light = ImageOps.invert(rgb)
     light.putalpha(alpha)
     img = Image.new("RGB", (480, 360), (25, 25, 35))  # a dark shirt
-    img.paste(light.resize((200, round(200 * light.height / light.width))), (120, 90), light.resize((200, round(200 * light.height / light.width))))
-    box = (120, 90, 320, 90 + round(200 * light.height / light.width))
+    light = light.resize((200, round(200 * light.height / light.width)))
+    img.paste(light, (120, 90), light)
+    box = (120, 90, 320, 90 + light.height)
     src = next(r["source"] for r in records if r["mark"] == m.mark)
     variants = reference_variants(src)
     assert verify_region(np.asarray(img), _loose(box, img), variants).verified
