@@ -26,13 +26,13 @@ def register_data(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("realbench", help="build the real-photo benchmark: devicon marks pasted into real photos, in tiers",
                        description="Write OUT/gallery, OUT/listings (+ manifest.csv), OUT/truth.csv and OUT/bench.json; "
-                                   "tiers copy, small, near, cross, unregistered, none.")
+                                   "tiers copy, small, near, cross, unregistered, none, large; marks from 5%% to 95%% of the short side, their size bands in truth.csv.")
     p.add_argument("--marks", required=True, metavar="DEVICON", help="the unpacked devicon package folder, or its .tgz")
     p.add_argument("--cross", metavar="SIMPLE_ICONS", help="the unpacked simple-icons package folder, or its .tgz (the cross tier)")
     p.add_argument("--photos", required=True, nargs="+", metavar="DIR", help="folders of photographs (from `markguard data photos`)")
     p.add_argument("--out", required=True, metavar="DIR", help="new folder to write")
     p.add_argument("--brands", type=positive_int, default=300, help="registered brands (default 300)")
-    p.add_argument("--listings", type=positive_int, default=1650, help="listing photos over all tiers (default 1650)")
+    p.add_argument("--listings", type=positive_int, default=1950, help="listing photos over all tiers (default 1950: copy, near and none 300 each, small, cross and unregistered 250, large 300)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_realbench)
 
