@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,15 +17,59 @@ from markguard.infer.scan import ScanOptions, run_scan
 from test_scan import make_model, world  # noqa: F401  (fixture)
 
 
-def test_build_skips_bad_marks_and_records_its_model(world, tmp_path, capsys):
+def test_build_refuses_what_gallery_check_rejects_and_records_its_model(world, tmp_path, capsys):
     gallery = tmp_path / "gallery"
     shutil.copytree(world.gallery, gallery)
     (gallery / "brand000" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(MarkguardError) as e:
+        build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
+    msg = str(e.value)
+    assert "\n" not in msg and "broken.png" in msg and f"markguard gallery check {gallery}" in msg
+    assert not (tmp_path / "idx").exists()
+    (gallery / "brand000" / "broken.png").unlink()
     info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
-    assert info["skipped"] == 1 and info["ntotal"] == 3
-    assert "broken.png" in capsys.readouterr().err
+    assert info["skipped"] == 0 and info["ntotal"] == 3
     meta = read_index_meta(tmp_path / "idx")
     assert meta["model"] == str(world.model.resolve()) and set(meta["brands"]) == {"brand000", "brand001", "brand002"}
+
+
+@pytest.mark.parametrize("planted", ["brand folder", "mark"])
+def test_build_and_add_refuse_links_out_of_the_gallery(world, tmp_path, planted):
+    gallery, elsewhere = tmp_path / "gallery", tmp_path / "elsewhere"
+    shutil.copytree(world.gallery, gallery)
+    shutil.copytree(world.gallery / "brand001", elsewhere / "acme")
+    if planted == "brand folder":
+        (gallery / "acme").symlink_to(elsewhere / "acme")
+    else:
+        mark = next((elsewhere / "acme").iterdir())
+        (gallery / "brand000" / f"linked{mark.suffix}").symlink_to(mark)
+    for call in (lambda: build_index(gallery, tmp_path / "idx", model=world.model, device="cpu"),
+                 lambda: add_to_index(world_copy(world, tmp_path), gallery, device="cpu")):
+        with pytest.raises(MarkguardError, match="links outside the gallery.*markguard gallery check"):
+            call()
+    assert not (tmp_path / "idx").exists()
+
+
+def world_copy(world, tmp_path):
+    idx = tmp_path / "copy"
+    if not idx.exists():
+        shutil.copytree(world.index, idx)
+    return idx
+
+
+def test_names_that_are_not_utf8_are_skipped_and_named(world, tmp_path, capfd):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(world.gallery, gallery)
+    mark = next((gallery / "brand001").iterdir())
+    bad_brand = os.path.join(os.fsencode(gallery), b"caf\xe9")
+    os.mkdir(bad_brand)
+    shutil.copy(mark, os.path.join(bad_brand, b"logo.png"))
+    shutil.copy(mark, os.path.join(os.fsencode(gallery / "brand000"), b"m\xff.png"))
+    info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
+    assert info["ntotal"] == 3
+    err = capfd.readouterr().err
+    assert "caf\\xe9" in err and "m\\xff.png" in err and "not valid UTF-8" in err and "Traceback" not in err
+    assert {r.brand for r in MarkIndex.load(tmp_path / "idx").records()} == {"brand000", "brand001", "brand002"}
 
 
 def test_add_and_remove_keep_search_results(world, tmp_path):
