@@ -183,7 +183,8 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         looks = look_settings(s, opts)
         if looks.per_photo:
             if fmap is None:
-                raise MarkguardError(f"--looks {looks.per_photo} needs the first look's feature map; it cannot be combined with --regions tiles")
+                raise MarkguardError(f"--looks {looks.per_photo} (second looks: the model card asks for them unless --looks is given) needs the first look's feature map, "
+                                     "which --regions tiles does not make; add --looks 0")
             extra = second_look(s.model, s.prep, batch, inp, fmap, looks, device=opts.device, precision=opts.precision)
             emb, photo_boxes = with_looks(emb, photo_boxes, extra)
             t = times.add("look", t)

@@ -58,8 +58,8 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
 class Progress:
     """A progress bar on a terminal, a log line every few seconds elsewhere: done, images/s, ETA, flagged."""
 
-    def __init__(self, total: int | None, done: int, stream=None, every_s: float = 10.0, enabled: bool = True):
-        self.total, self.done, self.flagged = total, done, 0
+    def __init__(self, total: int | None, done: int, stream=None, every_s: float = 10.0, enabled: bool = True, flagged: int = 0):
+        self.total, self.done, self.flagged = total, done, flagged  # a resume starts from the rows already written
         self.start_done = done
         self.t0 = time.monotonic()
         self.last = self.t0
@@ -177,7 +177,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     if skipped:  # counts of the rows already written, so the summary covers the whole scan
         counts.update(row.status for row in read_results(writer.path))
     total = _total(source, opts.shard)
-    bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress)
+    bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress, flagged=counts["flag"])
     times = StageTimes()
     t_start = time.perf_counter()
     done = 0

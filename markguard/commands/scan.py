@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from markguard.errors import MarkguardError
+from markguard.errors import MarkguardError, check_out_folder, check_ray_address
 
 
 def check_compile_backend(name: str) -> None:
@@ -76,6 +76,8 @@ def run(args) -> int:
         raise MarkguardError("--batch-size and --actors must be at least 1, --workers at least 0")
     if args.address and args.engine != "ray":
         raise MarkguardError("--address is for --engine ray")
+    check_out_folder(args.out, "-o")
+    check_ray_address(args.address)
     for name, v in (("--flag-threshold", args.flag_threshold), ("--review-threshold", args.review_threshold), ("--verify-from", args.verify_from)):
         if v is not None and not -1 <= v <= 1:  # also refuses nan and inf: a similarity lies in [-1, 1]
             raise MarkguardError(f"{name} {v} must be a similarity between -1 and 1")
