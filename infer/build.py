@@ -11,9 +11,11 @@ from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import Gallery, MarkRef, load_gallery
 from markguard.device import resolve_device
 from markguard.errors import DecodeError, MarkguardError
+from markguard.fsio import excerpt
 from markguard.infer.bank import BANK_K, background_bank, bank_images, reference_bias
 from markguard.infer.embed import embed_references
 from markguard.infer.index import MarkIndex
+from markguard.infer.index.store import index_writer
 
 
 @dataclass
@@ -62,6 +64,12 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
     ``bank`` > 0 embeds that many mark-free background pictures and stores each reference's bias
     against them, so a scan scores matches normalised against the background (infer/bank.py).
     """
+    with index_writer(out, create=True):  # from the start: an `index add` meanwhile would otherwise be overwritten unseen
+        return _build_index(gallery_path, out, model=model, kind=kind, device=device, memory_budget_mb=memory_budget_mb,
+                            recall_target=recall_target, bank=bank)
+
+
+def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, recall_target, bank) -> dict:
     device = resolve_device(device)
     gallery = load_gallery(gallery_path)
     model_dir = resolve_model_dir(model)
@@ -102,8 +110,12 @@ def index_meta(model_dir: Path, fingerprint: str, brands: dict, gallery_root: Pa
 
 def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str | Path | None = None, device: str = "auto") -> dict:
     """Add a gallery's marks (new brands, or new marks of known ones) to an existing index, without a rebuild."""
+    with index_writer(index_path):  # the whole read-modify-write: a `remove` meanwhile must not be undone
+        return _add_to_index(Path(index_path), gallery_path, model=model, device=device)
+
+
+def _add_to_index(index_path: Path, gallery_path, *, model, device) -> dict:
     device = resolve_device(device)
-    index_path = Path(index_path)
     index = MarkIndex.load(index_path)
     meta = index.require_meta()
     model_dir = resolve_model_dir(model if model is not None else meta.get("model"))
@@ -125,14 +137,40 @@ def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str
 def remove_from_index(index_path: str | Path, *, brand: str | None = None, mark: str | None = None) -> dict:
     if brand is None and mark is None:
         raise MarkguardError("say what to remove: --brand BRAND and/or --mark MARK")
-    index_path = Path(index_path)
+    with index_writer(index_path):
+        return _remove_from_index(Path(index_path), brand=brand, mark=mark)
+
+
+def _remove_from_index(index_path: Path, *, brand: str | None, mark: str | None) -> dict:
     index = MarkIndex.load(index_path)
     meta = dict(index.require_meta())
     n = index.remove(brand=brand, mark=mark)
     if n == 0:
-        raise MarkguardError(f"{index_path}: nothing matches brand={brand!r} mark={mark!r}; see `markguard index info {index_path}`")
+        raise MarkguardError(f"{index_path}: nothing matches {_asked(brand, mark)}; {_what_exists(index, brand)}")
     if brand is not None and mark is None:
         meta["brands"] = {b: v for b, v in meta.get("brands", {}).items() if b != brand}
     index.meta = meta
     index.save(index_path)
     return {"removed": n, "total": len(index)}
+
+
+def _asked(brand: str | None, mark: str | None) -> str:
+    return " and ".join(f"{k} {excerpt(v)}" for k, v in (("--brand", brand), ("--mark", mark)) if v is not None)
+
+
+def _what_exists(index: MarkIndex, brand: str | None, shown: int = 20) -> str:
+    """The brands the index holds (or the marks of ``brand``, when it has it), for a refusal to name what exists."""
+    by_brand: dict[str, list[str]] = {}
+    for r in index.records():
+        by_brand.setdefault(r.brand, []).append(r.mark)
+    if not by_brand:
+        return "the index is empty"
+
+    def listed(names) -> str:
+        names = sorted(set(names))
+        more = f" and {len(names) - shown} more (`markguard index info` lists them all)" if len(names) > shown else ""
+        return ", ".join(excerpt(n, 60) for n in names[:shown]) + more
+
+    if brand is not None and brand in by_brand:
+        return f"brand {excerpt(brand)} holds marks: {listed(by_brand[brand])}"
+    return f"the index holds brands: {listed(by_brand)}"

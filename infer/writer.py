@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 from markguard.errors import MarkguardError
+from markguard.fsio import open_own_file
 from markguard.infer.results import PARTIAL, RESULTS, read_results
 
 
 def _lines(path: Path) -> int:
     if not path.exists():
         return 0
-    with open(path, "rb") as f:
+    with open_own_file(path, "rb") as f:
         return sum(1 for _ in f)
 
 
@@ -38,7 +39,7 @@ class ResultsWriter:
         self.rows = _lines(self.path) if resume else 0
         if not resume:
             self.path.unlink(missing_ok=True)
-        self.f = open(self.path, "ab")
+        self.f = open_own_file(self.path, "ab")  # never through a link planted in a shared output folder
         self.fsync_every_s = fsync_every_s
         self._last_sync = time.monotonic()
 
@@ -139,7 +140,7 @@ def write_parquet(results: Path, out: Path, *, rows_per_group: int = 65_536) -> 
 
     schema = parquet_schema()
     tmp = out.with_name(out.name + ".partial")
-    with pq.ParquetWriter(tmp, schema) as pw:
+    with open_own_file(tmp, "wb") as sink, pq.ParquetWriter(sink, schema) as pw:
         chunk = []
         for r in read_results(results):
             row = r.to_json()

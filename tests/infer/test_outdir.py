@@ -244,3 +244,34 @@ def test_disk_full_is_one_line_and_resume_recovers_every_row(world, tmp_path, mo
     s = run_scan(world.dump, [world.index], out, opts=OPTS, progress=False, resume=True)
     assert [(r["listing_id"], r["image"]) for r in read_rows(out)] == manifest_order(world)
     assert s["images_this_run"] == world.n_rows - OPTS.batch_size
+
+
+# --------------------------------------------------------------------------- planted links
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).symlink_to(victim)
+    with pytest.raises(MarkguardError, match="is a link"):
+        OutputLock(out).acquire()
+    assert victim.read_text() == "precious\n"
+
+
+def test_resume_refuses_a_planted_partial_link(world, tmp_path):
+    from markguard.infer.writer import ResultsWriter
+
+    out = tmp_path / "out"
+    interrupted(world, out, keep=3)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (out / PARTIAL).unlink()
+    (out / PARTIAL).symlink_to(victim)
+    with pytest.raises(MarkguardError, match="is a link"):
+        run_scan(world.dump, [world.index], out, opts=OPTS, progress=False, resume=True)
+    with pytest.raises(MarkguardError, match="is a link"):
+        ResultsWriter(out, resume=True)
+    assert victim.read_text() == "precious\n"
+    assert not (out / RESULTS).is_symlink()
