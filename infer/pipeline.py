@@ -49,6 +49,7 @@ class ScanOptions:
     # the evidence combiner (infer/combine.py) whose probability the thresholds apply to: a combiner.json,
     # "auto" (the first index's, when it has one) or None (thresholds on the similarity)
     combiner: str | None = "auto"
+    keep_embeddings: str | None = None  # fp16 | pq: store each photo's searched regions for `markguard rematch` (infer/rematch.py)
 
 
 STAGES = ("decode", "regions", "embed", "look", "search", "verify", "decide", "write")  # always reported, in this order
@@ -165,6 +166,7 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         finish_decode(batch, size=max(s.prep.scan_size for s in searchers), device=opts.device, hires=hires_needed(searchers, opts))
         t = times.add("decode", t)
     per_photo: list[list[Match]] = [[] for _ in batch.ok]
+    kept: list[list] = [[] for _ in batch.ok]
     for s in searchers:
         if not batch.ok:
             break
@@ -188,7 +190,12 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
             extra = second_look(s.model, s.prep, batch, inp, fmap, looks, device=opts.device, precision=opts.precision)
             emb, photo_boxes = with_looks(emb, photo_boxes, extra)
             t = times.add("look", t)
-        found = search_batch(s.index, emb.vectors.float().cpu().numpy(), emb.counts, photo_boxes, k=opts.k,
+        vectors = emb.vectors.float().cpu().numpy()
+        if opts.keep_embeddings:
+            from markguard.infer.rematch import keep_regions
+
+            keep_regions(kept, s.name, vectors, emb.counts, photo_boxes)
+        found = search_batch(s.index, vectors, emb.counts, photo_boxes, k=opts.k,
                              max_matches=opts.max_matches, index_name=s.name or None, bias=s.bias)
         t = times.add("search", t)
         if opts.verify:
@@ -204,6 +211,10 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         _text_evidence(batch, per_photo, searchers, opts)
         t = times.add("evidence", t)
     rows = decide_rows(batch, per_photo, policy, opts.max_matches)
+    if opts.keep_embeddings:
+        from markguard.infer.rematch import attach_regions
+
+        attach_regions(rows, batch.ok, kept)
     times.add("decide", t)
     return rows
 

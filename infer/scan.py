@@ -155,6 +155,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         require_pyarrow()
     if opts.engine not in ("local", "ray"):
         raise MarkguardError(f"unknown engine {opts.engine!r}; choose local or ray")
+    if opts.keep_embeddings and opts.engine != "local":
+        raise MarkguardError("--keep-embeddings needs --engine local (the Ray engine does not return the regions)")
     out_dir = Path(out_dir)
     if not index_paths:
         raise MarkguardError("no index given; pass -i INDEX (built with `markguard index build GALLERY -o INDEX`)")
@@ -182,11 +184,18 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     t_start = time.perf_counter()
     done = 0
     bg = BackgroundWriter(writer)
+    store = None
+    if opts.keep_embeddings:
+        from markguard.infer.rematch import EmbeddingStore
+
+        store = EmbeddingStore(out_dir, model=card.fingerprint, dim=card.dim, encoding=opts.keep_embeddings, skip=skipped)
     try:
         pending: list[dict] = []
         for row in scan_rows(source, searchers, policy, opts, skip=skipped, times=times):
             pending.append(row.to_json())
             counts[row.status] += 1
+            if store is not None:
+                store.add(row)
             if len(pending) >= opts.batch_size:
                 bg.write(pending)
                 bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
@@ -196,6 +205,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         done += len(pending)
         bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
         t = time.perf_counter()
+        if store is not None:
+            store.finish()
         results = bg.finish()
         times.merge({"write": bg.seconds + (time.perf_counter() - t)})
     finally:

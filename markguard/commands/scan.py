@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: the first index's combiner.json, when it has one)")
     p.add_argument("--no-combiner", dest="combiner", action="store_const", const=None,
                    help="thresholds on the similarity, even where the index has a combiner.json")
+    p.add_argument("--keep-embeddings", nargs="?", const="fp16", choices=["fp16", "pq"], metavar="fp16|pq",
+                   help="store each photo's searched region embeddings in OUT/embeddings/ (fp16, or product-quantised: about 32 "
+                        "bytes a region) so `markguard rematch` can search them against brands added later")
     p.add_argument("--shard", help="i/N: scan only every N-th photo starting at i")
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan in OUT")
     p.add_argument("--format", action="append", choices=["jsonl", "parquet"],
@@ -99,7 +102,7 @@ def run(args) -> int:
                        flag=args.flag_threshold, review=args.review_threshold, shard=None if args.shard is None else parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, verify_from=args.verify_from, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
                        decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch,
-                       combiner=args.combiner)
+                       combiner=args.combiner, keep_embeddings=args.keep_embeddings)
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
                        formats=formats, progress_every_s=args.log_every)
