@@ -241,7 +241,7 @@ def fit_combiner(candidates: list[Candidate], labels, *, model_fingerprint: str,
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == len(y):
         raise MarkguardError(f"the labelled scan gives {n_pos} positive and {len(y) - n_pos} negative candidates; "
-                             "fitting a combiner needs both (scan the validation dump with a low --review threshold)")
+                             "fitting a combiner needs both (scan the validation dump with a low --review-threshold)")
     signals = signals or [s for s in SIGNALS if any(s in c.evidence for c in candidates)]
     X = np.stack([encode(c, signals) for c in candidates])
     mean, scale = X.mean(0), X.std(0)
