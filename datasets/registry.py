@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from markguard.datasets.decode import composite, load_mark
+from markguard.config import yaml_error
 from markguard.errors import DecodeError, MarkguardError
 from markguard.fsio import atomic_write_text, excerpt, printable, real_under
 
@@ -61,7 +62,7 @@ def _read_brands_yaml(path: Path) -> dict[str, dict]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise MarkguardError(f"{path}: not valid YAML ({e}); see the brands.yaml format in DESIGN.md") from None
+        raise MarkguardError(yaml_error(path, e, "see the brands.yaml format in docs/contracts.md")) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("brands", {}), dict):
         raise MarkguardError(f"{path}: expected a mapping 'brands: {{<brand_id>: {{name: ...}}}}'")
     unknown = set(doc) - {"brands"}
@@ -130,7 +131,7 @@ def split_brands(gallery: Gallery, holdout: int) -> tuple[list[MarkRef], list[st
 def _scan_gallery(root: Path) -> Gallery:
     """The gallery's brands and marks as found, with brands.yaml checked; empty brands are kept."""
     if not root.is_dir():
-        raise MarkguardError(f"{root}: gallery folder not found; give a folder with one sub-folder per brand (see DESIGN.md)")
+        raise MarkguardError(f"{root}: gallery folder not found; give a folder with one sub-folder per brand (see docs/contracts.md)")
     meta_path = root / "brands.yaml"
     meta = _read_brands_yaml(meta_path) if meta_path.exists() else {}
     brands: dict[str, Brand] = {}

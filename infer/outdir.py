@@ -30,6 +30,8 @@ PINS_VERSION = 2
 # so a new option (an evidence setting, say) is pinned without anyone remembering to.
 OPERATIONAL = ("batch_size", "workers", "device", "precision", "engine", "address", "actors", "decode", "compile", "shard")
 
+# the scan's options as the command line spells them (others: --KEY with dashes); k and max_matches have no option
+OPTION_NAMES = {"flag": "--flag-threshold", "review": "--review-threshold", "k": "the search's k", "max_matches": "the matches kept a row"}
 # what a pinned key is called in a refusal
 NAMES = {
     "input": "the input path",
@@ -179,7 +181,7 @@ def differences(previous: dict, state: dict) -> list[str]:
             continue
         if key == "options":
             old, new = previous.get(key) or {}, state[key]
-            out += [f"--{k.replace('_', '-')} ({old.get(k)} then, {new.get(k)} now)" for k in dict.fromkeys([*new, *old])
+            out += [f"{OPTION_NAMES.get(k, '--' + k.replace('_', '-'))} ({old.get(k)} then, {new.get(k)} now)" for k in dict.fromkeys([*new, *old])
                     if old.get(k) != new.get(k)]
         elif key == "indexes":
             out.append(_index_difference(previous.get(key) or [], state[key]))

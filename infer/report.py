@@ -83,6 +83,9 @@ class ReportRow:
         r = self.result
         return {
             "id": r.listing_id,
+            "n": self.order,
+            "image": r.image,
+            "box": r.box,
             "seller": r.seller_id,
             "title": self.title,
             "status": r.status,
@@ -132,7 +135,7 @@ def write_report(
     remove_own_files(thumbs_dir, written, ".jpg")  # left by an earlier report of a different scan
 
     scan.rows.sort(key=lambda r: (-r.result.score if r.result.score is not None else math.inf, r.order))
-    payload = {"rows": [r.to_js() for r in scan.rows]}
+    payload = {"rows": [r.to_js() for r in scan.rows], "scan": scan_identity(out_dir, scan.summary)}
     # ensure_ascii keeps U+2028/2029 and any odd bytes out of the script; the file is never parsed as HTML
     js = "window.MARKGUARD_REPORT = " + json.dumps(payload, ensure_ascii=True, separators=(",", ":")) + ";\n"
     atomic_write_bytes(out_dir / "report" / "rows.js", js.encode("ascii"))
@@ -141,6 +144,24 @@ def write_report(
     target = out_dir / "report.html"
     atomic_write_bytes(target, page.encode("utf-8"))
     return target
+
+
+def scan_identity(out_dir: Path, summary: dict) -> dict:
+    """What a decision made on this page is tied to (docs/contracts.md, "Decisions"): the model's fingerprint and each
+    index's path, name and save (from scan.json, else summary.json), and a key for the browser's store of decisions."""
+    from markguard.infer.results import STATE
+
+    try:
+        pinned = json.loads((out_dir / STATE).read_text(encoding="utf-8")).get("indexes")
+    except (OSError, ValueError, AttributeError):
+        pinned = None
+    listed = pinned if isinstance(pinned, list) else summary.get("indexes") if isinstance(summary.get("indexes"), list) else []
+    indexes = [{"path": _text(i.get("path")), "name": Path(str(i.get("path") or "")).name or None, "save": _text(i.get("save"))}
+               for i in listed if isinstance(i, dict)]
+    model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
+    ident = {"input": _text(summary.get("input")), "model": _text(model.get("fingerprint")), "indexes": indexes}
+    ident["key"] = _digest(json.dumps(ident, sort_keys=True), str(out_dir.resolve()))
+    return ident
 
 
 def read_scan_output(out_dir: Path, statuses: tuple[str, ...]) -> ScanOutput:
