@@ -16,7 +16,7 @@ from typing import Iterable
 
 from PIL import Image, ImageDraw
 
-from markguard.fsio import atomic_write_bytes
+from markguard.fsio import atomic_write_bytes, own_folder, remove_own_files
 from markguard.errors import DecodeError, MarkguardError
 from markguard.infer.results import RESULTS, SUMMARY, ScanRow, read_results, read_summary
 
@@ -123,17 +123,16 @@ def write_report(
     out_dir = Path(out_dir)
     statuses = tuple(s for s in statuses if s != "error")  # error rows have their own section
     scan = read_scan_output(out_dir, statuses)
-    thumbs_dir = out_dir / THUMBS
-    thumbs_dir.mkdir(parents=True, exist_ok=True)
+    # report/ and report/thumbs/ must be real folders of this output: a link planted there would
+    # send the thumbnails elsewhere, and the stale-thumbnail cleanup would delete another folder's pictures
+    thumbs_dir = own_folder(out_dir, *THUMBS.parts)
 
     notes: list[str] = []
     written = {PLACEHOLDER}
     atomic_write_bytes(thumbs_dir / PLACEHOLDER, _jpeg(_placeholder(thumb_size)))
     notes += _listing_thumbs(scan, thumbs_dir, thumb_size, written)
     notes += _reference_thumbs(scan, thumbs_dir, thumb_size, written)
-    for stale in thumbs_dir.glob("*.jpg"):  # left by an earlier report of a different scan
-        if stale.name not in written:
-            stale.unlink()
+    remove_own_files(thumbs_dir, written, ".jpg")  # left by an earlier report of a different scan
 
     scan.rows.sort(key=lambda r: (-r.result.score if r.result.score is not None else math.inf, r.order))
     payload = {"rows": [r.to_js() for r in scan.rows], "scan": scan_identity(out_dir, scan.summary)}

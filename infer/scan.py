@@ -58,8 +58,8 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
 class Progress:
     """A progress bar on a terminal, a log line every few seconds elsewhere: done, images/s, ETA, flagged."""
 
-    def __init__(self, total: int | None, done: int, stream=None, every_s: float = 10.0, enabled: bool = True):
-        self.total, self.done, self.flagged = total, done, 0
+    def __init__(self, total: int | None, done: int, stream=None, every_s: float = 10.0, enabled: bool = True, flagged: int = 0):
+        self.total, self.done, self.flagged = total, done, flagged  # a resume starts from the rows already written
         self.start_done = done
         self.t0 = time.monotonic()
         self.last = self.t0
@@ -125,9 +125,11 @@ def _policy(searchers: list[Searcher], opts: ScanOptions, combiner=None) -> Poli
     for s in searchers:
         brands.update(s.brands)
     per_index = None
+    from markguard.infer.decide import index_thresholds
+
     if len({s.card.fingerprint for s in searchers}) > 1:  # several models: each index is judged by its own calibration
-        per_index = {s.name: s.card.thresholds for s in searchers}
-    return resolve_policy(searchers[0].card.thresholds, brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
+        per_index = {s.name: index_thresholds(s) for s in searchers}
+    return resolve_policy(index_thresholds(searchers[0]), brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
                           combiner=combiner)
 
 
@@ -148,6 +150,13 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         if not opts.verify and progress:
             (progress_stream or sys.stderr).write("scan: no geometric verification (OpenCV is not installed: "
                                                   "pip install 'markguard[verify]'); --no-verify silences this\n")
+    if opts.ocr is None:  # the default: text read where RapidOCR is installed, as verification where OpenCV is
+        import importlib.util
+
+        opts = dataclasses.replace(opts, ocr=importlib.util.find_spec("rapidocr_onnxruntime") is not None)
+        if not opts.ocr and progress:
+            (progress_stream or sys.stderr).write("scan: no text read (RapidOCR is not installed: pip install 'markguard[ocr]'); "
+                                                  "--no-ocr silences this\n")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise MarkguardError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -184,7 +193,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
             counts[row.status] += 1
             flood.replay(row)
     total = _total(source, opts.shard)
-    bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress)
+    bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress, flagged=counts["flag"])
     times = StageTimes()
     t_start = time.perf_counter()
     done = 0
