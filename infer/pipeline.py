@@ -49,6 +49,9 @@ class ScanOptions:
     # the evidence combiner (infer/combine.py) whose probability the thresholds apply to: a combiner.json,
     # "auto" (the first index's, when it has one) or None (thresholds on the similarity)
     combiner: str | None = "auto"
+    flood_share: float = 0.02  # flood guard (infer/flood.py): flags of a reference past this share of the scan held as review; 0: off
+    flood_min: int = 20  # ... never below this many flags of the reference
+    flood_history: list[str] = field(default_factory=list)  # earlier scans' output folders: each reference's usual flags per photo
     keep_embeddings: str | None = None  # fp16 | pq: store each photo's searched regions for `markguard rematch` (infer/rematch.py)
 
 
