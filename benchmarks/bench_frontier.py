@@ -181,6 +181,8 @@ def main() -> None:
     for size, looks, pyramid in args.settings:
         results[setting_name(size, looks, pyramid)] = run_setting(bench, manifest, truth, model_at(model, size, out, pyramid), size, looks,
                                                                   out, args.bank, repeats=1 if args.quick else 5)
+        # what is done so far, in case a slow machine runs out of time before the last setting
+        (out / "bench_frontier.partial.json").write_text(json.dumps({"bench": str(bench), "every": args.every, "results": results}, indent=2))
     if args.sift:
         score, rate = run_sift(bench, manifest, truth, out / "sift")
         results["SIFT + RANSAC"] = {"score": score, "images_per_s": rate}

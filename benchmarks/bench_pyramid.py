@@ -36,9 +36,9 @@ from markguard.datasets.transforms import letterbox
 from markguard.infer.build import build_index
 from markguard.infer.decode import ModelInput
 from markguard.infer.index.markindex import MarkIndex
-from markguard.infer.pyramid import first_look
+from markguard.infer.pyramid import first_look, level_best, level_gains
 from markguard.infer.regions import RegionMode
-from markguard.preprocess import resolve_preprocessing, resolve_pyramid
+from markguard.preprocess import resolve_preprocessing
 
 
 def crops_of(photo_dirs: list[Path], n: int, seed: int) -> list:
@@ -66,9 +66,7 @@ def sample_gallery(src: Path, brands: int, out: Path, seed: int) -> Path:
 def per_level_best(model, card, prep, index: MarkIndex, images: list, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(photos, levels) best score and the best match's record id of each photo over each level's regions (-inf / -1: none)."""
     mode = RegionMode.named(prep.regions.mode)
-    nlev = len(prep.pyramid)
-    best = np.full((len(images), nlev), -np.inf, np.float32)
-    rid = np.full((len(images), nlev), -1, np.int64)
+    best, rid = [], []
     for s in range(0, len(images), batch):
         part = images[s : s + batch]
         lbs = [letterbox(im, prep.scan_size, prep.mean, prep.std) for im in part]
@@ -76,16 +74,10 @@ def per_level_best(model, card, prep, index: MarkIndex, images: list, batch: int
                          [(1 / lb.factor, 1 / lb.factor) for lb in lbs], [im.size for im in part])
         first = first_look(model, card, prep, mode, inp)
         scores, ids = index.search(np.ascontiguousarray(first.emb.vectors.float().numpy()), 1)
-        levels = np.asarray(first.levels)
-        start = 0
-        for i, c in enumerate(first.emb.counts):
-            for j in range(nlev):
-                sel = np.flatnonzero(levels[start : start + c] == j) + start
-                if len(sel):
-                    k = sel[int(np.argmax(scores[sel, 0]))]
-                    best[s + i, j], rid[s + i, j] = scores[k, 0], ids[k, 0]
-            start += c
-    return best, rid
+        b, r = level_best(first, scores[:, 0], ids[:, 0], len(prep.pyramid))
+        best.append(b)
+        rid.append(r)
+    return np.concatenate(best), np.concatenate(rid)
 
 
 def main() -> None:
@@ -117,7 +109,7 @@ def main() -> None:
     np.save(tmp / "mark_free_best.npy", best)
     q = [float(np.quantile(best[:, j][np.isfinite(best[:, j])], args.quantile)) for j in range(len(args.pyramid))]
     med = [float(np.median(best[:, j][np.isfinite(best[:, j])])) for j in range(len(args.pyramid))]
-    gains = [round(q[0] / v, 4) for v in q]
+    gains = level_gains(best, args.quantile)
     both = np.max(best, axis=1)
     scaled = np.max(best * np.asarray(gains, np.float32), axis=1)
     result = {"model": str(model_dir), "fingerprint": card.fingerprint, "pyramid": args.pyramid, "crops": args.crops,

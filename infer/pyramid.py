@@ -119,3 +119,28 @@ def first_look(model, card, prep, mode: RegionMode, inp: ModelInput, *, device: 
     vectors = torch.cat(parts) if parts else torch.zeros(0, model.dim)
     boxes = [np.concatenate(bs).astype(np.float32) if bs else np.zeros((0, 4), np.float32) for bs in per_photo_box]
     return FirstLook(RegionEmbeddings(vectors, counts), boxes, top_fmap, top_inp, [lv for ls in per_photo_lvl for lv in ls])
+
+
+def level_best(first: FirstLook, scores: np.ndarray, ids: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per photo and level, the best of ``scores`` (one per region of ``first``, flat) and its ``ids``; -inf / -1 where a level
+    kept no region of a photo."""
+    n = len(first.emb.counts)
+    best = np.full((n, levels), -np.inf, np.float32)
+    rid = np.full((n, levels), -1, np.int64)
+    lv = np.asarray(first.levels, dtype=np.int64)
+    start = 0
+    for i, c in enumerate(first.emb.counts):
+        for j in range(levels):
+            sel = np.flatnonzero(lv[start : start + c] == j) + start
+            if len(sel):
+                k = sel[int(np.argmax(scores[sel]))]
+                best[i, j], rid[i, j] = scores[k], ids[k]
+        start += c
+    return best, rid
+
+
+def level_gains(best: np.ndarray, quantile: float = 0.99) -> list[float]:
+    """Gains that put each level's ``quantile`` of mark-free photos' best scores (``best``: photos x levels, from
+    :func:`level_best`, levels as the pyramid orders them) where the first level's (the scan size's) is."""
+    q = [float(np.quantile(col[np.isfinite(col)], quantile)) for col in best.T]
+    return [round(q[0] / v, 4) for v in q]

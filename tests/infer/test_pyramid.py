@@ -146,3 +146,43 @@ def test_a_photo_smaller_than_the_smallest_level_still_gets_regions():
 
     first = first_look(model, card, prep, RegionMode.named("grid"), inp)
     assert first.emb.counts[0] > 0 and (first.photo_boxes[0] <= [30, 20, 30, 20]).all()
+
+
+def test_gains_make_every_levels_mark_free_scores_comparable():
+    """Brute force: per level, the best similarity of each mark-free photo to a gallery; the gains measured from them put every
+    level's quantile where the scan size's is, and the first look with those gains reproduces exactly that."""
+    from markguard.datasets.synth import procedural_background
+    from markguard.datasets.transforms import letterbox
+    from markguard.infer.pyramid import level_best, level_gains
+    from markguard.infer.regions import RegionMode
+
+    torch.manual_seed(1)
+    model, card = _Model().eval(), ModelCard()
+    rng = np.random.default_rng(0)
+    photos = [procedural_background(int(rng.integers(300, 700)), int(rng.integers(300, 700)), rng) for _ in range(24)]
+    lbs = [letterbox(p, 320, card.mean, card.std) for p in photos]
+    inp = ModelInput(torch.stack([lb.tensor for lb in lbs]), [lb.valid for lb in lbs], 1.0, [(1 / lb.factor,) * 2 for lb in lbs],
+                     [p.size for p in photos])
+    gallery = torch.nn.functional.normalize(torch.randn(30, model.dim), dim=1)
+    mode = RegionMode.named("grid")
+
+    def per_level(prep):
+        first = first_look(model, card, prep, mode, inp)
+        sims = first.emb.vectors.float() @ gallery.T
+        return level_best(first, sims.max(1).values.numpy(), sims.argmax(1).numpy(), len(prep.pyramid))
+
+    plain = dataclasses.replace(resolve_preprocessing(card), pyramid=(PyramidLevel(320), PyramidLevel(160), PyramidLevel(96)))
+    best, rid = per_level(plain)
+    # the brute-force recount of one photo and level: every region that level kept, against every reference
+    first = first_look(model, card, plain, mode, inp)
+    lv = np.asarray(first.levels[: first.emb.counts[0]])
+    sims = (first.emb.vectors[: first.emb.counts[0]].float() @ gallery.T).numpy()
+    assert best[0, 1] == pytest.approx(sims[lv == 1].max()) and rid[0, 1] == np.unravel_index(sims[lv == 1].argmax(), sims[lv == 1].shape)[1]
+    gains = level_gains(best, 0.9)
+    assert gains[0] == 1.0 and len(gains) == 3
+    q = [np.quantile(best[:, j], 0.9) for j in range(3)]
+    calibrated = dataclasses.replace(plain, pyramid=tuple(PyramidLevel(lv.size, g) for lv, g in zip(plain.pyramid, gains)))
+    best2, rid2 = per_level(calibrated)
+    assert np.array_equal(rid2, rid)  # a gain rescales a level's scores; it never changes which reference is nearest
+    for j in range(3):
+        assert np.quantile(best2[:, j], 0.9) == pytest.approx(q[0], abs=2e-4), (j, q)
