@@ -529,7 +529,7 @@ def make_listing(rng: np.random.Generator, marks: list[SynthMark], distractors: 
 
 
 def write_gallery(marks: list[SynthMark], root: str | Path, *, authorized: dict[str, list[str]] | None = None) -> Path:
-    """Write marks as a gallery (DESIGN.md layout) with a brands.yaml."""
+    """Write marks as a gallery (the layout in docs/contracts.md) with a brands.yaml."""
     root = Path(root)
     entries = {}
     for m in marks:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from markguard.errors import MarkguardError
-from markguard.fsio import FolderLock, atomic_write_text, open_own_file
+from markguard.fsio import FolderLock, atomic_write_text, open_own_file, printable
 from markguard.infer.results import PARQUET, PARTIAL, RESULTS, ROW_KEYS, STATE, SUMMARY, parse_row, read_summary
 from markguard.infer.writer import write_parquet
 
@@ -30,6 +30,8 @@ PINS_VERSION = 2
 # so a new option (an evidence setting, say) is pinned without anyone remembering to.
 OPERATIONAL = ("batch_size", "workers", "device", "precision", "engine", "address", "actors", "decode", "compile", "shard")
 
+# the scan's options as the command line spells them (others: --KEY with dashes); k and max_matches have no option
+OPTION_NAMES = {"flag": "--flag-threshold", "review": "--review-threshold", "k": "the search's k", "max_matches": "the matches kept a row"}
 # what a pinned key is called in a refusal
 NAMES = {
     "input": "the input path",
@@ -116,8 +118,9 @@ def _discard_stub(out_dir: Path, created: bool) -> bool:
 
 
 def input_digest(source) -> dict:
-    """What identifies the input's content: a manifest's size, mtime and sha256; a folder's listing; the shards' list."""
-    from markguard.datasets.listings import _resolve_dump
+    """What identifies the input's content: a manifest's size, mtime and sha256; the photos a folder's reader
+    reads (so a .DS_Store, a text file or this scan's own output folder inside it change nothing); the shards' list."""
+    from markguard.datasets.listings import _resolve_dump, _walk
 
     kind, target = _resolve_dump(source)
     h = hashlib.sha256()
@@ -127,23 +130,17 @@ def input_digest(source) -> dict:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return {"kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
-    files = []
     if kind == "dir":
-        for folder, dirs, names in os.walk(target):
-            dirs.sort()
-            for name in sorted(names):
-                p = os.path.join(folder, name)
-                files.append(os.path.relpath(p, target))
+        entries = [(rel, p) for rel, p, _ in _walk(target)]  # the reader's own walk: its rows, in its order
     else:
-        files = [str(Path(p).resolve()) for p in target]
-    for name in files:
-        p = target / name if kind == "dir" else Path(name)
+        entries = [(printable(Path(p).resolve()), Path(p)) for p in target]
+    for name, p in entries:
         try:
             st = p.lstat()
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{name}\0missing\n".encode())
-    return {"kind": kind, "files": len(files), "sha256": h.hexdigest()}
+    return {"kind": kind, "files": len(entries), "sha256": h.hexdigest()}
 
 
 def index_save_id(index, path: Path) -> str:
@@ -184,7 +181,7 @@ def differences(previous: dict, state: dict) -> list[str]:
             continue
         if key == "options":
             old, new = previous.get(key) or {}, state[key]
-            out += [f"--{k.replace('_', '-')} ({old.get(k)} then, {new.get(k)} now)" for k in dict.fromkeys([*new, *old])
+            out += [f"{OPTION_NAMES.get(k, '--' + k.replace('_', '-'))} ({old.get(k)} then, {new.get(k)} now)" for k in dict.fromkeys([*new, *old])
                     if old.get(k) != new.get(k)]
         elif key == "indexes":
             out.append(_index_difference(previous.get(key) or [], state[key]))

@@ -36,6 +36,25 @@ def excerpt(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
 
 
+def printable(text: str | os.PathLike) -> str:
+    """``text`` (a path read from disk) with the bytes of a name that is not UTF-8 shown as ``\\xNN``: safe to print or store."""
+    text = os.fspath(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if _only_escapes(text) else \
+            text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _only_escapes(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (from JSON's \ud800)
+        return False
+
+
 def _umask() -> int:
     # /proc first: the os.umask(0) round trip briefly gives files created by other threads mode 0666
     try:
