@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,14 +113,10 @@ def run_ls(args) -> int:
         from markguard.infer.build import what_exists
 
         raise MarkguardError(f"{args.index}: no brand {excerpt(args.brand)}; {what_exists(index, None)}")
-    try:
-        if args.brand is None:
-            for brand in sorted(by_brand):
-                print(f"{brand}\t{', '.join(sorted({r.mark for r in by_brand[brand]}))}")
-        else:
-            for r in sorted(by_brand[args.brand], key=lambda r: (r.mark, r.id)):
-                print(f"{r.mark}\t{r.id}\t{r.source}")
-        sys.stdout.flush()
-    except BrokenPipeError:  # `index ls IDX | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if args.brand is None:  # `index ls IDX | head` closing the pipe is the CLI's to answer (markguard/cli.py)
+        for brand in sorted(by_brand):
+            print(f"{brand}\t{', '.join(sorted({r.mark for r in by_brand[brand]}))}")
+    else:
+        for r in sorted(by_brand[args.brand], key=lambda r: (r.mark, r.id)):
+            print(f"{r.mark}\t{r.id}\t{r.source}")
     return 0
