@@ -125,9 +125,11 @@ def _policy(searchers: list[Searcher], opts: ScanOptions, combiner=None) -> Poli
     for s in searchers:
         brands.update(s.brands)
     per_index = None
+    from markguard.infer.decide import index_thresholds
+
     if len({s.card.fingerprint for s in searchers}) > 1:  # several models: each index is judged by its own calibration
-        per_index = {s.name: s.card.thresholds for s in searchers}
-    return resolve_policy(searchers[0].card.thresholds, brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
+        per_index = {s.name: index_thresholds(s) for s in searchers}
+    return resolve_policy(index_thresholds(searchers[0]), brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
                           combiner=combiner)
 
 
@@ -148,6 +150,13 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         if not opts.verify and progress:
             (progress_stream or sys.stderr).write("scan: no geometric verification (OpenCV is not installed: "
                                                   "pip install 'markguard[verify]'); --no-verify silences this\n")
+    if opts.ocr is None:  # the default: text read where RapidOCR is installed, as verification where OpenCV is
+        import importlib.util
+
+        opts = dataclasses.replace(opts, ocr=importlib.util.find_spec("rapidocr_onnxruntime") is not None)
+        if not opts.ocr and progress:
+            (progress_stream or sys.stderr).write("scan: no text read (RapidOCR is not installed: pip install 'markguard[ocr]'); "
+                                                  "--no-ocr silences this\n")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise MarkguardError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -155,6 +164,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         require_pyarrow()
     if opts.engine not in ("local", "ray"):
         raise MarkguardError(f"unknown engine {opts.engine!r}; choose local or ray")
+    if opts.keep_embeddings and opts.engine != "local":
+        raise MarkguardError("--keep-embeddings needs --engine local (the Ray engine does not return the regions)")
     out_dir = Path(out_dir)
     if not index_paths:
         raise MarkguardError("no index given; pass -i INDEX (built with `markguard index build GALLERY -o INDEX`)")
@@ -174,19 +185,32 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     writer = ResultsWriter(out_dir, resume=resume or (out_dir / RESULTS).exists())
     skipped = writer.rows
     counts: Counter = Counter()
+    from markguard.infer.flood import guard_for
+
+    flood = guard_for(opts, policy)
     if skipped:  # counts of the rows already written, so the summary covers the whole scan
-        counts.update(row.status for row in read_results(writer.path))
+        for row in read_results(writer.path):
+            counts[row.status] += 1
+            flood.replay(row)
     total = _total(source, opts.shard)
     bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress, flagged=counts["flag"])
     times = StageTimes()
     t_start = time.perf_counter()
     done = 0
     bg = BackgroundWriter(writer)
+    store = None
+    if opts.keep_embeddings:
+        from markguard.infer.rematch import EmbeddingStore
+
+        store = EmbeddingStore(out_dir, model=card.fingerprint, dim=card.dim, encoding=opts.keep_embeddings, skip=skipped)
     try:
         pending: list[dict] = []
         for row in scan_rows(source, searchers, policy, opts, skip=skipped, times=times):
+            row = flood.apply(row)  # in input order: a reference flagging far more than usual is held for review
             pending.append(row.to_json())
             counts[row.status] += 1
+            if store is not None:
+                store.add(row)
             if len(pending) >= opts.batch_size:
                 bg.write(pending)
                 bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
@@ -196,6 +220,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         done += len(pending)
         bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
         t = time.perf_counter()
+        if store is not None:
+            store.finish()
         results = bg.finish()
         times.merge({"write": bg.seconds + (time.perf_counter() - t)})
     finally:
@@ -230,6 +256,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         "options": dataclasses.asdict(opts),
         "versions": versions(),
         "references": references,
+        "flood": flood.to_json(),
     }
     atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
     return summary

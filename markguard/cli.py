@@ -20,7 +20,7 @@ import sys  # noqa: E402
 from markguard import __version__  # noqa: E402
 from markguard.errors import MarkguardError  # noqa: E402
 
-ORDER = ["demo", "synth", "data", "train", "eval", "calibrate", "export", "index", "scan", "merge", "report"]
+ORDER = ["demo", "synth", "data", "train", "eval", "calibrate", "export", "index", "scan", "merge", "report", "feedback", "rematch"]
 
 
 def build_parser() -> argparse.ArgumentParser:

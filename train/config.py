@@ -53,6 +53,9 @@ class TrainConfig(ModelShape):
     loose_boxes: float = 0.5  # share of pasted marks pooled from a loose window, as the scan's grid sees them
     p_recolour: float = 0.0  # share of pasted marks recoloured: palette, gradient, two-tone, inverted, on a badge
     p_negative: float = 0.0  # share of background samples showing a generic shape or plain text (hard negatives)
+    p_fill: float = 0.0  # share of pasted marks alone, edge to edge (datasets/composite.py)
+    p_cut: float = 0.0  # share of pasted marks cut by the crop's border
+    p_multi: float = 0.0  # share of pasted marks with other marks beside them
     # optimisation
     batch_size: int = 64
     grad_accum: int = 1
@@ -102,9 +105,11 @@ class TrainConfig(ModelShape):
             raise MarkguardError(f"batch_size={self.batch_size} must be a multiple of m_per_class={self.m_per_class}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise MarkguardError(f"scale={list(self.scale)} must be [low, high] with 0 < low <= high <= 1")
-        for key in ("p_photo", "p_recolour", "p_negative", "p_clean", "p_background", "loose_boxes"):
+        for key in ("p_photo", "p_recolour", "p_negative", "p_clean", "p_background", "loose_boxes", "p_fill", "p_cut", "p_multi"):
             if not 0 <= getattr(self, key) <= 1:
                 raise MarkguardError(f"{key}={getattr(self, key)} must be a share between 0 and 1")
+        if self.p_fill + self.p_cut > 1:
+            raise MarkguardError(f"p_fill={self.p_fill} and p_cut={self.p_cut} add up to more than 1; they share the pasted marks")
         if self.freeze_stages < 0:
             raise MarkguardError(f"freeze_stages={self.freeze_stages} must be 0 or more")
         if self.init and (self.pretrained or self.weights):
