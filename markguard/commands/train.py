@@ -9,7 +9,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an embedding model (recipe YAML + key=value overrides)",
                        description="Train with a recipe (train/recipes/*.yaml); settings: defaults < recipe < key=value overrides. "
                                    "Several processes: torchrun --nproc_per_node N -m markguard.cli train ...")
-    p.add_argument("--recipe", "-r", help="a YAML recipe, or the name of a shipped one (logo, product, demo)")
+    p.add_argument("--recipe", "-r", help="a YAML recipe, or the name of a shipped one (logo, product, copydetect, demo)")
     p.add_argument("--out", "-o", required=True, help="run folder: checkpoint, model card, config.yaml, metrics")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--stop-at", type=int, metavar="STEP", help="end this session at STEP with a resumable checkpoint")
@@ -29,7 +29,12 @@ def run(args) -> int:
 
     if args.stop_at is not None and args.stop_at < 1 or args.max_minutes is not None and args.max_minutes <= 0:
         raise MarkguardError("--stop-at and --max-minutes must be positive")
-    cfg = load_layered(TrainConfig, resolve_recipe(args.recipe), args.overrides)
+    recipe = resolve_recipe(args.recipe)
+    from markguard.train.copydetect import is_copydetect, run_copydetect
+
+    if is_copydetect(recipe, args.overrides):  # task: copydetect — self-supervised copy detection (train/copydetect.py)
+        return run_copydetect(recipe, args)
+    cfg = load_layered(TrainConfig, recipe, args.overrides)
     card = train(cfg, args.out, resume=args.resume, stop_at=args.stop_at,
                  max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 wrote the model
