@@ -27,6 +27,7 @@ class Edited:
     image: Image.Image
     box: Box  # where the (edited) source photo lies in ``image``: x0, y0, x1, y1
     kind: str
+    origin: tuple[int, int] = (0, 0)  # a crop's top-left corner in the image it was cut from
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -46,7 +47,7 @@ def crop(img: Image.Image, rng: np.random.Generator, others=()) -> Edited:
     ch = int(np.clip(area * w * h / max(cw, 1), 16, h))
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
     out = img.crop((x, y, x + cw, y + ch))
-    return Edited(out, (0, 0, cw, ch), "crop")
+    return Edited(out, (0, 0, cw, ch), "crop", (x, y))
 
 
 def resize(img: Image.Image, rng: np.random.Generator, others=()) -> Edited:
@@ -289,8 +290,13 @@ def apply_edit(img: Image.Image, kind: str, seed, others: Sequence[Image.Image] 
     if len(parts) == 1:
         return first
     second = EDITS[parts[1]](first.image, rng, others)
-    if parts[1] in ("crop",):  # a crop of the first result: the source is what is left of its box in the crop
-        box = first.box
+    if parts[1] == "crop":  # a crop of the first result: the source is what is left of its box in the crop
+        ox, oy = second.origin
+        W, H = second.image.size
+        b = first.box
+        box = (min(max(0, b[0] - ox), W - 1), min(max(0, b[1] - oy), H - 1), max(1, min(W, b[2] - ox)), max(1, min(H, b[3] - oy)))
+        if box[2] <= box[0] or box[3] <= box[1]:  # the crop missed the photo: what is left of it is nothing, say the crop
+            box = (0, 0, W, H)
     else:
         box = _shift(first.box, second.box, first.image.size)
     return Edited(second.image, box, kind)

@@ -289,7 +289,7 @@ def train_copydetect(cfg: CopyDetectConfig, out_dir: str | Path, *, resume: bool
             with torch.no_grad():
                 sims = emb[0::2] @ emb[1::2].T
                 acc = float((sims.argmax(dim=1) == torch.arange(n)).float().mean())
-            row = {"step": step, "loss": round(float(loss), 4), "ntxent": round(float(l_nce), 4), "koleo": round(float(l_ko), 4),
+            row = {"step": step, "loss": round(loss.item(), 4), "ntxent": round(l_nce.item(), 4), "koleo": round(l_ko.item(), 4),
                    "pair_top1": round(acc, 3), "lr": round(sched.get_last_lr()[0], 7), "seconds": round(time.time() - t0, 1)}
             _log(out / "metrics.jsonl", row)
             log(json.dumps(row))
