@@ -52,6 +52,10 @@ def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
         card.init = init.card_entry()
         if init.mean is not None:
             card.mean, card.std = tuple(init.mean), tuple(init.std)
+    if cfg.product:  # whole product photos: index build embeds them whole; the scan pools the photo and its large regions
+        from markguard.train.copydetect import PRODUCT_REGIONS
+
+        card.regions = dict(PRODUCT_REGIONS)
     if cfg.proposals:  # a model that can find marks scans with its own proposals plus a coarse grid by default
         card.regions = dict(card.regions, mode="learned+grid")
     if cfg.looks:
