@@ -42,13 +42,14 @@ class ScanOptions:
     actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)
     decode: str = "auto"  # cpu (Pillow, in the loader workers) | device (JPEGs by torchvision.io on the model's device) | auto
     compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
-    ocr: bool = False  # read text in the best matches' regions (infer/ocr.py) and match it to the brands' names
-    ocr_budget: float = 0.25  # share of each batch's photos OCR may read
+    ocr: bool | None = None  # read each photo's text where its detector finds it (infer/ocr.py) and match it to the brands' names; None: when RapidOCR is installed
+    ocr_budget: int = 2  # text lines OCR reads in each photo, where its detector finds text (per photo: a row never depends on its batch)
     looks: int | None = None  # second looks per photo (infer/looks.py); None: the model card's regions.looks.per_photo
     looks_per_batch: int | None = None  # at most this many second looks a batch; None: the card's
     # the evidence combiner (infer/combine.py) whose probability the thresholds apply to: a combiner.json,
     # "auto" (the first index's, when it has one) or None (thresholds on the similarity)
     combiner: str | None = "auto"
+    keep_embeddings: str | None = None  # fp16 | pq: store each photo's searched regions for `markguard rematch` (infer/rematch.py)
 
 
 STAGES = ("decode", "regions", "embed", "look", "search", "verify", "decide", "write")  # always reported, in this order
@@ -130,14 +131,14 @@ def verify_gate(found: list[list[Match]], policy: Policy, opts: ScanOptions):
     return cfg, plan(values, floors, cfg, [[m.box is not None for m in ms] for ms in found])
 
 
-_READERS: dict[float, object] = {}  # one OCR reader (one loaded engine) per budget, per process
+_READERS: dict[int, object] = {}  # one OCR reader (one loaded engine) per budget, per process
 _LEXICONS: dict[tuple, object] = {}
 
 
 def _text_evidence(batch: Batch, per_photo: list[list[Match]], searchers: list[Searcher], opts: ScanOptions) -> None:
     """Read the gated photos' best regions (originals, decoded again only for those) and put each match's evidence on it."""
     from markguard.infer.evidence import collect
-    from markguard.infer.ocr import OcrConfig, OcrReader, OriginalPhotos
+    from markguard.infer.ocr import HiresPhotos, OcrConfig, OcrReader, OriginalPhotos
     from markguard.infer.textmatch import Lexicon
 
     brands = {b: m for s in searchers for b, m in s.brands.items()}
@@ -146,8 +147,10 @@ def _text_evidence(batch: Batch, per_photo: list[list[Match]], searchers: list[S
         _LEXICONS.clear()
         _LEXICONS[key] = Lexicon.from_brands(brands)
     if opts.ocr_budget not in _READERS:
-        _READERS[opts.ocr_budget] = OcrReader(OcrConfig(budget=opts.ocr_budget))
-    photos = OriginalPhotos([batch.items[pos] for pos in batch.ok])
+        _READERS[opts.ocr_budget] = OcrReader(OcrConfig(lines=opts.ocr_budget))
+    # the copy kept for looks and verification when there is one, else the originals decoded again
+    photos = (HiresPhotos(batch.hires, batch.hires_to_orig) if batch.hires is not None
+              else OriginalPhotos([batch.items[pos] for pos in batch.ok]))
     cands = collect(photos, per_photo, lexicon=_LEXICONS[key], reader=_READERS[opts.ocr_budget], read_unmatched=False)
     for matches, cs in zip(per_photo, cands):
         # candidates keep the matches' order, then come those only the text found (a brand it names that no region
@@ -165,6 +168,7 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         finish_decode(batch, size=max(s.prep.scan_size for s in searchers), device=opts.device, hires=hires_needed(searchers, opts))
         t = times.add("decode", t)
     per_photo: list[list[Match]] = [[] for _ in batch.ok]
+    kept: list[list] = [[] for _ in batch.ok]
     for s in searchers:
         if not batch.ok:
             break
@@ -183,11 +187,17 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         looks = look_settings(s, opts)
         if looks.per_photo:
             if fmap is None:
-                raise MarkguardError(f"--looks {looks.per_photo} needs the first look's feature map; it cannot be combined with --regions tiles")
+                raise MarkguardError(f"--looks {looks.per_photo} (second looks: the model card asks for them unless --looks is given) needs the first look's feature map, "
+                                     "which --regions tiles does not make; add --looks 0")
             extra = second_look(s.model, s.prep, batch, inp, fmap, looks, device=opts.device, precision=opts.precision)
             emb, photo_boxes = with_looks(emb, photo_boxes, extra)
             t = times.add("look", t)
-        found = search_batch(s.index, emb.vectors.float().cpu().numpy(), emb.counts, photo_boxes, k=opts.k,
+        vectors = emb.vectors.float().cpu().numpy()
+        if opts.keep_embeddings:
+            from markguard.infer.rematch import keep_regions
+
+            keep_regions(kept, s.name, vectors, emb.counts, photo_boxes)
+        found = search_batch(s.index, vectors, emb.counts, photo_boxes, k=opts.k,
                              max_matches=opts.max_matches, index_name=s.name or None, bias=s.bias)
         t = times.add("search", t)
         if opts.verify:
@@ -203,6 +213,10 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         _text_evidence(batch, per_photo, searchers, opts)
         t = times.add("evidence", t)
     rows = decide_rows(batch, per_photo, policy, opts.max_matches)
+    if opts.keep_embeddings:
+        from markguard.infer.rematch import attach_regions
+
+        attach_regions(rows, batch.ok, kept)
     times.add("decide", t)
     return rows
 

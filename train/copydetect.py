@@ -303,13 +303,19 @@ def train_copydetect(cfg: CopyDetectConfig, out_dir: str | Path, *, resume: bool
     return c
 
 
-def is_copydetect(recipe: str | None, overrides: list[str]) -> bool:
-    """Whether a `markguard train` call names this trainer: ``task: copydetect`` in the recipe or ``task=copydetect``."""
+def is_copydetect(recipe: str | None, overrides: list[str], resumed: Path | None = None) -> bool:
+    """Whether a `markguard train` call names this trainer: ``task: copydetect`` in the recipe, ``task=copydetect``,
+    or (``--resume`` of the run folder ``resumed``) a run this trainer started."""
     import yaml
 
     for item in overrides or []:
         if item.replace(" ", "").startswith("task="):
             return item.split("=", 1)[1].strip() == "copydetect"
+    if resumed is not None and recipe is None and (Path(resumed) / "config.json").is_file():
+        try:
+            return json.loads((Path(resumed) / "config.json").read_text(encoding="utf-8")).get("task") == "copydetect"
+        except (ValueError, AttributeError):
+            return False
     if recipe is None or not Path(recipe).is_file():
         return False
     try:
@@ -321,9 +327,15 @@ def is_copydetect(recipe: str | None, overrides: list[str]) -> bool:
 
 def run_copydetect(recipe: str | None, args) -> int:
     """`markguard train -r copydetect -o OUT [photos=DIR,...]`."""
-    from markguard.config import load_layered
+    from markguard.config import apply, load_layered
 
-    cfg = load_layered(CopyDetectConfig, recipe, args.overrides)
+    saved = Path(args.out) / "config.json"
+    if args.resume and recipe is None and saved.is_file():  # the run's own settings, overrides on top
+        cfg = apply(CopyDetectConfig(), json.loads(saved.read_text(encoding="utf-8")), source=str(saved))
+        if args.overrides:
+            cfg = apply(cfg, dict(o.split("=", 1) for o in args.overrides if "=" in o), source="command line")
+    else:
+        cfg = load_layered(CopyDetectConfig, recipe, args.overrides)
     card = train_copydetect(cfg, args.out, resume=args.resume, stop_at=args.stop_at,
                             max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     steps = card.training.get("steps")

@@ -85,6 +85,7 @@ def run_remove(args) -> int:
 
 def run_info(args) -> int:
     from markguard.infer.build import read_index_meta
+    from markguard.infer.feedback import feedback_info
     from markguard.infer.index import MarkIndex
 
     index = MarkIndex.load(args.index)
@@ -92,5 +93,6 @@ def run_info(args) -> int:
     meta = read_index_meta(args.index)
     info["model"] = meta.get("model") or "(shipped default)"
     info["galleries"] = meta.get("galleries", [])
+    info["feedback"] = feedback_info(index.meta)  # the reviewers' rounds (markguard feedback)
     print(json.dumps(info, indent=2, default=str))
     return 0

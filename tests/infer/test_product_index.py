@@ -46,7 +46,11 @@ def shop(tmp_path_factory):
     logo = tiny_model(root / "logo-model", product=False, seed=1)
     build_index(root / "catalogue", root / "products", model=product, kind="flat", device="cpu")
     (root / "marks" / "acme").mkdir(parents=True)
-    Image.new("RGBA", (64, 64), (200, 30, 30, 255)).save(root / "marks" / "acme" / "logo.png")
+    from PIL import ImageDraw
+
+    mark = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(mark).ellipse((8, 8, 56, 56), fill=(200, 30, 30, 255), outline=(20, 20, 120, 255), width=6)
+    mark.save(root / "marks" / "acme" / "logo.png")
     build_index(root / "marks", root / "logos", model=logo, kind="flat", device="cpu")
     return root
 
@@ -83,10 +87,18 @@ def test_undecodable_catalogue_photo_is_named(shop, tmp_path, capsys):
     cat = tmp_path / "catalogue"
     shutil.copytree(shop / "catalogue", cat)
     (cat / "zeta" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    info = build_index(cat, tmp_path / "idx", model=shop / "product-model", kind="flat", device="cpu")
-    err = capsys.readouterr().err
-    assert info["skipped"] == 1
-    assert f"skipped catalogue photo {cat / 'zeta' / 'broken.jpg'}:" in err
+    with pytest.raises(MarkguardError) as e:  # the gallery check refuses it before anything is embedded
+        build_index(cat, tmp_path / "idx", model=shop / "product-model", kind="flat", device="cpu")
+    assert "broken.jpg" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "idx" / "markguard.json").exists()
+    # a photo the check passes but decoding at the scan size refuses is named with its reason, never skipped silently
+    from markguard.datasets.registry import MarkRef
+    from markguard.infer.build import embed_catalogue
+    from markguard.checkpoint import load_checkpoint
+
+    net, card = load_checkpoint(shop / "product-model")
+    emb = embed_catalogue([MarkRef("zeta", "broken", cat / "zeta" / "broken.jpg"), MarkRef("zeta", "shot2", cat / "zeta" / "shot2.jpg")], net, card)
+    assert [r["mark"] for r in emb.records] == ["shot2"] and emb.errors[0][0].endswith("broken.jpg") and emb.errors[0][1]
 
 
 def test_index_and_model_of_different_kinds_refused(shop):
