@@ -31,6 +31,7 @@ class TrainConfig(ModelShape):
     trainset: str | None = None  # real labelled photos instead of a gallery (SOP, Products-10K, class folders)
     trainset_format: str = "auto"  # a reader in markguard.datasets.trainsets.READERS, or auto
     drop_small_classes: bool = False  # leave out trainset classes with fewer than m_per_class images instead of refusing
+    product: bool = False  # the model matches whole photos (product recipe): indexes hold whole photos, scans pool large regions
     # model (beside ModelShape's fields)
     pretrained: bool = False
     weights: str | None = None  # a local weights file for the backbone

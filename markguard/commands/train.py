@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an embedding model (recipe YAML + key=value overrides)",
                        description="Train with a recipe (train/recipes/*.yaml); settings: defaults < recipe < key=value overrides. "
                                    "Several processes: torchrun --nproc_per_node N -m markguard.cli train ...")
-    p.add_argument("--recipe", "-r", help="a YAML recipe, or the name of a shipped one (logo, product, demo)")
+    p.add_argument("--recipe", "-r", help="a YAML recipe, or the name of a shipped one (logo, product, copydetect, demo)")
     p.add_argument("--out", "-o", required=True, help="run folder: checkpoint, model card, config.yaml, metrics")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with the settings it "
                                                          "saved in config.yaml (KEY=VALUE may change steps, logging, device)")
@@ -39,6 +39,11 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MarkguardError(f"{out}: is a file; --out names the run's folder (give a new path)")
+    from markguard.train.copydetect import is_copydetect, run_copydetect
+
+    recipe = resolve_recipe(args.recipe)
+    if is_copydetect(recipe, args.overrides, out if args.resume else None):  # task: copydetect (train/copydetect.py)
+        return run_copydetect(recipe, args)
     if args.resume and (out / "config.yaml").is_file():
         if args.recipe:
             log(f"train: --resume takes the run's settings from {out / 'config.yaml'}; the recipe is not read again")
