@@ -9,9 +9,9 @@ from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR
 from markguard.errors import MarkguardError
 from markguard.infer.decide import Policy, decide_rows
 from markguard.infer.decode import Batch, finish_decode, model_input
-from markguard.infer.embed import feature_maps, region_vectors
 from markguard.infer.looks import second_look, with_looks
-from markguard.infer.regions import RegionMode, find_regions
+from markguard.infer.pyramid import first_look
+from markguard.infer.regions import RegionMode
 from markguard.infer.results import Match, ScanRow
 from markguard.infer.search import search_batch
 from markguard.infer.searchers import Searcher
@@ -49,6 +49,9 @@ class ScanOptions:
     # the evidence combiner (infer/combine.py) whose probability the thresholds apply to: a combiner.json,
     # "auto" (the first index's, when it has one) or None (thresholds on the similarity)
     combiner: str | None = "auto"
+    flood_share: float = 0.02  # flood guard (infer/flood.py): flags of a reference past this share of the scan held as review; 0: off
+    flood_min: int = 20  # ... never below this many flags of the reference
+    flood_history: list[str] = field(default_factory=list)  # earlier scans' output folders: each reference's usual flags per photo
     keep_embeddings: str | None = None  # fp16 | pq: store each photo's searched regions for `markguard rematch` (infer/rematch.py)
 
 
@@ -175,21 +178,16 @@ def process_batch(batch: Batch, searchers: list[Searcher], policy: Policy, opts:
         mode = region_mode(s, opts)
         inp = model_input(batch, s.prep)
         t = times.add("decode", t)
-        fmap = None
-        if mode.value.embed == "pool":  # one backbone pass; the regions are pooled from it
-            fmap = feature_maps(s.model, inp.x, device=opts.device, precision=opts.precision)
-            t = times.add("embed", t)
-        regions = find_regions(mode, s.model, s.card, inp, fmap)
-        t = times.add("regions", t)
-        emb = region_vectors(mode.value, s.model, s.card, inp.x, regions.boxes, fmap, device=opts.device, precision=opts.precision)
-        t = times.add("embed", t)
-        photo_boxes = regions.photo_boxes
+        # one backbone pass a scale of the card's pyramid (infer/pyramid.py); the regions are pooled from them
+        first = first_look(s.model, s.card, s.prep, mode, inp, device=opts.device, precision=opts.precision, tick=times.add)
+        t = time.perf_counter()
+        emb, photo_boxes, fmap = first.emb, first.photo_boxes, first.fmap
         looks = look_settings(s, opts)
         if looks.per_photo:
             if fmap is None:
                 raise MarkguardError(f"--looks {looks.per_photo} (second looks: the model card asks for them unless --looks is given) needs the first look's feature map, "
                                      "which --regions tiles does not make; add --looks 0")
-            extra = second_look(s.model, s.prep, batch, inp, fmap, looks, device=opts.device, precision=opts.precision)
+            extra = second_look(s.model, s.prep, batch, first.inp, fmap, looks, device=opts.device, precision=opts.precision)
             emb, photo_boxes = with_looks(emb, photo_boxes, extra)
             t = times.add("look", t)
         vectors = emb.vectors.float().cpu().numpy()

@@ -185,8 +185,13 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     writer = ResultsWriter(out_dir, resume=resume or (out_dir / RESULTS).exists())
     skipped = writer.rows
     counts: Counter = Counter()
+    from markguard.infer.flood import guard_for
+
+    flood = guard_for(opts, policy)
     if skipped:  # counts of the rows already written, so the summary covers the whole scan
-        counts.update(row.status for row in read_results(writer.path))
+        for row in read_results(writer.path):
+            counts[row.status] += 1
+            flood.replay(row)
     total = _total(source, opts.shard)
     bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress, flagged=counts["flag"])
     times = StageTimes()
@@ -201,6 +206,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     try:
         pending: list[dict] = []
         for row in scan_rows(source, searchers, policy, opts, skip=skipped, times=times):
+            row = flood.apply(row)  # in input order: a reference flagging far more than usual is held for review
             pending.append(row.to_json())
             counts[row.status] += 1
             if store is not None:
@@ -250,6 +256,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         "options": dataclasses.asdict(opts),
         "versions": versions(),
         "references": references,
+        "flood": flood.to_json(),
     }
     atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
     return summary

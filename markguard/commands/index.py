@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--recall", type=float, default=0.95, help="recall@10 target against exact search when tuning (default 0.95)")
     b.add_argument("--bank", type=int, default=0, metavar="N", help="embed N mark-free background pictures and score matches "
                    "normalised against them, so no reference is the best match of every photo (default 0: raw similarity)")
+    b.add_argument("--bank-photos", metavar="DIR", help="a folder of photographs that show none of the references (for a product "
+                   "index: other photos), added to the bank")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=run_build)
 
@@ -59,8 +61,16 @@ def run_build(args) -> int:
     if not (math.isfinite(args.recall) and 0 < args.recall <= 1):
         raise MarkguardError(f"--recall {args.recall} must lie in (0, 1]")
 
+    bank_photos = None
+    if getattr(args, "bank_photos", None):
+        from markguard.train.copydetect import list_photos
+
+        bank_photos = [str(p.resolve()) for p in list_photos([args.bank_photos])]
+        if not bank_photos:
+            raise MarkguardError(f"--bank-photos {args.bank_photos}: no photographs (.jpg, .png, .webp) in it")
     info = build_index(args.gallery, args.out, model=args.model, kind=args.kind, device=args.device,
-                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank, check=True)
+                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank, check=True,
+                       bank_photos=bank_photos)
     print(json.dumps(info, indent=2, default=str))
     return 0
 

@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-embeddings", nargs="?", const="fp16", choices=["fp16", "pq"], metavar="fp16|pq",
                    help="store each photo's searched region embeddings in OUT/embeddings/ (fp16, or product-quantised: about 32 "
                         "bytes a region) so `markguard rematch` can search them against brands added later")
+    p.add_argument("--flood-share", type=float, default=0.02, metavar="SHARE",
+                   help="flood guard: a reference's flags past this share of the photos scanned so far are held as review "
+                        "(default 0.02; 0 turns the guard off)")
+    p.add_argument("--flood-min", type=int, default=20, metavar="N", help="flood guard: never hold a reference's first N flags (default 20)")
+    p.add_argument("--flood-history", action="append", default=[], metavar="OUT",
+                   help="flood guard: earlier scans' output folders; a reference is held past 5x its usual flags per photo there")
     p.add_argument("--shard", help="i/N: scan only every N-th photo starting at i")
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan in OUT")
     p.add_argument("--format", action="append", choices=["jsonl", "parquet"],
@@ -103,7 +109,8 @@ def run(args) -> int:
                        flag=args.flag_threshold, review=args.review_threshold, shard=None if args.shard is None else parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, verify_from=args.verify_from, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
                        decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch,
-                       combiner=args.combiner, keep_embeddings=args.keep_embeddings)
+                       combiner=args.combiner, keep_embeddings=args.keep_embeddings,
+                       flood_share=args.flood_share, flood_min=args.flood_min, flood_history=list(args.flood_history))
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
                        formats=formats, progress_every_s=args.log_every)
