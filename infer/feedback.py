@@ -128,7 +128,7 @@ FEEDBACK_KEY = "feedback"  # in the index's markguard.json (MarkIndex.meta): sav
 # the rule: a candidate whose region is at least (similarity - MARGIN) close to one of its reference's negatives is
 # lowered by STRENGTH x (that excess); measured on the real-photo bench (benchmarks/results/feedback.md)
 MARGIN = 0.02
-STRENGTH = 2.0
+STRENGTH = 5.0
 IOU_SAME_REGION = 0.5
 
 
@@ -316,7 +316,7 @@ def _regions_by_embedding(dump: str, wanted: set[tuple[str, str | None]], index_
     items = [it for it in open_dump(dump) if (it.listing_id, it.image) in wanted or (it.listing_id, None) in wanted]
     searchers = load_searchers([index_path], model, device)
     s = searchers[0]
-    opts = ScanOptions(device=device, verify=False, combiner=None, keep_embeddings="fp16", workers=0)
+    opts = ScanOptions(device=device, verify=False, ocr=False, combiner=None, keep_embeddings="fp16", workers=0)
     ds = DecodedBatches(lambda: iter(items), size=s.prep.scan_size, mean=s.prep.mean, std=s.prep.std, batch_size=8,
                         hires=hires_needed(searchers, opts))
     out = {}
