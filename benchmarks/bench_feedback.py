@@ -255,17 +255,55 @@ def bytes_section(scan: Path, index_path: Path, work: Path) -> tuple[list[str], 
                    "pq_score_change_median": float(np.median(diff)), "regions_per_photo": regions / n}
 
 
+def quick_world(work: Path) -> tuple[dict, Path, Path]:
+    """--quick: a synthetic dump, a random small model and its index, scanned with its embeddings kept; the truth as
+    bench rows (a listing showing a registered brand is tier "copy", else "none")."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from markguard.checkpoint import ModelCard, create_model, save_checkpoint
+    from markguard.datasets.synth import SynthConfig, synth_dataset
+    from markguard.infer.build import build_index
+    from markguard.infer.scan import ScanOptions, run_scan
+
+    synth_dataset(work / "synth", brands=4, marks_per_brand=1, distractor_brands=2, listings=40, seed=0, cfg=SynthConfig(size=(160, 120)))
+    torch.manual_seed(0)
+    card = ModelCard(backbone="resnet10t", dim=32, input_size=48, scan_size=64, regions={"mode": "grid", "scales": [1.0, 0.5], "overlap": 0.0},
+                     thresholds={"flag": 0.9, "review": 0.8, "per_brand": {}})
+    save_checkpoint(create_model(card), card, work / "model")
+    build_index(work / "synth" / "gallery", work / "index", model=work / "model", device="cpu")
+    run_scan(work / "synth" / "listings" / "manifest.csv", [work / "index"], work / "scan", progress=False,
+             opts=ScanOptions(batch_size=8, workers=0, device="cpu", verify=False, ocr=False, combiner=None, keep_embeddings="fp16"))
+    truth = {}
+    for line in (work / "synth" / "truth.jsonl").read_text().splitlines():
+        t = json.loads(line)
+        shown = [m["brand"] for m in t["marks"] if m["registered"]]
+        truth[t["listing_id"]] = SimpleNamespace(tier="copy" if shown else "none", brand=shown[0] if shown else "")
+    return truth, work / "scan", work / "index"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench", required=True, type=Path)
-    ap.add_argument("--scan", required=True, type=Path, help="the bench scanned with --no-verify --keep-embeddings fp16")
-    ap.add_argument("--index", "-i", required=True, type=Path)
-    ap.add_argument("--work", required=True, type=Path, help="a scratch folder (the 100,000-photo store goes here)")
+    ap.add_argument("--bench", type=Path)
+    ap.add_argument("--scan", type=Path, help="the bench scanned with --no-verify --keep-embeddings fp16")
+    ap.add_argument("--index", "-i", type=Path)
+    ap.add_argument("--work", type=Path, help="a scratch folder (the 100,000-photo store goes here)")
+    ap.add_argument("--quick", action="store_true", help="a synthetic dump and a random model, 500 stored photos: the script runs")
     ap.add_argument("--photos", type=int, default=100_000)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "feedback.md")
     ap.add_argument("--skip", nargs="*", default=[], choices=["feedback", "rematch", "bytes"])
     args = ap.parse_args()
-    truth = read_truth(args.bench / "truth.csv")
+    if args.quick:
+        import tempfile
+
+        args.work = Path(tempfile.mkdtemp(prefix="bench-feedback-"))
+        truth, args.scan, args.index = quick_world(args.work)
+        args.photos, args.out = 500, args.work / "feedback.md"
+    elif not (args.bench and args.scan and args.index and args.work):
+        ap.error("give --bench, --scan, --index and --work (or --quick)")
+    else:
+        truth = read_truth(args.bench / "truth.csv")
     summary = read_summary(args.scan)
     index = MarkIndex.load(args.index)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -289,6 +327,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "bench_feedback.json").write_text(json.dumps(record, indent=2, default=str))
     args.out.write_text("\n".join(doc) + "\n")
+    if args.quick:
+        shutil.rmtree(args.work, ignore_errors=True)
 
 
 if __name__ == "__main__":
