@@ -16,6 +16,7 @@ import numpy as np
 
 from markguard.errors import MarkguardError
 from markguard.infer.index.store import writes_index
+from markguard.infer.index.store import writes_index
 
 FORMAT = "markguard-decisions/1"
 DECISIONS = ("confirm", "reject", "other")
@@ -332,6 +333,7 @@ def _regions_by_embedding(dump: str, wanted: set[tuple[str, str | None]], index_
 
 
 @writes_index("index_path")  # the whole read-modify-write: an `index add` meanwhile must not be undone
+@writes_index("index_path")  # the whole load-change-save under the index's writer lock, as `index add|remove`
 def apply_feedback(decisions_path: str | Path, index_path: str | Path, *, scan: str | Path | None = None,
                    dump: str | None = None, skip_unknown: bool = False, model: str | Path | None = None,
                    device: str = "cpu", rule: Rule | None = None) -> dict:
@@ -428,6 +430,7 @@ def apply_feedback(decisions_path: str | Path, index_path: str | Path, *, scan: 
     return summary
 
 
+@writes_index("index_path")
 @writes_index("index_path")
 def undo_feedback(index_path: str | Path, round_id: str) -> dict:
     """Remove one round's negatives and labels, in one atomic save; returns what was removed."""
