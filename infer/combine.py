@@ -113,9 +113,10 @@ class Combiner:
         return p
 
     def score_matches(self, matches: list) -> None:
-        """Set each ``results.Match``'s probability from its evidence, read as results.jsonl holds it (so a combiner
-        fitted on a scan's results sees at scan time exactly the numbers it was fitted on)."""
-        cands = [candidate_from_json(m.to_json()) for m in matches]
+        """Set each match's probability from its evidence: a scan's ``Candidate`` as it is (each signal's encoder rounds its
+        numbers as results.jsonl holds them, so a combiner fitted on a scan's results sees at scan time exactly the numbers
+        it was fitted on), a ``results.Match`` read back as results.jsonl holds it."""
+        cands = [m if isinstance(m, Candidate) else candidate_from_json(m.to_json()) for m in matches]
         for m, p in zip(matches, self.probabilities(cands)):
             m.probability = float(p)
 

@@ -168,13 +168,12 @@ def test_where_photo_reads_the_whole_photo_and_unknown_places_are_refused():
 def test_a_scan_with_ocr_puts_each_matchs_evidence_in_its_row(tmp_path, monkeypatch):
     import json
 
-    from markguard.infer import pipeline
     from markguard.infer.scan import ScanOptions, run_scan
     from test_scan import make_world
 
     world = make_world(tmp_path / "world", listings=6)
     engine = FakeEngine([[None, "BRAND0O1", 0.9]])  # the synthetic gallery's display names are "Brand000", ...
-    monkeypatch.setitem(pipeline._READERS, 1.0, OcrReader(OcrConfig(budget=1.0), engine=engine))
+    monkeypatch.setattr(OcrReader, "engine", lambda self: engine)  # the reader the scan plan makes reads with it
     # one mark a region: many photos' matches lack brand001, which the text then names on its own
     opts = ScanOptions(batch_size=4, workers=0, device="cpu", flag=-1.0, review=-1.0, ocr=True, ocr_budget=1.0, k=1, max_matches=10,
                        verify=False)  # the score stays the similarity

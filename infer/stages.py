@@ -1,0 +1,200 @@
+"""The stages a batch goes through, each built once from the scan plan (infer/plan.py) with its settings resolved.
+
+A stage is a callable on a :class:`BatchWork` (the batch in flight) with a ``name`` its time is kept under
+(None: it keeps its own times) and ``per_index`` (it works on one index's share, skipped when no photo of
+the batch decoded). An evidence signal's producer is a stage too (infer/evidence.py ``Signal.producer``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from markguard.infer.decode import Batch, ModelInput, finish_decode, model_input
+from markguard.infer.embed import RegionEmbeddings, feature_maps, region_vectors
+from markguard.infer.evidence import Candidate
+from markguard.infer.options import StageTimes
+from markguard.infer.regions import Regions, find_regions
+
+
+@dataclass
+class IndexWork:
+    """One index's share of a batch in flight."""
+
+    inp: ModelInput | None = None
+    fmap: torch.Tensor | None = None
+    emb: RegionEmbeddings | None = None
+    photo_boxes: list[np.ndarray] | None = None
+    found: list[list[Candidate]] = field(default_factory=list)  # per decoded photo, best first
+
+
+@dataclass
+class BatchWork:
+    """A decoded batch on its way through the stages, and what they have found so far."""
+
+    batch: Batch
+    times: StageTimes
+    index: list[IndexWork]
+    per_photo: list[list[Candidate]] | None = None  # every index's candidates a photo, gathered after the per-index stages
+    rows: list | None = None
+
+    def photos(self) -> list[list[Candidate]]:
+        """Each decoded photo's candidates from every index, in the indexes' order."""
+        if self.per_photo is None:
+            self.per_photo = [[c for iw in self.index if iw.found for c in iw.found[i]] for i in range(len(self.batch.ok))]
+        return self.per_photo
+
+
+@dataclass
+class DeviceDecode:
+    """JPEGs the decode workers left for the model's device (nvJPEG on a GPU), decoded in one call."""
+
+    size: int
+    device: str
+    hires: int
+    name: str = "decode"
+    per_index: bool = False
+
+    @classmethod
+    def plan(cls, plan) -> DeviceDecode:
+        return cls(plan.size, plan.opts.device, plan.hires)
+
+    def __call__(self, work: BatchWork) -> None:
+        if work.batch.pending:
+            finish_decode(work.batch, size=self.size, device=self.device, hires=self.hires)
+
+
+def first_look(sp, inp: ModelInput, *, device: str, precision: str, times: StageTimes | None = None
+               ) -> tuple[torch.Tensor | None, Regions, RegionEmbeddings]:
+    """One model's first look at a batch: one backbone pass, the regions (``sp.regions``: its resolved scales and
+    overlap), and their vectors. A multi-scale first look replaces this function's body, not its callers."""
+    t = time.perf_counter()
+    fmap = None
+    if sp.mode.value.embed == "pool":  # one backbone pass; the regions are pooled from it
+        fmap = feature_maps(sp.model, inp.x, device=device, precision=precision)
+        t = times.add("embed", t) if times else t
+    regions = find_regions(sp.mode, sp.model, sp.regions, inp, fmap)
+    t = times.add("regions", t) if times else t
+    emb = region_vectors(sp.mode.value, sp.model, sp.prep.input_size, inp.x, regions.boxes, fmap, device=device, precision=precision)
+    if times:
+        times.add("embed", t)
+    return fmap, regions, emb
+
+
+@dataclass
+class FirstLook:
+    """The batch as this index's model sees it (its normalisation and scan size), then its first look."""
+
+    sp: object  # plan.SearcherPlan
+    device: str
+    precision: str
+    name: None = None  # times its parts: decode (the model's input), embed, regions
+    per_index: bool = True
+
+    @classmethod
+    def plan(cls, plan, sp) -> FirstLook:
+        return cls(sp, plan.opts.device, plan.opts.precision)
+
+    def __call__(self, work: BatchWork) -> None:
+        t = time.perf_counter()
+        iw = work.index[self.sp.pos]
+        iw.inp = model_input(work.batch, self.sp.prep)
+        work.times.add("decode", t)
+        iw.fmap, regions, iw.emb = first_look(self.sp, iw.inp, device=self.device, precision=self.precision, times=work.times)
+        iw.photo_boxes = regions.photo_boxes
+
+
+@dataclass
+class SecondLook:
+    """The best proposals cropped from the high-resolution copy and embedded again (infer/looks.py)."""
+
+    sp: object
+    device: str
+    precision: str
+    name: str = "look"
+    per_index: bool = True
+
+    @classmethod
+    def plan(cls, plan, sp) -> SecondLook:
+        return cls(sp, plan.opts.device, plan.opts.precision)
+
+    def __call__(self, work: BatchWork) -> None:
+        from markguard.infer.looks import second_look, with_looks
+
+        iw = work.index[self.sp.pos]
+        extra = second_look(self.sp.model, self.sp.prep, work.batch, iw.inp, iw.fmap, self.sp.looks, device=self.device,
+                            precision=self.precision)
+        iw.emb, iw.photo_boxes = with_looks(iw.emb, iw.photo_boxes, extra)
+
+
+@dataclass
+class Search:
+    """Every region of the batch against this index in one query: each photo's candidates, best first."""
+
+    sp: object
+    k: int
+    max_matches: int
+    name: str = "search"
+    per_index: bool = True
+
+    @classmethod
+    def plan(cls, plan, sp) -> Search:
+        return cls(sp, plan.opts.k, plan.opts.max_matches)
+
+    def __call__(self, work: BatchWork) -> None:
+        from markguard.infer.search import search_batch
+
+        iw, s = work.index[self.sp.pos], self.sp.searcher
+        iw.found = search_batch(s.index, iw.emb.vectors.float().cpu().numpy(), iw.emb.counts, iw.photo_boxes, k=self.k,
+                                max_matches=self.max_matches, index_name=s.name or None, bias=s.bias)
+
+
+@dataclass
+class TextStage:
+    """The text signal's producer: the gated photos' best regions read (infer/ocr.py) and matched to the brands' names."""
+
+    reader: object  # infer.ocr.OcrReader: one engine, loaded on the first read
+    lexicon: object  # infer.textmatch.Lexicon of every index's brands
+    name: str = "evidence"
+    per_index: bool = False
+
+    @classmethod
+    def plan(cls, plan, sp=None) -> TextStage:
+        from markguard.infer.ocr import OcrReader
+        from markguard.infer.textmatch import Lexicon
+
+        brands = {b: m for p in plan.searchers for b, m in p.searcher.brands.items()}
+        return cls(OcrReader(plan.ocr), Lexicon.from_brands(brands))
+
+    def __call__(self, work: BatchWork) -> None:
+        from markguard.infer.evidence import collect
+        from markguard.infer.ocr import OriginalPhotos
+
+        batch = work.batch
+        photos = OriginalPhotos([batch.items[pos] for pos in batch.ok])
+        # candidates keep the matches' order, then come those only the text found (a brand it names that no region
+        # matched): a candidate of its own, with no mark and no similarity (score 0), that a combiner with the text
+        # signal can flag; decided on similarity alone, it stays below any usual threshold
+        work.per_photo = collect(photos, work.photos(), lexicon=self.lexicon, reader=self.reader, read_unmatched=False)
+
+
+@dataclass
+class Decide:
+    """Each photo's status from its candidates (infer/decide.py), as the batch's rows in input order."""
+
+    policy: object
+    max_matches: int
+    name: str = "decide"
+    per_index: bool = False
+
+    @classmethod
+    def plan(cls, plan) -> Decide:
+        return cls(plan.policy, plan.opts.max_matches)
+
+    def __call__(self, work: BatchWork) -> None:
+        from markguard.infer.decide import decide_rows
+
+        work.rows = decide_rows(work.batch, work.photos(), self.policy, self.max_matches)
