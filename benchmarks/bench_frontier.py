@@ -3,7 +3,9 @@
 Each setting is a ``markguard scan`` of the same listings with the same model, as a user runs it
 (a subprocess; thresholds at -1 so every row names its best match; the benchmark sets its own
 threshold at FPR 1% of the negatives), scored by ``train/realeval.score_bench``: per tier TPR at
-FPR 1%, right brand, box IoU >= 0.5 among correctly named marks, ROC AUC, and the scan's images/s.
+FPR 1%, right brand, box IoU >= 0.5 among correctly named marks, ROC AUC, and the scan's images/s;
+then per size band of the mark TPR / right brand of plain copies and of every positive, FPR of
+unregistered marks, each setting at its own threshold (``realeval.band_table``).
 Beside each, the model-only bound: images/s of the model's forward passes alone for that setting
 (the first look at the scan size plus the second looks' crops at the input size, random pixels, the
 same threads), which decode, search and writing must not pull the scan far below.
@@ -34,7 +36,7 @@ from bench_real import markguard, open_bench, run_sift  # noqa: E402
 
 from markguard.checkpoint import CARD, load_checkpoint, resolve_model_dir  # noqa: E402
 from markguard.datasets.realbench import TIERS  # noqa: E402
-from markguard.train.realeval import score_bench  # noqa: E402
+from markguard.train.realeval import band_table, score_bench  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[int, int]:
@@ -162,6 +164,8 @@ def main() -> None:
           + (f", index --bank {args.bank}" if args.bank else ""))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print("\n".join(table(results)))
+    scores = [r["score"] for r in results.values()]
+    print("\n".join(band_table(scores[0], list(results), scores[1:])))
     for name, r in results.items():
         if "at_any_score" in r:
             print(f"# {name}, without a threshold (right brand / median best score): "

@@ -5,7 +5,9 @@ listings, as a user runs them (subprocesses, the model card's region settings; t
 that every row names its best match: the benchmark sets its own threshold, at FPR 1% of the
 negatives); (b) the SIFT + RANSAC matcher of ``train/baseline.py`` on the same photos. Both are
 scored by ``train/realeval.score_bench``: per tier TPR at FPR 1%, right brand, box IoU >= 0.5 among
-correctly named marks; ROC AUC, the hub figure and images/s.
+correctly named marks; ROC AUC, the hub figure and images/s; then per size band of the mark (its box
+long side over the photo's short side) TPR at the same threshold and right brand of plain copies and of
+every positive, and the FPR of unregistered marks (a bench built before size bands has no band table).
 
     markguard data realbench --marks devicon-2.17.0.tgz --cross simple-icons-16.37.0.tgz --photos PHOTOS --out BENCH
     python benchmarks/bench_real.py --bench BENCH [--model RUN ...] [--out DIR] [--every 2]
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from markguard.datasets.realbench import TIERS
 from markguard.train.baseline import SiftConfig, sift_scan
-from markguard.train.realeval import score_bench
+from markguard.train.realeval import band_table, score_bench
 
 
 def markguard(*args: str) -> None:
@@ -142,6 +144,8 @@ def main() -> None:
           f"listings per tier {info.get('listings_per_tier')}" + (f", every {args.every}th scored" if args.every > 1 else ""))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print("\n".join(table(results)))
+    runs = [r for r, _ in results.values()]
+    print("\n".join(band_table(runs[0], list(results), runs[1:])))
     (out / "bench_real.json").write_text(json.dumps({"bench": str(bench), "listings_per_tier": info.get("listings_per_tier"),
                                                       "results": {n: {**r, "images_per_s": round(rate, 2)} for n, (r, rate) in results.items()}}, indent=2))
     print(f"# -> {out / 'bench_real.json'}" if args.out else "")

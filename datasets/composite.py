@@ -1,7 +1,13 @@
 """Training samples made on the fly: a mark as its clean reference, pasted into a listing-like photo, or background.
 
 Every sample carries one box: the model pools that region from its feature map, exactly as a
-scan does, so a pasted mark learns to land next to its clean reference.
+scan does, so a pasted mark learns to land next to its clean reference. The clean reference is
+rendered by ``render_reference``, the function index building embeds references with
+(``infer/embed.embed_references``), and pooled from its tight box as there.
+
+Pasted marks cover every size a scan meets (issue 20): from ``scale[0]`` to ``scale[1]`` of the
+crop's short side, the mark alone edge to edge (``p_fill``), a close-up cut by the crop's border
+(``p_cut``), and other marks beside it in the same photo (``p_multi``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ class CompositeConfig:
     p_recolour: float = 0.0  # share of pasted marks recoloured (datasets/colour.py): the design, not the paint, is the mark
     p_negative: float = 0.0  # share of background samples showing something mark-like that is no registered mark
     p_photo: float = 1.0  # share of backgrounds from the photo folders, when given (the rest procedural)
+    p_fill: float = 0.0  # share of pasted marks shown alone, edge to edge (a print on a T-shirt, a badge's close-up)
+    p_cut: float = 0.0  # share of pasted marks larger than the crop or at its edge, cut by its border
+    p_multi: float = 0.0  # share of pasted marks with one or two other marks beside them in the photo
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -72,20 +81,52 @@ class CompositeDataset(Dataset):
         elif rng.random() < self.cfg.p_clean:
             img, box = render_reference(self.marks[label], S)
         else:
-            img = self.backgrounds.sample(S, S, rng)
             mark = self.marks[label]
             if rng.random() < self.cfg.p_recolour:
                 mark = recolour(mark, rng)
             if rng.random() < 0.05:  # mild near-match: counterfeits are rarely pixel-exact
                 mark = near_match(mark, "occluded", rng)
-            box = paste_mark(img, mark, rng, scale=float(rng.uniform(*self.cfg.scale)), strength=self.cfg.strength)
+            img, box, kind = self._paste(mark, label, rng)
             if box is None:
                 img, box = render_reference(self.marks[label], S)
-            elif rng.random() < self.cfg.loose_boxes:
+            elif kind != "fill" and rng.random() < self.cfg.loose_boxes:
                 box = loosen(box, S, rng)
             if rng.random() < 0.5:
                 img = jpeg_roundtrip(img, int(rng.integers(40, 95)))
         return to_tensor(img, self.cfg.mean, self.cfg.std), torch.tensor(box, dtype=torch.float32), label
+
+    def _paste(self, mark: Image.Image, label: int, rng: np.random.Generator):
+        """The mark pasted into a photo one of three ways: (image, box or None, kind)."""
+        S, cfg = self.cfg.size, self.cfg
+        u = rng.random()
+        if u < cfg.p_fill:  # the mark alone, edge to edge: on white, on a flat label colour or on a photo
+            v = rng.random()
+            if v < 0.35:
+                img = Image.new("RGB", (S, S), (255, 255, 255))
+            elif v < 0.65:
+                img = Image.new("RGB", (S, S), tuple(int(c) for c in rng.integers(0, 256, size=3)))
+            else:
+                img = self.backgrounds.sample(S, S, rng)
+            box = paste_mark(img, mark, rng, scale=float(rng.uniform(0.9, 1.0)), strength=0.3 * cfg.strength)
+            return img, box, "fill"
+        img = self.backgrounds.sample(S, S, rng)
+        if u < cfg.p_fill + cfg.p_cut:  # a close-up: the crop's border cuts the mark
+            box = paste_mark(img, mark, rng, scale=float(rng.uniform(0.6, 1.5)), strength=0.5 * cfg.strength, cut=0.35)
+            if box is not None and min(box[2] - box[0], box[3] - box[1]) < max(4, S // 16):
+                box = None
+            return img, box, "cut"
+        box = paste_mark(img, mark, rng, scale=float(rng.uniform(*cfg.scale)), strength=cfg.strength)
+        if box is not None and rng.random() < cfg.p_multi and len(self.marks) > 1:  # other marks beside it
+            occupied = [box]
+            for _ in range(int(rng.integers(1, 3))):
+                other = int(rng.integers(0, len(self.marks) - 1))
+                other += other >= label  # any mark but this one
+                placed = paste_mark(img, self.marks[other], rng, scale=float(rng.uniform(0.1, 0.45)),
+                                    occupied=occupied, strength=cfg.strength)
+                if placed is not None:
+                    occupied.append(placed)
+            return img, box, "multi"
+        return img, box, "paste"
 
     def _paste_negative(self, img: Image.Image, box, rng: np.random.Generator):
         """A hard negative in the background region: a generic shape or plain text, which no brand owns."""

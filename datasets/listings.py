@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from markguard.datasets.tables import csv_rows, jsonl_lines
 from markguard.errors import DecodeError, MarkguardError
-from markguard.fsio import real_under
+from markguard.fsio import printable, real_under
 
 if TYPE_CHECKING:
     from markguard.datasets.decode import DecodedImage
@@ -108,6 +108,9 @@ def _regular_file_error(path: str) -> str | None:
 # --- directory ---------------------------------------------------------------------------------------
 
 
+NOT_UTF8 = "file name is not valid UTF-8; rename it to scan it"
+
+
 def _hidden(name: str) -> bool:
     # dotfiles are tool droppings (.DS_Store, macOS ._x.jpg resource forks), never listing photos
     return name.startswith(".")
@@ -127,7 +130,7 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, str | None]]:
             e = failures.pop(0)
             p = Path(e.filename) if e.filename else root
             rel = p.relative_to(root).as_posix() if p != root else "."
-            yield rel, p, f"cannot list folder ({e.strerror})"
+            yield printable(rel), p, f"cannot list folder ({e.strerror})"
 
     # os.walk never descends symlinked folders (followlinks=False): one inside the root
     # would repeat photos reachable by their real path, one outside must not be read.
@@ -139,7 +142,9 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, str | None]]:
             if _hidden(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             p = here / name
-            yield p.relative_to(root).as_posix(), p, None
+            rel = p.relative_to(root).as_posix()
+            # a name that is not UTF-8 cannot be written into results.jsonl: its row is an error, shown with \xNN escapes
+            yield (rel, p, None) if printable(rel) == rel else (printable(rel), p, NOT_UTF8)
         for name in dirnames:
             p = here / name
             if p.is_symlink() and real_under(root_real, p) is None:
@@ -346,6 +351,8 @@ def _tar_members(path: Path, read: bool, max_bytes: int) -> Iterator[tuple[str, 
             if m.isdir() or _hidden(m.name.rpartition("/")[2]):
                 continue
             refusal = _member_refusal(m, max_bytes)
+            if printable(m.name) != m.name:  # tarfile keeps bytes that are not UTF-8 as surrogate escapes
+                m.name, refusal = printable(m.name), refusal or "member name is not valid UTF-8; rename it to scan it"
             _, ext = _split_member(m.name)
             data = None
             if read and refusal is None:
@@ -394,7 +401,7 @@ def _sample_items(shard_name: str, key: str, members: list, read: bool) -> Itera
 
 
 def _iter_shard(path: Path, read: bool, max_bytes: int) -> Iterator[ListingItem]:
-    name = path.name
+    name = printable(path.name)
     members: list = []
     key = None
     try:

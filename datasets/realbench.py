@@ -5,13 +5,16 @@ chosen for the gallery are registered with their "original" artwork; other devic
 *unregistered* marks a scan must not flag. The *cross* tier draws a registered brand by different
 artwork: its Simple Icons glyph in the brand colour. Photos are real photographs (Debian photo and
 wallpaper packages that training does not use). Each listing is one crop of one photo at a listing's
-size with at most one mark, and ``truth.csv`` says which tier, brand and box it shows.
+size with at most one mark, and ``truth.csv`` says which tier, brand and box it shows, and the mark's
+size: its box's long side as a share of the photo's short side, and the size band that falls in
+(0.05-0.15, 0.15-0.25, ..., 0.85-0.95). Marks are pasted from 5% (the small tier) to 95% (the large
+tier: plain copies of at least 60%) of the short side, so that a scan is measured on every size.
 
 Layout written by :func:`build_realbench`::
 
     OUT/gallery/<brand>/<brand>-original.png   + brands.yaml   (the registered marks)
     OUT/listings/<listing_id>.jpg + manifest.csv                (the dump to scan)
-    OUT/truth.csv                                               (listing_id, tier, brand, mark, variant, x0, y0, x1, y1, photo)
+    OUT/truth.csv                                               (listing_id, tier, brand, mark, variant, x0, y0, x1, y1, photo, size, band)
     OUT/bench.json                                              (config, sources, counts per tier, brands)
 """
 
@@ -37,13 +40,21 @@ from markguard.datasets.simple_icons import _near_white, read_icons, render_icon
 from markguard.datasets.synth import NEAR_MATCHES, near_match, paste_mark, procedural_background
 from markguard.errors import DecodeError, MarkguardError
 
-TIERS = ("copy", "small", "near", "cross", "unregistered", "none")
-POSITIVE_TIERS = ("copy", "small", "near", "cross")  # show a registered brand
+# "large" was added after the others (issue 20): appended, so that every older tier keeps its seeds
+TIERS = ("copy", "small", "near", "cross", "unregistered", "none", "large")
+POSITIVE_TIERS = ("copy", "small", "near", "cross", "large")  # show a registered brand
 NEGATIVE_TIERS = ("unregistered", "none")
-# listings per tier for every 33 asked for: 1,650 gives copy 300, small 250, near 300, cross 250, unregistered 250, none 300
-TIER_SHARES = {"copy": 6, "small": 5, "near": 6, "cross": 5, "unregistered": 5, "none": 6}
+COPY_TIERS = ("copy", "small", "large")  # the registered artwork itself, at three ranges of size
+# listings per tier for every 39 asked for: 1,950 gives copy 300, small 250, near 300, cross 250, unregistered 250, none 300, large 300
+TIER_SHARES = {"copy": 6, "small": 5, "near": 6, "cross": 5, "unregistered": 5, "none": 6, "large": 6}
 SMALL_MAX = 0.15  # "small": the mark's box long side under this share of the photo's short side
-TRUTH_COLUMNS = ("listing_id", "tier", "brand", "mark", "variant", "x0", "y0", "x1", "y1", "photo")
+LARGE_MIN = 0.6  # "large": at least this share
+MAX_SIZE = 0.95  # no mark's box long side reaches beyond this share of the short side
+# size bands of a mark (its box long side over the photo's short side), as reports tabulate them
+BAND_EDGES = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.95)
+BANDS = tuple(f"{a:.2f}-{b:.2f}" for a, b in zip(BAND_EDGES, BAND_EDGES[1:]))
+TRUTH_COLUMNS = ("listing_id", "tier", "brand", "mark", "variant", "x0", "y0", "x1", "y1", "photo", "size", "band")
+REQUIRED_TRUTH_COLUMNS = TRUTH_COLUMNS[:10]  # a bench built before size bands has no size/band columns
 
 # Reserved for an independent evaluation: never build a bench (or train) from these.
 RESERVED_NPM = ("@iconify-json/logos", "super-tiny-icons", "@fortawesome/free-brands-svg-icons")
@@ -225,16 +236,25 @@ def _run(cmd: list[str], what: str, timeout: float, cwd: Path | None = None, hin
 
 # --------------------------------------------------------------------------- the benchmark
 
+# What bench.json says changed since the bench of 1,650 listings (issue 20), so that old and new figures are read side by side.
+CHANGES = ("issue 20: marks from 5% to 95% of the short side, and truth records each mark's size and size band. "
+           "A large tier (plain copies, 60-95%) is added after the others; every older tier keeps its listing count, seeds, "
+           "photos, crops and brands (1,950 listings give the old 1,650's counts plus 300 large), but with wider sizes: "
+           "copy 0.20-0.60 -> 0.15-0.60, small 0.08-0.135 -> 0.05-0.15, near/cross/unregistered 0.20-0.60 -> 0.15-0.95; "
+           "a paste whose box leaves its range is redone a little smaller or larger (was: only small ones, 15% smaller).")
+
 @dataclass
 class BenchConfig:
     """What :func:`build_realbench` writes."""
 
     brands: int = 300  # registered brands (the gallery)
-    listings: int = 1650  # split over the tiers by TIER_SHARES
+    listings: int = 1950  # split over the tiers by TIER_SHARES
     seed: int = 0
     long_side: tuple[int, int] = (640, 1024)  # a listing photo's long side, pixels
-    scale: tuple[float, float] = (0.2, 0.6)  # copy / near / cross / unregistered: mark long side over the short side
-    small_scale: tuple[float, float] = (0.08, 0.135)  # the small tier (its box stays under SMALL_MAX)
+    scale: tuple[float, float] = (0.15, 0.6)  # copy: mark long side over the short side
+    wide_scale: tuple[float, float] = (0.15, 0.95)  # near / cross / unregistered: every size but the small tier's
+    small_scale: tuple[float, float] = (0.05, 0.15)  # the small tier (its box stays under SMALL_MAX)
+    large_scale: tuple[float, float] = (LARGE_MIN, MAX_SIZE)  # the large tier (its box at LARGE_MIN or more)
     strength: float = 0.5  # paste_mark's rotation/perspective/bend/blur: mild
     jpeg_quality: tuple[int, int] = (70, 93)
     mark_side: int = 512  # marks are rendered this wide before pasting (pasting scales them down)
@@ -256,10 +276,24 @@ class TruthRow:
     variant: str  # exact | a near-match variant | simple-icons
     box: tuple[int, int, int, int] | None
     photo: str
+    size: float | None = None  # the box's long side over the photo's short side (None: no mark, or an older bench)
+
+    @property
+    def band(self) -> str | None:
+        return size_band(self.size)
 
     def csv_row(self) -> list:
         box = list(self.box) if self.box else ["", "", "", ""]
-        return [self.listing_id, self.tier, self.brand, self.mark, self.variant, *box, self.photo]
+        size = "" if self.size is None else f"{self.size:.4f}"
+        return [self.listing_id, self.tier, self.brand, self.mark, self.variant, *box, self.photo, size, self.band or ""]
+
+
+def size_band(size: float | None) -> str | None:
+    """The band of BANDS a mark's relative size falls in; sizes beyond the edges count in the first or last band."""
+    if size is None:
+        return None
+    i = int(np.searchsorted(BAND_EDGES, size, side="right")) - 1
+    return BANDS[min(max(i, 0), len(BANDS) - 1)]
 
 
 def read_truth(path: str | Path) -> dict[str, TruthRow]:
@@ -270,7 +304,7 @@ def read_truth(path: str | Path) -> dict[str, TruthRow]:
     out = {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in TRUTH_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_TRUTH_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise MarkguardError(f"{path}: missing column(s) {', '.join(missing)}; rebuild the bench with `markguard data realbench`")
         for line, r in enumerate(reader, start=2):
@@ -284,7 +318,11 @@ def read_truth(path: str | Path) -> dict[str, TruthRow]:
                 raise MarkguardError(f"{path}:{line}: tier {r['tier']} {'has' if box else 'needs'} a box")
             if r["listing_id"] in out:
                 raise MarkguardError(f"{path}:{line}: listing {r['listing_id']!r} appears twice")
-            out[r["listing_id"]] = TruthRow(r["listing_id"], r["tier"], r["brand"], r["mark"], r["variant"], box, r["photo"])
+            try:
+                size = float(r["size"]) if r.get("size") else None
+            except ValueError:
+                raise MarkguardError(f"{path}:{line}: size {r['size']!r} is not a number") from None
+            out[r["listing_id"]] = TruthRow(r["listing_id"], r["tier"], r["brand"], r["mark"], r["variant"], box, r["photo"], size)
     return out
 
 
@@ -303,15 +341,20 @@ def _crop_photo(photo: Image.Image, rng: np.random.Generator, long_side: tuple[i
 
 
 def _paste(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, scale: tuple[float, float], strength: float,
-           max_rel: float | None = None) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """``mark`` pasted into a copy of ``bg``; with ``max_rel``, shrunk until its box's long side is under that share of the short side."""
+           max_rel: float = MAX_SIZE, min_rel: float = 0.0) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """``mark`` pasted into a copy of ``bg``, its box's long side in [min_rel, max_rel) of the short side: rotation and
+    perspective can make the box larger than the drawn scale, so a paste outside the range is redone a little smaller or larger."""
     s = float(rng.uniform(*scale))
     for _ in range(12):
         img = bg.copy()
         box = paste_mark(img, mark, rng, scale=s, strength=strength)
-        if box is not None and (max_rel is None or max(box[2] - box[0], box[3] - box[1]) < max_rel * min(img.size)):
+        if box is None:
+            s *= 0.85
+            continue
+        rel = max(box[2] - box[0], box[3] - box[1]) / min(img.size)
+        if min_rel <= rel < max_rel:
             return img, box
-        s *= 0.85
+        s *= 0.97 * max_rel / rel if rel >= max_rel else 1.03 * min_rel / rel
     raise MarkguardError(f"could not paste a mark at scale {scale} into a {bg.size[0]}x{bg.size[1]} photo")
 
 
@@ -420,7 +463,8 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
 
     listings = out_dir / "listings"
     listings.mkdir(parents=True)
-    pools = {"copy": gallery_brands, "small": gallery_brands, "near": gallery_brands, "cross": cross_brands, "unregistered": unregistered}
+    pools = {"copy": gallery_brands, "small": gallery_brands, "near": gallery_brands, "cross": cross_brands, "unregistered": unregistered,
+             "large": gallery_brands}  # (a new tier goes last: the others' seeds depend on their position)
     cycles = {t: [p[i] for i in np.random.default_rng((cfg.seed, 1, ti)).permutation(len(p))] for ti, (t, p) in enumerate(pools.items())}
     jobs = [(t, k) for t in TIERS for k in range(counts[t])]
     truth: list[TruthRow] = []
@@ -441,18 +485,22 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
             brand = cycles[tier][k % len(cycles[tier])]
             mark_id = f"{brand}-original"
             mark = rendered[brand]
-            scale = cfg.scale
+            scale, lo, hi = cfg.wide_scale, 0.0, MAX_SIZE
             if tier == "near":
                 variant = NEAR_MATCHES[k % len(NEAR_MATCHES)]
                 mark = near_match(mark, variant, r)
             elif tier == "cross":
                 variant, mark_id, mark = "simple-icons", f"{brand}-simple-icons", cross[brand]
             elif tier == "small":
-                scale = cfg.small_scale
-            img, box = _paste(bg, mark, r, scale, cfg.strength * (0.6 if tier == "small" else 1.0),
-                              SMALL_MAX if tier == "small" else None)
+                scale, hi = cfg.small_scale, SMALL_MAX
+            elif tier == "copy":
+                scale = cfg.scale
+            elif tier == "large":
+                scale, lo = cfg.large_scale, LARGE_MIN
+            img, box = _paste(bg, mark, r, scale, cfg.strength * (0.6 if tier == "small" else 1.0), hi, lo)
         img.save(listings / f"{lid}.jpg", quality=int(r.integers(*cfg.jpeg_quality)))
-        truth.append(TruthRow(lid, tier, brand, mark_id, variant if tier != "none" else "", box, name))
+        size = max(box[2] - box[0], box[3] - box[1]) / min(img.size) if box else None
+        truth.append(TruthRow(lid, tier, brand, mark_id, variant if tier != "none" else "", box, name, size))
 
     with open(listings / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -465,6 +513,8 @@ def build_realbench(marks_dir: str | Path, photo_dirs: list[str | Path], out_dir
     info = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "listings_per_tier": counts,
+        "listings_per_band": {b: sum(t.band == b for t in truth) for b in BANDS},
+        "changes": CHANGES,
         "sources": {"marks": {"package": "devicon", "version": package_version(marks_dir), "licence": "MIT"},
                     "cross": {"package": "simple-icons", "version": package_version(cross_dir) if cross_dir else None, "licence": "CC0-1.0"},
                     "photos": sorted({p for p, _ in photos})},

@@ -11,8 +11,9 @@ import yaml
 from PIL import Image
 
 from markguard.datasets.decode import composite, load_mark
+from markguard.config import yaml_error
 from markguard.errors import DecodeError, MarkguardError
-from markguard.fsio import real_under
+from markguard.fsio import atomic_write_text, excerpt, printable, real_under
 
 MARK_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".svg"}
 
@@ -46,6 +47,7 @@ class Brand:
 class Gallery:
     root: Path
     brands: dict[str, Brand]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (path, why): names that cannot become a brand or mark id
 
     @property
     def marks(self) -> list[MarkRef]:
@@ -60,7 +62,7 @@ def _read_brands_yaml(path: Path) -> dict[str, dict]:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise MarkguardError(f"{path}: not valid YAML ({e}); see the brands.yaml format in DESIGN.md") from None
+        raise MarkguardError(yaml_error(path, e, "see the brands.yaml format in docs/contracts.md")) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("brands", {}), dict):
         raise MarkguardError(f"{path}: expected a mapping 'brands: {{<brand_id>: {{name: ...}}}}'")
     unknown = set(doc) - {"brands"}
@@ -76,11 +78,16 @@ def _read_brands_yaml(path: Path) -> dict[str, dict]:
                 raise MarkguardError(f"{path}: brands.{brand_id}.{key} is not a known key; allowed: {', '.join(sorted(BRAND_KEYS))}")
             # bool is an int to isinstance, but "threshold: yes" is a mistake, not a similarity
             if not isinstance(value, BRAND_KEYS[key]) or isinstance(value, bool):
-                raise MarkguardError(f"{path}: brands.{brand_id}.{key} has the wrong type ({type(value).__name__})")
+                raise MarkguardError(f"{path}: brands.{brand_id}.{key} has the wrong type ({type(value).__name__}: {excerpt(value)})")
         for key in TEXT_LISTS:
             for i, name in enumerate(entry.get(key) or []):
                 if not isinstance(name, str) or not name.strip():
-                    raise MarkguardError(f"{path}: brands.{brand_id}.{key}[{i}] must be a non-empty string, not {name!r}")
+                    raise MarkguardError(f"{path}: brands.{brand_id}.{key}[{i}] must be a non-empty string, not {excerpt(name)}")
+        for i, seller in enumerate(entry.get("authorized_sellers") or []):
+            # a seller id as a listing carries it: text, or a whole number YAML read as one; null is no seller
+            if isinstance(seller, bool) or not isinstance(seller, (str, int)) or (isinstance(seller, str) and not seller.strip()):
+                raise MarkguardError(f"{path}: brands.{brand_id}.authorized_sellers[{i}] must be a seller id (text or a whole "
+                                     f"number), not {excerpt(seller)}")
         threshold = entry.get("threshold")
         if threshold is not None and not -1.0 <= float(threshold) <= 1.0:
             raise MarkguardError(f"{path}: brands.{brand_id}.threshold={threshold} must be a similarity in [-1, 1]")
@@ -99,9 +106,8 @@ def merge_brand_names(root: str | Path, names: dict[str, str]) -> Path:
     brands = _read_brands_yaml(path) if path.exists() else {}
     for brand_id, name in names.items():
         brands.setdefault(brand_id, {}).setdefault("name", name)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump({"brands": brands}, allow_unicode=True, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)  # a reader never sees half a file
+    # through a file of our own and a rename: a reader never sees half a file, and a link is never written through
+    atomic_write_text(path, yaml.safe_dump({"brands": brands}, allow_unicode=True, sort_keys=True))
     return path
 
 
@@ -125,11 +131,15 @@ def split_brands(gallery: Gallery, holdout: int) -> tuple[list[MarkRef], list[st
 def _scan_gallery(root: Path) -> Gallery:
     """The gallery's brands and marks as found, with brands.yaml checked; empty brands are kept."""
     if not root.is_dir():
-        raise MarkguardError(f"{root}: gallery folder not found; give a folder with one sub-folder per brand (see DESIGN.md)")
+        raise MarkguardError(f"{root}: gallery folder not found; give a folder with one sub-folder per brand (see docs/contracts.md)")
     meta_path = root / "brands.yaml"
     meta = _read_brands_yaml(meta_path) if meta_path.exists() else {}
     brands: dict[str, Brand] = {}
+    skipped: list[tuple[Path, str]] = []
     for brand_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not _utf8(brand_dir.name):
+            skipped.append((brand_dir, NOT_UTF8))
+            continue
         entry = meta.get(brand_dir.name, {})
         brand = Brand(
             id=brand_dir.name,
@@ -141,12 +151,27 @@ def _scan_gallery(root: Path) -> Gallery:
         )
         for f in sorted(brand_dir.iterdir()):
             if f.is_file() and f.suffix.lower() in MARK_SUFFIXES:
-                brand.marks.append(MarkRef(brand.id, f.stem, f))
+                if _utf8(f.name):
+                    brand.marks.append(MarkRef(brand.id, f.stem, f))
+                else:
+                    skipped.append((f, NOT_UTF8))
         brands[brand.id] = brand
     for brand_id in meta:
         if brand_id not in brands:
             raise MarkguardError(f"{meta_path}: brand '{brand_id}' has no folder {root / brand_id}; add its marks or remove the entry")
-    return Gallery(root, brands)
+    return Gallery(root, brands, skipped)
+
+
+NOT_UTF8 = "name is not valid UTF-8, so it cannot be a brand or mark id; skipped (rename it)"
+
+
+def _utf8(name: str) -> bool:
+    """Whether a file name read from disk is text: one that is not holds surrogate escapes of its bytes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- gallery check
@@ -193,6 +218,7 @@ class GalleryReport:
     id_clashes: list[GalleryIssue] = field(default_factory=list)  # two files of one brand with the same mark id
     tiny: list[GalleryIssue] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # files in brand folders that are not mark images
+    skipped: list[GalleryIssue] = field(default_factory=list)  # names that are not UTF-8: not indexed, named
 
     @property
     def brands(self) -> int:
@@ -209,7 +235,7 @@ class GalleryReport:
 
     @property
     def warnings(self) -> int:
-        return len(self.tiny) + len(self.ignored)
+        return len(self.tiny) + len(self.ignored) + len(self.skipped)
 
     @property
     def ok(self) -> bool:
@@ -232,8 +258,9 @@ class GalleryReport:
         out += [f"error: {i.path}: {i.reason}" for i in self.blank + self.id_clashes]
         out += [f"warning: {i.path}: {i.reason}" for i in self.tiny]
         out += [f"warning: {p}: not a mark image ({', '.join(sorted(MARK_SUFFIXES))}); ignored" for p in self.ignored]
+        out += [f"warning: {i.path}: {i.reason}" for i in self.skipped]
         out.append(f"{self.errors} error(s), {self.warnings} warning(s)")
-        return out
+        return [printable(line) for line in out]  # a file name that is not UTF-8 must not stop the printing
 
 
 def dhash(gray: np.ndarray) -> int:
@@ -317,8 +344,9 @@ def check_gallery(root: str | Path, *, min_similarity: float = SAME_PICTURE, tin
     short side. A brands.yaml error raises as in ``load_gallery``.
     """
     root = Path(root)
-    brands = _scan_gallery(root).brands
-    report = GalleryReport(root, indexed={})
+    gallery = _scan_gallery(root)
+    brands = gallery.brands
+    report = GalleryReport(root, indexed={}, skipped=[GalleryIssue(p, why) for p, why in gallery.skipped])
     readable: list[MarkRef] = []
     hashes: list[tuple[int, int]] = []
     thumbs: list[np.ndarray] = []
@@ -326,7 +354,7 @@ def check_gallery(root: str | Path, *, min_similarity: float = SAME_PICTURE, tin
     for brand in brands.values():
         report.ignored += [
             f for f in sorted((root / brand.id).iterdir())
-            if f.is_file() and f.suffix.lower() not in MARK_SUFFIXES and not f.name.startswith(".")
+            if f.is_file() and f.suffix.lower() not in MARK_SUFFIXES and not f.name.startswith(".") and _utf8(f.name)
         ]
         count = 0
         seen: dict[str, Path] = {}

@@ -402,11 +402,14 @@ def bend(img: Image.Image, amount: float, strips: int = 8) -> Image.Image:
 
 
 def paste_mark(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, *, scale: float,
-               occupied: list[tuple[int, int, int, int]] | None = None, strength: float = 1.0) -> tuple[int, int, int, int] | None:
+               occupied: list[tuple[int, int, int, int]] | None = None, strength: float = 1.0,
+               cut: float = 0.0) -> tuple[int, int, int, int] | None:
     """Paste ``mark`` into ``bg`` in place: ``scale`` is its long side over bg's short side.
 
     Applies rotation, perspective, mild bending, shading and blur (``strength`` 0..1 scales them); returns the
-    box of the pasted pixels, or None when no free spot was found.
+    box of the pasted pixels, or None when no free spot was found. With ``cut`` > 0 the mark may be larger
+    than ``bg`` and is placed so that up to that share of its width and of its height falls outside
+    (a close-up the photo's border cuts); the box returned is the visible part.
     """
     W, H = bg.size
     target = max(8, int(scale * min(W, H)))
@@ -433,6 +436,8 @@ def paste_mark(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, *, 
     if bbox is None:
         return None
     m = m.crop(bbox)
+    if cut > 0:
+        return _paste_cut(bg, m, rng, cut, strength)
     if m.width >= W or m.height >= H:
         m.thumbnail((W - 2, H - 2))
     for _ in range(20):
@@ -453,6 +458,22 @@ def paste_mark(bg: Image.Image, mark: Image.Image, rng: np.random.Generator, *, 
     return box
 
 
+
+
+def _paste_cut(bg: Image.Image, m: Image.Image, rng: np.random.Generator, cut: float, strength: float) -> tuple[int, int, int, int]:
+    """``m`` pasted so that the border cuts up to ``cut`` of its width and height; the visible part's box."""
+    W, H = bg.size
+
+    def place(size: int, room: int) -> int:
+        lo = min(0, room - size) - int(cut * size * rng.random())
+        hi = max(0, room - size) + int(cut * size * rng.random())
+        return int(rng.integers(lo, hi + 1))
+
+    x, y = place(m.width, W), place(m.height, H)
+    if strength > 0 and rng.random() < 0.5:
+        m = m.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5) * strength)))
+    bg.paste(m, (x, y), m)
+    return (max(0, x), max(0, y), min(W, x + m.width), min(H, y + m.height))
 
 
 def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
@@ -508,7 +529,7 @@ def make_listing(rng: np.random.Generator, marks: list[SynthMark], distractors: 
 
 
 def write_gallery(marks: list[SynthMark], root: str | Path, *, authorized: dict[str, list[str]] | None = None) -> Path:
-    """Write marks as a gallery (DESIGN.md layout) with a brands.yaml."""
+    """Write marks as a gallery (the layout in docs/contracts.md) with a brands.yaml."""
     root = Path(root)
     entries = {}
     for m in marks:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from markguard.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_model_dir
 from markguard.datasets.decode import load_mark
-from markguard.datasets.registry import Gallery, MarkRef, load_gallery
+from markguard.datasets.registry import Gallery, MarkRef, check_gallery, load_gallery
 from markguard.device import resolve_device
 from markguard.errors import DecodeError, MarkguardError
+from markguard.fsio import excerpt, printable
 from markguard.infer.bank import BANK_K, background_bank, bank_images, reference_bias
 from markguard.infer.embed import embed_references
 from markguard.infer.index import MarkIndex
+from markguard.infer.index.store import index_writer
 
 
 @dataclass
@@ -31,9 +33,33 @@ def embed_marks(marks: list[MarkRef], model, card, *, device: str = "cpu", batch
         except (DecodeError, OSError) as e:
             errors.append((str(ref.path), getattr(e, "reason", str(e))))
             continue
-        records.append({"brand": ref.brand, "mark": ref.mark, "source": str(Path(ref.path).resolve())})
+        records.append({"brand": ref.brand, "mark": ref.mark, "source": _source(ref.path)})
     vectors = embed_references(model, card, images, batch_size=batch_size, device=device)
     return EmbeddedMarks(vectors, records, errors)
+
+
+def _source(path) -> str:
+    """A mark's file as the index records it (text, whatever bytes the folders' names hold)."""
+    return printable(Path(path).resolve())
+
+
+def checked_gallery(gallery_path: str | Path) -> Gallery:
+    """The gallery, once ``markguard gallery check`` finds nothing wrong with it; else one line naming the first problem.
+
+    The same rules as ``gallery check``: a mark or brand folder that links out of the gallery, an
+    unreadable or blank mark, one picture under two brands, a brand without marks; names that are
+    not UTF-8 are skipped and named.
+    """
+    report = check_gallery(gallery_path)
+    if not report.ok:
+        first = next(line for line in report.lines() if line.startswith("error: "))
+        more = f" and {report.errors - 1} more" if report.errors > 1 else ""
+        raise MarkguardError(f"{printable(gallery_path)}: not indexed: {first.removeprefix('error: ')}{more}; "
+                             f"run `markguard gallery check {printable(gallery_path)}` to see every problem")
+    gallery = load_gallery(gallery_path)
+    for path, why in gallery.skipped:
+        sys.stderr.write(f"skipped {printable(path)}: {why}\n")
+    return gallery
 
 
 def _brands_meta(gallery: Gallery) -> dict:
@@ -44,7 +70,7 @@ def _brands_meta(gallery: Gallery) -> dict:
 def _report_errors(errors, stream=None) -> None:
     stream = stream or sys.stderr  # looked up now, so a redirected stderr gets the lines
     for path, reason in errors:
-        stream.write(f"skipped mark {path}: {reason}\n")
+        stream.write(f"skipped mark {printable(path)}: {reason}\n")
 
 
 def bank_meta(net, card, vectors, ids, *, images: int, device: str, previous: dict | None = None) -> dict:
@@ -62,8 +88,14 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
     ``bank`` > 0 embeds that many mark-free background pictures and stores each reference's bias
     against them, so a scan scores matches normalised against the background (infer/bank.py).
     """
+    with index_writer(out, create=True):  # from the start: an `index add` meanwhile would otherwise be overwritten unseen
+        return _build_index(gallery_path, out, model=model, kind=kind, device=device, memory_budget_mb=memory_budget_mb,
+                            recall_target=recall_target, bank=bank)
+
+
+def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, recall_target, bank) -> dict:
     device = resolve_device(device)
-    gallery = load_gallery(gallery_path)
+    gallery = checked_gallery(gallery_path)
     model_dir = resolve_model_dir(model)
     net, card = load_checkpoint(model_dir, device=device)
     emb = embed_marks(gallery.marks, net, card, device=device)
@@ -95,23 +127,27 @@ def index_meta(model_dir: Path, fingerprint: str, brands: dict, gallery_root: Pa
     meta.update({"model": model_ref, "model_fingerprint": fingerprint, "brands": merged})
     if gallery_root is not None:
         meta.setdefault("galleries", [])
-        if str(Path(gallery_root).resolve()) not in meta["galleries"]:
-            meta["galleries"].append(str(Path(gallery_root).resolve()))
+        if printable(Path(gallery_root).resolve()) not in meta["galleries"]:
+            meta["galleries"].append(printable(Path(gallery_root).resolve()))
     return meta
 
 
 def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str | Path | None = None, device: str = "auto") -> dict:
     """Add a gallery's marks (new brands, or new marks of known ones) to an existing index, without a rebuild."""
+    with index_writer(index_path):  # the whole read-modify-write: a `remove` meanwhile must not be undone
+        return _add_to_index(Path(index_path), gallery_path, model=model, device=device)
+
+
+def _add_to_index(index_path: Path, gallery_path, *, model, device) -> dict:
     device = resolve_device(device)
-    index_path = Path(index_path)
     index = MarkIndex.load(index_path)
     meta = index.require_meta()
     model_dir = resolve_model_dir(model if model is not None else meta.get("model"))
     net, card = load_checkpoint(model_dir, device=device)
     index.require_fingerprint(card.fingerprint)
-    gallery = load_gallery(gallery_path)
+    gallery = checked_gallery(gallery_path)
     known = {(r.brand, r.mark, r.source) for r in index.records()}
-    new = [m for m in gallery.marks if (m.brand, m.mark, str(Path(m.path).resolve())) not in known]
+    new = [m for m in gallery.marks if (m.brand, m.mark, _source(m.path)) not in known]
     emb = embed_marks(new, net, card, device=device)
     _report_errors(emb.errors)
     ids = index.add(emb.vectors, emb.records) if emb.records else []
@@ -125,14 +161,40 @@ def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str
 def remove_from_index(index_path: str | Path, *, brand: str | None = None, mark: str | None = None) -> dict:
     if brand is None and mark is None:
         raise MarkguardError("say what to remove: --brand BRAND and/or --mark MARK")
-    index_path = Path(index_path)
+    with index_writer(index_path):
+        return _remove_from_index(Path(index_path), brand=brand, mark=mark)
+
+
+def _remove_from_index(index_path: Path, *, brand: str | None, mark: str | None) -> dict:
     index = MarkIndex.load(index_path)
     meta = dict(index.require_meta())
     n = index.remove(brand=brand, mark=mark)
     if n == 0:
-        raise MarkguardError(f"{index_path}: nothing matches brand={brand!r} mark={mark!r}; see `markguard index info {index_path}`")
+        raise MarkguardError(f"{index_path}: nothing matches {_asked(brand, mark)}; {_what_exists(index, brand)}")
     if brand is not None and mark is None:
         meta["brands"] = {b: v for b, v in meta.get("brands", {}).items() if b != brand}
     index.meta = meta
     index.save(index_path)
     return {"removed": n, "total": len(index)}
+
+
+def _asked(brand: str | None, mark: str | None) -> str:
+    return " and ".join(f"{k} {excerpt(v)}" for k, v in (("--brand", brand), ("--mark", mark)) if v is not None)
+
+
+def _what_exists(index: MarkIndex, brand: str | None, shown: int = 20) -> str:
+    """The brands the index holds (or the marks of ``brand``, when it has it), for a refusal to name what exists."""
+    by_brand: dict[str, list[str]] = {}
+    for r in index.records():
+        by_brand.setdefault(r.brand, []).append(r.mark)
+    if not by_brand:
+        return "the index is empty"
+
+    def listed(names) -> str:
+        names = sorted(set(names))
+        more = f" and {len(names) - shown} more (`markguard index info` lists them all)" if len(names) > shown else ""
+        return ", ".join(excerpt(n, 60) for n in names[:shown]) + more
+
+    if brand is not None and brand in by_brand:
+        return f"brand {excerpt(brand)} holds marks: {listed(by_brand[brand])}"
+    return f"the index holds brands: {listed(by_brand)}"

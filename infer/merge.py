@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from markguard.fsio import atomic_write_text
+from markguard.fsio import atomic_write_text, open_own_file
 from markguard.errors import MarkguardError
 from markguard.infer.results import PARQUET, RESULTS, STATE, SUMMARY, check_rows, parse_row
 from markguard.infer.writer import require_pyarrow, write_parquet
@@ -75,7 +75,7 @@ def merge_outputs(outs: list[str | Path], out_dir: str | Path, *, formats: tuple
     counts: Counter = Counter()
     rows = 0
     try:
-        with open(partial, "wb") as dst:
+        with open_own_file(partial, "wb") as dst:
             while True:
                 line = files[rows % n].readline()
                 if not line:

@@ -39,6 +39,7 @@ class ScanOptions:
     # the evidence combiner (infer/combine.py) whose probability the thresholds apply to: a combiner.json,
     # "auto" (the first index's, when it has one) or None (thresholds on the similarity)
     combiner: str | None = "auto"
+    keep_embeddings: str | None = None  # fp16 | pq: store each photo's searched regions for `markguard rematch` (infer/rematch.py)
     # evidence signals turned on by name (``--signal``): those registered with ``opt_in`` (infer/evidence.py SIGNALS)
     signals: list[str] = field(default_factory=list)
 

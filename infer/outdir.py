@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fcntl
 import functools
 import hashlib
 import json
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from markguard.errors import MarkguardError
-from markguard.fsio import atomic_write_text
+from markguard.fsio import FolderLock, atomic_write_text, open_own_file, printable
 from markguard.infer.results import PARQUET, PARTIAL, RESULTS, ROW_KEYS, STATE, SUMMARY, parse_row, read_summary
 from markguard.infer.writer import write_parquet
 
@@ -31,6 +30,8 @@ PINS_VERSION = 2
 # so a new option (an evidence setting, say) is pinned without anyone remembering to.
 OPERATIONAL = ("batch_size", "workers", "device", "precision", "engine", "address", "actors", "decode", "compile", "shard")
 
+# the scan's options as the command line spells them (others: --KEY with dashes); k and max_matches have no option
+OPTION_NAMES = {"flag": "--flag-threshold", "review": "--review-threshold", "k": "the search's k", "max_matches": "the matches kept a row"}
 # what a pinned key is called in a refusal
 NAMES = {
     "input": "the input path",
@@ -45,41 +46,11 @@ NAMES = {
 # --------------------------------------------------------------------------- lock
 
 
-class OutputLock:
+class OutputLock(FolderLock):
     """An exclusive lock on ``out_dir`` held while the object is open; refused at once if another process holds it."""
 
     def __init__(self, out_dir: Path):
-        self.path = out_dir / LOCK
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise MarkguardError(f"{self.path.parent}: another scan (pid {holder}) is writing here; wait for it to end "
-                                     f"or choose another -o folder") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:  # else the file was removed between our open and flock: lock the new one
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        """Remove the lock file, then unlock: a process that opened it meanwhile finds it gone once it locks, and retries."""
-        if self.fd is None:
-            return
-        self.path.unlink(missing_ok=True)
-        os.close(self.fd)  # closing drops the flock
-        self.fd = None
+        super().__init__(out_dir / LOCK, what="another scan", fix="wait for it to end or choose another -o folder")
 
 
 def holds_output_folder(scan: Callable) -> Callable:
@@ -136,7 +107,7 @@ def _discard_stub(out_dir: Path, created: bool) -> bool:
     Returns True when the folder was made by this scan and now holds nothing but the lock.
     """
     partial = out_dir / PARTIAL
-    if (out_dir / RESULTS).exists() or (partial.exists() and partial.stat().st_size > 0):
+    if (out_dir / RESULTS).exists() or partial.is_symlink() or (partial.exists() and partial.lstat().st_size > 0):
         return False
     partial.unlink(missing_ok=True)
     (out_dir / STATE).unlink(missing_ok=True)
@@ -147,8 +118,9 @@ def _discard_stub(out_dir: Path, created: bool) -> bool:
 
 
 def input_digest(source) -> dict:
-    """What identifies the input's content: a manifest's size, mtime and sha256; a folder's listing; the shards' list."""
-    from markguard.datasets.listings import _resolve_dump
+    """What identifies the input's content: a manifest's size, mtime and sha256; the photos a folder's reader
+    reads (so a .DS_Store, a text file or this scan's own output folder inside it change nothing); the shards' list."""
+    from markguard.datasets.listings import _resolve_dump, _walk
 
     kind, target = _resolve_dump(source)
     h = hashlib.sha256()
@@ -158,23 +130,17 @@ def input_digest(source) -> dict:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return {"kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
-    files = []
     if kind == "dir":
-        for folder, dirs, names in os.walk(target):
-            dirs.sort()
-            for name in sorted(names):
-                p = os.path.join(folder, name)
-                files.append(os.path.relpath(p, target))
+        entries = [(rel, p) for rel, p, _ in _walk(target)]  # the reader's own walk: its rows, in its order
     else:
-        files = [str(Path(p).resolve()) for p in target]
-    for name in files:
-        p = target / name if kind == "dir" else Path(name)
+        entries = [(printable(Path(p).resolve()), Path(p)) for p in target]
+    for name, p in entries:
         try:
             st = p.lstat()
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
             h.update(f"{name}\0missing\n".encode())
-    return {"kind": kind, "files": len(files), "sha256": h.hexdigest()}
+    return {"kind": kind, "files": len(entries), "sha256": h.hexdigest()}
 
 
 def index_save_id(index, path: Path) -> str:
@@ -215,7 +181,7 @@ def differences(previous: dict, state: dict) -> list[str]:
             continue
         if key == "options":
             old, new = previous.get(key) or {}, state[key]
-            out += [f"--{k.replace('_', '-')} ({old.get(k)} then, {new.get(k)} now)" for k in dict.fromkeys([*new, *old])
+            out += [f"{OPTION_NAMES.get(k, '--' + k.replace('_', '-'))} ({old.get(k)} then, {new.get(k)} now)" for k in dict.fromkeys([*new, *old])
                     if old.get(k) != new.get(k)]
         elif key == "indexes":
             out.append(_index_difference(previous.get(key) or [], state[key]))
@@ -261,7 +227,7 @@ def keep_matching_rows(path: Path, items: Iterable) -> int:
         return 0
     good_bytes = rows = 0
     expected = iter(items)
-    with open(path, "rb") as f:
+    with open_own_file(path, "rb") as f:  # a planted link is refused, never read or cut
         for line in f:
             key = _row_key(line)
             want = next(expected, None)
@@ -269,7 +235,7 @@ def keep_matching_rows(path: Path, items: Iterable) -> int:
                 break
             good_bytes += len(line)
             rows += 1
-    with open(path, "r+b") as f:
+    with open_own_file(path, "r+b") as f:
         f.truncate(good_bytes)
     return rows
 
@@ -284,7 +250,7 @@ def open_output(out_dir: Path, state: dict, *, resume: bool, formats: tuple[str,
     """
     state_path = out_dir / STATE
     partial, results = out_dir / PARTIAL, out_dir / RESULTS
-    has_rows = results.exists() or (partial.exists() and partial.stat().st_size > 0)
+    has_rows = results.exists() or partial.is_symlink() or (partial.exists() and partial.lstat().st_size > 0)
     if state_path.exists() and has_rows:
         try:
             previous = json.loads(state_path.read_text())
@@ -302,9 +268,9 @@ def open_output(out_dir: Path, state: dict, *, resume: bool, formats: tuple[str,
                 atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
             summary["note"] = "already finished; nothing to do"
             return summary
-        if partial.exists() and not resume:
+        if os.path.lexists(partial) and not resume:
             raise MarkguardError(f"{out_dir}: an unfinished scan is here; pass --resume to continue it, or delete the folder to start over")
-        keep_matching_rows(partial if partial.exists() else results, items())
+        keep_matching_rows(partial if os.path.lexists(partial) else results, items())
     elif any(p.name != LOCK for p in out_dir.iterdir()) and not _is_stub(out_dir):
         raise MarkguardError(f"{out_dir}: folder is not empty and holds no markguard scan; choose a new -o folder")
     else:  # an empty folder, or the stub of a scan that wrote no row: start afresh

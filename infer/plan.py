@@ -103,7 +103,8 @@ def build_plan(searchers: list, policy, opts: ScanOptions) -> ScanPlan:
     for pos, s in enumerate(searchers):
         mode, looks = region_mode(s, opts), look_settings(s, opts)
         if looks.per_photo and mode.value.embed != "pool":
-            raise MarkguardError(f"--looks {looks.per_photo} needs the first look's feature map; it cannot be combined with --regions {mode.label}")
+            raise MarkguardError(f"--looks {looks.per_photo} (second looks: the model card asks for them unless --looks is given) needs the first "
+                                 f"look's feature map, which --regions {mode.label} does not make; add --looks 0")
         sps.append(SearcherPlan(pos, s, s.prep, mode, s.prep.regions, looks))
     look_res = max((sp.looks.resolution for sp in sps if sp.looks.per_photo), default=0)
     verify = ocr = None
@@ -131,4 +132,6 @@ def build_plan(searchers: list, policy, opts: ScanOptions) -> ScanPlan:
         plan.stages += [producer(n, plan, sp) for n in per_index]
     plan.stages += [producer(n, plan, None) for n in per_batch]
     plan.stages.append(stages.Decide.plan(plan))
+    if opts.keep_embeddings:
+        plan.stages.append(stages.KeepRegions())
     return plan

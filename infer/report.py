@@ -16,7 +16,7 @@ from typing import Iterable
 
 from PIL import Image, ImageDraw
 
-from markguard.fsio import atomic_write_bytes
+from markguard.fsio import atomic_write_bytes, own_folder, remove_own_files
 from markguard.errors import DecodeError, MarkguardError
 from markguard.infer.results import RESULTS, SUMMARY, ScanRow, read_results, read_summary
 
@@ -83,6 +83,9 @@ class ReportRow:
         r = self.result
         return {
             "id": r.listing_id,
+            "n": self.order,
+            "image": r.image,
+            "box": r.box,
             "seller": r.seller_id,
             "title": self.title,
             "status": r.status,
@@ -120,20 +123,19 @@ def write_report(
     out_dir = Path(out_dir)
     statuses = tuple(s for s in statuses if s != "error")  # error rows have their own section
     scan = read_scan_output(out_dir, statuses)
-    thumbs_dir = out_dir / THUMBS
-    thumbs_dir.mkdir(parents=True, exist_ok=True)
+    # report/ and report/thumbs/ must be real folders of this output: a link planted there would
+    # send the thumbnails elsewhere, and the stale-thumbnail cleanup would delete another folder's pictures
+    thumbs_dir = own_folder(out_dir, *THUMBS.parts)
 
     notes: list[str] = []
     written = {PLACEHOLDER}
     atomic_write_bytes(thumbs_dir / PLACEHOLDER, _jpeg(_placeholder(thumb_size)))
     notes += _listing_thumbs(scan, thumbs_dir, thumb_size, written)
     notes += _reference_thumbs(scan, thumbs_dir, thumb_size, written)
-    for stale in thumbs_dir.glob("*.jpg"):  # left by an earlier report of a different scan
-        if stale.name not in written:
-            stale.unlink()
+    remove_own_files(thumbs_dir, written, ".jpg")  # left by an earlier report of a different scan
 
     scan.rows.sort(key=lambda r: (-r.result.score if r.result.score is not None else math.inf, r.order))
-    payload = {"rows": [r.to_js() for r in scan.rows]}
+    payload = {"rows": [r.to_js() for r in scan.rows], "scan": scan_identity(out_dir, scan.summary)}
     # ensure_ascii keeps U+2028/2029 and any odd bytes out of the script; the file is never parsed as HTML
     js = "window.MARKGUARD_REPORT = " + json.dumps(payload, ensure_ascii=True, separators=(",", ":")) + ";\n"
     atomic_write_bytes(out_dir / "report" / "rows.js", js.encode("ascii"))
@@ -142,6 +144,24 @@ def write_report(
     target = out_dir / "report.html"
     atomic_write_bytes(target, page.encode("utf-8"))
     return target
+
+
+def scan_identity(out_dir: Path, summary: dict) -> dict:
+    """What a decision made on this page is tied to (docs/contracts.md, "Decisions"): the model's fingerprint and each
+    index's path, name and save (from scan.json, else summary.json), and a key for the browser's store of decisions."""
+    from markguard.infer.results import STATE
+
+    try:
+        pinned = json.loads((out_dir / STATE).read_text(encoding="utf-8")).get("indexes")
+    except (OSError, ValueError, AttributeError):
+        pinned = None
+    listed = pinned if isinstance(pinned, list) else summary.get("indexes") if isinstance(summary.get("indexes"), list) else []
+    indexes = [{"path": _text(i.get("path")), "name": Path(str(i.get("path") or "")).name or None, "save": _text(i.get("save"))}
+               for i in listed if isinstance(i, dict)]
+    model = summary.get("model") if isinstance(summary.get("model"), dict) else {}
+    ident = {"input": _text(summary.get("input")), "model": _text(model.get("fingerprint")), "indexes": indexes}
+    ident["key"] = _digest(json.dumps(ident, sort_keys=True), str(out_dir.resolve()))
+    return ident
 
 
 def read_scan_output(out_dir: Path, statuses: tuple[str, ...]) -> ScanOutput:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -79,6 +79,7 @@ class ScanRow:
     box: list[int] | None
     matches: list[Match]
     error: str | None = None
+    kept: list | None = field(default=None, repr=False, compare=False)  # scan --keep-embeddings: its regions (infer/rematch.py), never written here
 
     def to_json(self) -> dict:
         return {"listing_id": self.listing_id, "image": self.image, "seller_id": self.seller_id, "status": self.status,

@@ -59,8 +59,8 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
 class Progress:
     """A progress bar on a terminal, a log line every few seconds elsewhere: done, images/s, ETA, flagged."""
 
-    def __init__(self, total: int | None, done: int, stream=None, every_s: float = 10.0, enabled: bool = True):
-        self.total, self.done, self.flagged = total, done, 0
+    def __init__(self, total: int | None, done: int, stream=None, every_s: float = 10.0, enabled: bool = True, flagged: int = 0):
+        self.total, self.done, self.flagged = total, done, flagged  # a resume starts from the rows already written
         self.start_done = done
         self.t0 = time.monotonic()
         self.last = self.t0
@@ -156,6 +156,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         require_pyarrow()
     if opts.engine not in ("local", "ray"):
         raise MarkguardError(f"unknown engine {opts.engine!r}; choose local or ray")
+    if opts.keep_embeddings and opts.engine != "local":
+        raise MarkguardError("--keep-embeddings needs --engine local (the Ray engine does not return the regions)")
     out_dir = Path(out_dir)
     if not index_paths:
         raise MarkguardError("no index given; pass -i INDEX (built with `markguard index build GALLERY -o INDEX`)")
@@ -178,16 +180,23 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     if skipped:  # counts of the rows already written, so the summary covers the whole scan
         counts.update(row.status for row in read_results(writer.path))
     total = _total(source, opts.shard)
-    bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress)
+    bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress, flagged=counts["flag"])
     times = StageTimes()
     t_start = time.perf_counter()
     done = 0
     bg = BackgroundWriter(writer)
+    store = None
+    if opts.keep_embeddings:
+        from markguard.infer.rematch import EmbeddingStore
+
+        store = EmbeddingStore(out_dir, model=card.fingerprint, dim=card.dim, encoding=opts.keep_embeddings, skip=skipped)
     try:
         pending: list[dict] = []
         for row in scan_rows(source, searchers, policy, opts, skip=skipped, times=times):
             pending.append(row.to_json())
             counts[row.status] += 1
+            if store is not None:
+                store.add(row)
             if len(pending) >= opts.batch_size:
                 bg.write(pending)
                 bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
@@ -197,6 +206,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         done += len(pending)
         bar.update(len(pending), sum(r["status"] == "flag" for r in pending))
         t = time.perf_counter()
+        if store is not None:
+            store.finish()
         results = bg.finish()
         times.merge({"write": bg.seconds + (time.perf_counter() - t)})
     finally:

@@ -12,6 +12,7 @@ from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkp
 from markguard.errors import MarkguardError
 from markguard.infer.backends import load_backend
 from markguard.infer.index import MarkIndex
+from markguard.infer.feedback import with_negatives
 from markguard.infer.index_meta import check_index_meta
 from markguard.model import compile_backbone
 from markguard.preprocess import Preprocessing, resolve_preprocessing
@@ -52,6 +53,7 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
         p = Path(p)
         index = MarkIndex.load(p)  # the vectors and their metadata, from one save
         meta = check_index_meta(index.require_meta(), p / "markguard.json")
+        index = with_negatives(index, meta)  # reviewers' rejections (infer/feedback.py) lower look-alikes of their references
         mpath = model_path if model_path is not None else meta.get("model")
         if mpath is not None and not Path(mpath).exists() and model_path is None:
             mpath = None  # the recorded model moved: fall back to the shipped default, the fingerprint check decides

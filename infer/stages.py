@@ -40,6 +40,7 @@ class BatchWork:
     index: list[IndexWork]
     per_photo: list[list[Candidate]] | None = None  # every index's candidates a photo, gathered after the per-index stages
     rows: list | None = None
+    kept: list[list] | None = None  # with --keep-embeddings: each photo's searched regions (infer/rematch.py)
 
     def photos(self) -> list[list[Candidate]]:
         """Each decoded photo's candidates from every index, in the indexes' order."""
@@ -137,18 +138,26 @@ class Search:
     sp: object
     k: int
     max_matches: int
+    keep: bool = False  # keep the searched regions for `markguard rematch`
     name: str = "search"
     per_index: bool = True
 
     @classmethod
     def plan(cls, plan, sp) -> Search:
-        return cls(sp, plan.opts.k, plan.opts.max_matches)
+        return cls(sp, plan.opts.k, plan.opts.max_matches, bool(plan.opts.keep_embeddings))
 
     def __call__(self, work: BatchWork) -> None:
         from markguard.infer.search import search_batch
 
         iw, s = work.index[self.sp.pos], self.sp.searcher
-        iw.found = search_batch(s.index, iw.emb.vectors.float().cpu().numpy(), iw.emb.counts, iw.photo_boxes, k=self.k,
+        vectors = iw.emb.vectors.float().cpu().numpy()
+        if self.keep:
+            from markguard.infer.rematch import keep_regions
+
+            if work.kept is None:
+                work.kept = [[] for _ in work.batch.ok]
+            keep_regions(work.kept, s.name, vectors, iw.emb.counts, iw.photo_boxes)
+        iw.found = search_batch(s.index, vectors, iw.emb.counts, iw.photo_boxes, k=self.k,
                                 max_matches=self.max_matches, index_name=s.name or None, bias=s.bias)
 
 
@@ -198,3 +207,16 @@ class Decide:
         from markguard.infer.decide import decide_rows
 
         work.rows = decide_rows(work.batch, work.photos(), self.policy, self.max_matches)
+
+
+@dataclass
+class KeepRegions:
+    """With --keep-embeddings: each decoded photo's searched regions onto its row, for the embedding store."""
+
+    name: str = "decide"
+    per_index: bool = False
+
+    def __call__(self, work: BatchWork) -> None:
+        from markguard.infer.rematch import attach_regions
+
+        attach_regions(work.rows, work.batch.ok, work.kept or [[] for _ in work.batch.ok])

@@ -16,14 +16,34 @@ import time
 from pathlib import Path
 
 from markguard.errors import MarkguardError
+from markguard.fsio import open_own_file, printable
 from markguard.infer.results import PARTIAL, RESULTS, read_results
 
 
 def _lines(path: Path) -> int:
     if not path.exists():
         return 0
-    with open(path, "rb") as f:
+    with open_own_file(path, "rb") as f:
         return sum(1 for _ in f)
+
+
+def _line(row: dict) -> bytes:
+    """One results.jsonl line; a string that is not text (a name that is not UTF-8, a lone surrogate from a
+    manifest's JSON) is written with \\xNN or \\uNNNN escapes rather than stopping the writer."""
+    try:
+        return json.dumps(row, ensure_ascii=False).encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(_text_only(row), ensure_ascii=False).encode() + b"\n"
+
+
+def _text_only(value):
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {k: _text_only(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text_only(v) for v in value]
+    return value
 
 
 class ResultsWriter:
@@ -38,12 +58,12 @@ class ResultsWriter:
         self.rows = _lines(self.path) if resume else 0
         if not resume:
             self.path.unlink(missing_ok=True)
-        self.f = open(self.path, "ab")
+        self.f = open_own_file(self.path, "ab")  # never through a link planted in a shared output folder
         self.fsync_every_s = fsync_every_s
         self._last_sync = time.monotonic()
 
     def write(self, rows: list[dict]) -> None:
-        self.f.write(b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in rows))
+        self.f.write(b"".join(_line(r) for r in rows))
         self.f.flush()
         self.rows += len(rows)
         if time.monotonic() - self._last_sync > self.fsync_every_s:
@@ -139,7 +159,7 @@ def write_parquet(results: Path, out: Path, *, rows_per_group: int = 65_536) -> 
 
     schema = parquet_schema()
     tmp = out.with_name(out.name + ".partial")
-    with pq.ParquetWriter(tmp, schema) as pw:
+    with open_own_file(tmp, "wb") as sink, pq.ParquetWriter(sink, schema) as pw:
         chunk = []
         for r in read_results(results):
             row = r.to_json()

@@ -31,6 +31,37 @@ def _coerce(value: str, target: type, key: str):
     return target(parsed) if target in (int, float, str) else parsed
 
 
+QUOTE_LIMIT = 160  # characters of a user's text an error line quotes at most
+
+
+def bounded(text: object, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` on one line (whitespace runs folded) and at most ``limit`` characters, for quoting in an error line."""
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
+def yaml_error(path: str | Path, e: Exception, fix: str = "") -> str:
+    """One line for a YAML parse error: ``FILE:LINE: not valid YAML: what (context)[; fix]`` — never the parser's
+    multi-line excerpt of the file. Used for recipes, brands.yaml and a run's config.yaml alike."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    what = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    context = getattr(e, "context", None)
+    text = bounded(f"{what} ({context})" if context else what)
+    return f"{where}: not valid YAML: {text}" + (f"; {fix}" if fix else "")
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, str]:
+    """``key=value`` items as a mapping; one line naming the item that is not one."""
+    pairs = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise MarkguardError(f"override '{bounded(item)}' must look like key=value")
+        k, v = item.split("=", 1)
+        pairs[k.strip()] = v.strip()
+    return pairs
+
+
 NULLS = ("null", "none", "~", "")  # key=null on the command line unsets an optional key (init=null: start from scratch)
 
 
@@ -77,16 +108,13 @@ def load_layered(cls, recipe: str | Path | None = None, overrides: list[str] | N
         try:
             doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise MarkguardError(f"{path}: not valid YAML ({e})") from None
+            raise MarkguardError(yaml_error(path, e, "see train/recipes/ for the format")) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise MarkguardError(f"{path}: cannot read the recipe ({bounded(e)})") from None
         if not isinstance(doc, dict):
             raise MarkguardError(f"{path}: a recipe is a mapping of key: value")
         cfg = apply(cfg, doc, source=str(path))
-    pairs = {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise MarkguardError(f"override '{item}' must look like key=value")
-        k, v = item.split("=", 1)
-        pairs[k.strip()] = v.strip()
+    pairs = parse_overrides(overrides)
     return apply(cfg, pairs, source="command line") if pairs else cfg
 
 

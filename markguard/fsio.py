@@ -11,15 +11,48 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import shutil
+import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from markguard.errors import MarkguardError
+
 log = logging.getLogger(__name__)
+
+
+def excerpt(value, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: what a one-line message quotes of an untrusted value."""
+    try:
+        text = repr(value) if not isinstance(value, (list, tuple, dict)) or len(value) <= limit else f"{type(value).__name__} of {len(value)} items"
+    except (ValueError, RecursionError):  # a 100,000-digit int, a structure too deep to print
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
+
+
+def printable(text: str | os.PathLike) -> str:
+    """``text`` (a path read from disk) with the bytes of a name that is not UTF-8 shown as ``\\xNN``: safe to print or store."""
+    text = os.fspath(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if _only_escapes(text) else \
+            text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _only_escapes(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (from JSON's \ud800)
+        return False
 
 
 def _umask() -> int:
@@ -125,18 +158,47 @@ def _exchange(a: Path, b: Path) -> bool:
 def swap_in_folder(tmp: Path, path: Path) -> None:
     """Make the complete, fsynced folder ``tmp`` become ``path``; at no instant is ``path`` half written."""
     if not path.exists():
+        remove_entry(path)  # a dangling link, if any: the save replaces the name, never writes through it
         os.rename(tmp, path)
     elif _exchange(tmp, path):
-        shutil.rmtree(tmp)  # now holds the previous save
+        remove_entry(tmp)  # now holds the previous save (or the link that named it)
     else:
         # Two renames: a kill between them leaves no ``path`` but a complete ``.name.old``,
         # which readers fall back to (see recover_folder).
         old = old_of(path)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_entry(old)
         os.rename(path, old)
         os.rename(tmp, path)
-        shutil.rmtree(old)
+        remove_entry(old)
     fsync_path(path.parent)
+
+
+def remove_entry(path: Path) -> None:
+    """Remove the name ``path``: a folder with what it holds, a file, or a link (never what a link points at)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)  # rmtree itself never follows links inside
+    else:
+        path.unlink(missing_ok=True)
+
+
+def leftover_saves(path: Path) -> list[Path]:
+    """Temporary folders beside ``path`` left by saves that were killed (``.name.tmp-*``): only real folders, never links."""
+    found = []
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return found
+    for name in names:
+        if name.startswith(f".{path.name}.tmp-"):
+            p = path.parent / name
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.lstat(p).st_mode):
+                    found.append(p)
+    return sorted(found)
 
 
 def recover_folder(path: Path, marker: str) -> Path:
@@ -217,3 +279,169 @@ def real_under(root_real: str, candidate: str | os.PathLike) -> str | None:
     if resolved == root_real or resolved.startswith(root_real.rstrip(os.sep) + os.sep):
         return resolved
     return None
+
+
+
+# --------------------------------------------------------------------------- files created as ours, or not at all
+# An output folder may sit where others can write (a shared /tmp-style folder): a link planted
+# there must never redirect a write, a truncation or a deletion onto another file.
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_LINK_ERRNOS = {errno.ELOOP, getattr(errno, "EMLINK", errno.ELOOP), getattr(errno, "EFTYPE", errno.ELOOP)}
+
+
+def _refused(path: Path, what: str) -> MarkguardError:
+    return MarkguardError(f"{path}: {what}; markguard writes only files it created itself (someone may have "
+                          f"planted it): remove it, or choose another output folder")
+
+
+def open_own(path: str | Path, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that never follows a link and opens only a regular file that nothing else links to.
+
+    A link (or a FIFO, a device, a folder) at ``path`` is refused with one line. When the file
+    already exists and is opened for writing, a second hard link to it is refused too: writing
+    would change the other name's file.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | NOFOLLOW | CLOEXEC | os.O_NONBLOCK, mode)  # NONBLOCK: a planted FIFO must not hang us
+    except OSError as e:
+        if e.errno in _LINK_ERRNOS and path.is_symlink():
+            raise _refused(path, "is a link") from None
+        if e.errno == errno.ENXIO:  # a FIFO without a reader
+            raise _refused(path, "is not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _refused(path, "is not a regular file")
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+            raise _refused(path, f"has {st.st_nlink} hard links")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_own_file(path: str | Path, mode: str) -> BinaryIO:
+    """A binary file object through :func:`open_own`: ``rb``, ``r+b``, ``ab`` (created if missing) or ``wb`` (created or truncated)."""
+    flags = {"rb": os.O_RDONLY, "r+b": os.O_RDWR, "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+             "wb": os.O_WRONLY | os.O_CREAT}[mode]
+    fd = open_own(path, flags, file_mode() if flags & os.O_CREAT else 0o666)
+    if mode == "wb":
+        os.ftruncate(fd, 0)  # only once the file is known to be ours
+    return os.fdopen(fd, mode)
+
+
+def own_folder(root: str | Path, *parts: str) -> Path:
+    """``root/parts...``, each part created if missing and refused if it is a link or not a folder.
+
+    ``root`` itself is the folder the user named and may be a link; only what lies below it is checked.
+    """
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        path = path / part
+        try:
+            os.mkdir(path, folder_mode())
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise _refused(path, "is a link")
+        if not stat.S_ISDIR(st.st_mode):
+            raise _refused(path, "is not a folder")
+    return path
+
+
+def remove_own_files(folder: Path, keep: set[str], suffix: str) -> int:
+    """Delete the regular files ending in ``suffix`` in ``folder`` (a real folder, not a link) whose names are not in ``keep``.
+
+    The folder is opened once without following links and every name is removed relative to it,
+    so a link swapped in meanwhile cannot turn the cleanup onto another folder. Links and folders
+    inside are left alone. Returns how many files were removed.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | NOFOLLOW | CLOEXEC)
+    except OSError as e:
+        if e.errno in _LINK_ERRNOS | {errno.ENOTDIR}:
+            raise _refused(folder, "is a link or not a folder") from None
+        raise
+    removed = 0
+    try:
+        for name in os.listdir(fd):
+            if name in keep or not name.endswith(suffix):
+                continue
+            try:
+                if stat.S_ISREG(os.lstat(name, dir_fd=fd).st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+    return removed
+
+
+# --------------------------------------------------------------------------- one writer at a time
+
+
+def holder_line() -> str:
+    """Who holds a lock, as written into its file: pid, host and command line."""
+    cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv)) or "python"
+    return f"{os.getpid()}\n{socket.gethostname()}\n{cmd[:300]}\n"
+
+
+class FolderLock:
+    """An exclusive ``flock`` on the file ``path`` while held; a second holder is refused at once, naming the first.
+
+    The kernel drops the lock when the process dies, so a SIGKILL leaves nothing stale (the file
+    may stay, unlocked: it is only a name). The file is opened without following links, so a planted
+    link cannot make the lock truncate another file. ``what`` names the holder in the refusal
+    ("another scan", "another index writer") and ``fix`` says what to do.
+    """
+
+    def __init__(self, path: str | Path, *, what: str, fix: str, where: str | Path | None = None):
+        self.path = Path(path)
+        self.what, self.fix = what, fix
+        self.where = where if where is not None else self.path.parent  # what the refusal names
+        self.fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        while True:
+            fd = open_own(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lines = os.pread(fd, 512, 0).decode(errors="replace").splitlines()
+                os.close(fd)
+                pid = lines[0].strip() if lines and lines[0].strip() else "unknown"
+                where = f" (on {lines[1].strip()}: {lines[2].strip()})" if len(lines) >= 3 else ""
+                raise MarkguardError(f"{self.where}: {self.what} (pid {pid}) is writing here{where}; {self.fix}") from None
+            try:
+                same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the file was removed between our open and flock: lock the new one
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder_line().encode(errors="replace"), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file, then unlock: a process that opened it meanwhile finds it gone once it locks, and retries."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

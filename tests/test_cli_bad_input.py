@@ -96,8 +96,8 @@ CASES = {  # id → (argv builder, words the message must hold)
     "synth --backgrounds missing": (lambda w, b: ["synth", "--out", str(b["root"] / "s"), "--backgrounds", str(b["root"] / "nope")],
                                     ["nope", "backgrounds folder not found"]),
     "demo --out FILE": (lambda w, b: ["demo", "--out", str(b["file"])], ["is a file"]),
-    "demo --brands 0": (lambda w, b: ["demo", "--out", str(b["root"] / "d"), "--brands", "0"], ["--brands 0"]),
-    "demo --listings 0": (lambda w, b: ["demo", "--out", str(b["root"] / "d"), "--listings", "0"], ["--listings 0"]),
+    "demo --steps without --train": (lambda w, b: ["demo", "--out", str(b["root"] / "d"), "--steps", "5"], ["--steps", "--train"]),
+    "demo --train --steps 0": (lambda w, b: ["demo", "--out", str(b["root"] / "d"), "--train", "--steps", "0"], ["--steps 0"]),
     "calibrate --truth a CSV": (lambda w, b: ["calibrate", str(_t_scanned(b)), "--truth", str(b["root"] / "truth.csv"),
                                               "-m", str(w.model), "--device", "cpu", "--dry-run"], ["truth.csv:1", "JSON Lines"]),
     "calibrate --truth binary": (lambda w, b: ["calibrate", str(_t_scanned(b)), "--truth", str(b["root"] / "truth.bin"),
@@ -142,9 +142,8 @@ def test_disk_full_during_a_scan(world, tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "results.jsonl.partial" in err and "--resume" in err, err
 
 
-def test_demo_out_named_like_the_recipe_and_a_small_demo_sizes_its_batch(tmp_path, monkeypatch, capsys):
-    """`markguard demo --out demo --brands 3`: the folder does not shadow the recipe, and 6 classes get a batch of 24."""
-    import markguard.demo as demo
+def test_demo_out_named_like_the_recipe_fine_tunes_with_the_shipped_recipe(tmp_path, monkeypatch, capsys):
+    """`markguard demo --out demo --train`: a folder named like a recipe does not shadow it; the fine-tune starts from ImageNet."""
     import markguard.train.loop as loop
 
     seen = {}
@@ -156,21 +155,16 @@ def test_demo_out_named_like_the_recipe_and_a_small_demo_sizes_its_batch(tmp_pat
         seen["cfg"] = cfg
         raise Reached
 
-    monkeypatch.setattr(demo, "train", train)
+    monkeypatch.setattr(loop, "train", train)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "logo.yaml").write_text("backbone: resnet18\n")
     with pytest.raises(Reached):
-        main(["demo", "--out", "demo", "--brands", "3", "--listings", "4"])
+        main(["demo", "--out", "logo", "--train", "--steps", "3"])
     cfg = seen["cfg"]
-    assert cfg.backbone == "resnet10t" and cfg.steps == 500  # the shipped demo recipe, not the folder
-    assert cfg.batch_size == 3 * 2 * cfg.m_per_class  # 3 brands x 2 marks, each a class
+    assert cfg.backbone == "tf_efficientnet_lite0" and cfg.init == "efficientnet-lite0" and cfg.steps == 3
     with pytest.raises(Reached):  # a batch size the user chose is theirs
-        main(["demo", "--out", "demo2", "--brands", "3", "--listings", "4", "batch_size=32"])
-    assert seen["cfg"].batch_size == 32
-    # which training then refuses, saying how to set the key
-    from markguard.errors import MarkguardError
-
-    with pytest.raises(MarkguardError, match=r"lower batch_size to at most 24 \(batch_size=24 as a KEY=VALUE override\)"):
-        loop._check_classes(6, seen["cfg"], "gallery")
+        main(["demo", "--out", "demo2", "--train", "batch_size=8"])
+    assert seen["cfg"].batch_size == 8
 
 
 @pytest.mark.parametrize("argv, words", [(["report", "out", "--page-size", "0"], "--page-size: must be at least 1"),

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from markguard.checkpoint import load_checkpoint, resolve_model_dir
-from markguard.errors import MarkguardError
+from markguard.errors import MarkguardError, check_out_folder
 from markguard.infer.backends import EXPORT_FILES, FINGERPRINT_KEY, load_backend
 from markguard.preprocess import resolve_preprocessing
 
@@ -172,12 +172,32 @@ def export_model(model_dir: str | Path | None, fmt: str, out: str | Path | None 
         raise MarkguardError(f"--fp32-convs {fp32_convs}: need 0 or more")
     if fmt == "onnx-int8" and calib is None:
         raise MarkguardError("--format onnx-int8 needs --calib PHOTOS: a folder or manifest of listing-like photos (not the ones you evaluate on)")
+    if out is not None and Path(out).is_dir():
+        raise MarkguardError(f"--out {out}: is a folder; give the file to write, e.g. {Path(out) / EXPORT_FILES[fmt]}")
+    if out is not None:
+        check_out_folder(Path(out).parent, f"--out {out}: its folder")
     model_dir = resolve_model_dir(model_dir)
     model, card = load_checkpoint(model_dir)
     photos = calibration_photos(calib, card, calib_count) if fmt == "onnx-int8" else None
     out = Path(out) if out is not None else model_dir / EXPORT_FILES[fmt]
     out.parent.mkdir(parents=True, exist_ok=True)
-    graph = _Features(model).eval()
+    try:
+        _write_export(_Features(model).eval(), card, fmt, out, photos, fp32_convs)
+    except BaseException:
+        for leftover in (out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.tmp.fp32")):
+            leftover.unlink(missing_ok=True)  # a failed or interrupted export leaves no temporary file behind
+        raise
+    result = {"path": str(out), "format": fmt, "fingerprint": card.fingerprint, "bytes": out.stat().st_size}
+    if photos is not None:
+        result["calibration"] = {"photos": photos.count, "unusable": photos.unusable, "source": photos.source}
+    if check:
+        sample = None if photos is None else np.concatenate(photos.batches)[:PARITY_PHOTOS]
+        result.update(parity(model_dir, fmt, out, photos=sample))
+    return result
+
+
+def _write_export(graph, card, fmt: str, out: Path, photos, fp32_convs: int) -> None:
+    """The export written to a temporary file beside ``out``, then renamed onto it."""
     example = torch.zeros(1, 3, card.scan_size, card.scan_size)
     tmp = out.with_name(f".{out.name}.tmp")
     with torch.no_grad(), warnings.catch_warnings():
@@ -211,13 +231,6 @@ def export_model(model_dir: str | Path | None, fmt: str, out: str | Path | None 
             traced = torch.jit.trace(graph, example)
             torch.jit.save(traced, str(tmp), _extra_files={"fingerprint": json.dumps(card.fingerprint)})
     tmp.replace(out)
-    result = {"path": str(out), "format": fmt, "fingerprint": card.fingerprint, "bytes": out.stat().st_size}
-    if photos is not None:
-        result["calibration"] = {"photos": photos.count, "unusable": photos.unusable, "source": photos.source}
-    if check:
-        sample = None if photos is None else np.concatenate(photos.batches)[:PARITY_PHOTOS]
-        result.update(parity(model_dir, fmt, out, photos=sample))
-    return result
 
 
 def _cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,8 @@ def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
         card.init = init.card_entry()
         if init.mean is not None:
             card.mean, card.std = tuple(init.mean), tuple(init.std)
+        elif (start := init_card(init)) is not None:  # a markguard checkpoint: the preprocessing it was trained with
+            card.mean, card.std = tuple(start["mean"]), tuple(start["std"])
     if cfg.proposals:  # a model that can find marks scans with its own proposals plus a coarse grid by default
         card.regions = dict(card.regions, mode="learned+grid")
     if cfg.looks:
@@ -59,6 +61,39 @@ def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
             raise MarkguardError(f"looks={cfg.looks}: second looks are chosen by the proposal head; set proposals (e.g. {{top_k: 20}}) or looks=0")
         card.regions = dict(card.regions, looks={"per_photo": int(cfg.looks), "per_batch": LOOK_DEFAULTS["per_batch"]})
     return card
+
+
+def init_card(init) -> dict | None:
+    """The model card beside ``init``'s weights file when it is a markguard checkpoint (model.safetensors + model_card.json)."""
+    path = Path(init.source)
+    card = path.with_name("model_card.json")
+    if not any(k.startswith("backbone.") for k in init.state) or not card.is_file():
+        return None
+    try:
+        d = json.loads(card.read_text())
+        return {"mean": [float(v) for v in d["mean"]], "std": [float(v) for v in d["std"]]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise MarkguardError(f"init: {card}: unreadable model card ({type(e).__name__}: {e}); fix or remove it") from None
+
+
+def load_heads(model: torch.nn.Module, init) -> int:
+    """Fine-tuning a markguard checkpoint: its projection, pooling and proposal head too, checked tensor by tensor.
+
+    ``load_into`` copies the backbone; a checkpoint (``backbone.*`` names) also carries the rest of the model,
+    which must then match the recipe's (dim, pooling, proposals) exactly. Returns how many tensors it copied.
+    """
+    if not any(k.startswith("backbone.") for k in init.state):
+        return 0  # a backbone-only start (ImageNet weights): the heads start fresh
+    target = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.") and not k.endswith("num_batches_tracked")}
+    for k, v in target.items():
+        if k not in init.state:
+            raise MarkguardError(f"init: {init.source} has no tensor '{k}' for this recipe's model; "
+                                 "set dim/pooling/proposals as the checkpoint's card has them")
+        if tuple(init.state[k].shape) != tuple(v.shape):
+            raise MarkguardError(f"init: {init.source}: tensor '{k}' {tuple(init.state[k].shape)} does not fit {tuple(v.shape)}; "
+                                 "set dim/pooling/proposals as the checkpoint's card has them")
+    model.load_state_dict({k: init.state[k].to(v.dtype) for k, v in target.items()}, strict=False)
+    return len(target)
 
 
 def fold_brand(brand_id: str) -> str:
@@ -230,6 +265,7 @@ def build_data(cfg: TrainConfig, n: int, card: ModelCard) -> TrainData:
     _check_classes(len(marks), cfg, cfg.gallery)
     ccfg = CompositeConfig(size=cfg.input_size, p_clean=cfg.p_clean, p_background=cfg.p_background, scale=tuple(cfg.scale), strength=cfg.strength,
                            loose_boxes=cfg.loose_boxes, p_recolour=cfg.p_recolour, p_negative=cfg.p_negative, p_photo=cfg.p_photo,
+                           p_fill=cfg.p_fill, p_cut=cfg.p_cut, p_multi=cfg.p_multi,
                            mean=tuple(card.mean), std=tuple(card.std))
     ds = CompositeDataset(marks, n, ccfg, seed=cfg.seed, backgrounds=cfg.backgrounds, background_class=cfg.background_class)
     _warm_backgrounds(ds, cfg.seed)
@@ -382,6 +418,7 @@ def _train(cfg: TrainConfig, run: Path, dist, *, resume: bool, stop_at: int | No
     model = create_model(card, pretrained=cfg.pretrained, weights=cfg.weights)
     if init is not None:
         load_into(model.backbone, init)
+        load_heads(model, init)
     frozen = freeze_stages(model.backbone, cfg.freeze_stages)
     model = model.to(device)
     if cfg.channels_last:

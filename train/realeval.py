@@ -2,7 +2,10 @@
 
 ``score_bench`` reads a scan's ``results.jsonl`` (any matcher that writes the scan's row format) and
 the bench's ``truth.csv``. The operating threshold is the one that flags 1% of the negatives
-(unregistered marks and photos without a mark); every tier is measured at that one threshold.
+(unregistered marks and photos without a mark); every tier is measured at that one threshold, and so
+is every size band (the mark's box long side over the photo's short side, 0.05-0.15 ... 0.85-0.95)
+of three groups: plain copies (tiers copy, small, large), all positives, and unregistered marks
+(their share flagged: the FPR a size brings).
 ``evaluate_bench`` is ``markguard eval --bench``: index the bench's gallery, scan its listings, score.
 """
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from markguard.boxes import iou
 from markguard.checkpoint import CARD, load_card, resolve_model_dir
-from markguard.datasets.realbench import NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, read_truth
+from markguard.datasets.realbench import BANDS, COPY_TIERS, NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, read_truth
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
 from markguard.infer.bank import Hub, hub_of
@@ -30,6 +33,8 @@ from markguard.train.rates import roc_auc, threshold_at_fpr
 
 FPR = 0.01
 IOU_HIT = 0.5
+# the groups a size band is scored for: name -> (tiers, scored as positives)
+BAND_GROUPS = {"copies": (COPY_TIERS, True), "positives": (POSITIVE_TIERS, True), "unregistered": (("unregistered",), False)}
 
 
 @dataclass
@@ -51,9 +56,15 @@ class BenchScore:
     tiers: dict[str, TierScore]
     all_positive: TierScore
     hub: Hub
+    # group (BAND_GROUPS) -> size band -> its score at the same threshold; empty for a bench without sizes in its truth
+    bands: dict[str, dict[str, TierScore]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return _round(asdict(self))
+
+    def band_table(self) -> list[str]:
+        """A Markdown table: per size band, TPR at the threshold / right brand (listings) of each group."""
+        return band_table(self.to_json())
 
     def table(self, name: str = "") -> list[str]:
         """A Markdown table: one row per tier."""
@@ -108,10 +119,43 @@ def score_bench(results_path: str | Path, truth_path: str | Path, *, fpr: float 
                          float(boxed[named].mean()) if positive and named.any() else None)
 
     tiers = {name: tier_score(tier == name, name in POSITIVE_TIERS) for name in TIERS}
+    band = np.array([truth[i].band or "" for i in ids])
+    bands = {}
+    if band.any():
+        for group, (members, positive) in BAND_GROUPS.items():
+            in_group = np.isin(tier, members)
+            bands[group] = {b: tier_score(in_group & (band == b), positive) for b in BANDS if (in_group & (band == b)).any()}
     finite = np.where(np.isfinite(score), score, -1e9)  # an error row ranks below every real score
     return BenchScore(float(t), fpr, roc_auc(finite[pos], finite[neg]), int(pos.sum()), int(neg.sum()),
                       sum(r.status == "error" for r in rows), tiers, tier_score(pos, True),
-                      hub_figure([(truth[i].brand if truth[i].tier in POSITIVE_TIERS else None, r) for i, r in zip(ids, rows)]))
+                      hub_figure([(truth[i].brand if truth[i].tier in POSITIVE_TIERS else None, r) for i, r in zip(ids, rows)]), bands)
+
+
+def band_table(score: dict, names: list[str] | None = None, extra: list[dict] = ()) -> list[str]:
+    """Per size band (columns), one row per group of ``score["bands"]`` (a BenchScore's JSON): 'TPR / right brand (n)' for
+    positives, 'FPR (n)' for unregistered marks. ``extra``: more scores' JSON, their rows named by ``names`` (bench tables
+    put several runs in one table)."""
+    runs = [score, *extra]
+    names = names or [""] * len(runs)
+    present = [b for b in BANDS if any(b in g for r in runs for g in r.get("bands", {}).values())]
+    if not present:
+        return []
+    lines = ["| " + " | ".join(["size band (box long side / short side)", *present]) + " |", "|---|" + "---|" * len(present)]
+    for name, r in zip(names, runs):
+        for group, cells in r.get("bands", {}).items():
+            positive = BAND_GROUPS.get(group, ((), True))[1]
+            row = []
+            for b in present:
+                c = cells.get(b)
+                if not c:
+                    row.append("–")
+                elif positive:
+                    row.append(f"{_fmt2(c['flagged'])} / {_fmt2(c['right_brand'])} ({c['listings']})")
+                else:
+                    row.append(f"FPR {_fmt2(c['flagged'])} ({c['listings']})")
+            label = f"{name}: {group}" if name else group
+            lines.append(f"| {label}{' TPR / right' if positive else ''} | " + " | ".join(row) + " |")
+    return lines
 
 
 def hub_figure(pairs: list[tuple[str | None, ScanRow]], top: int = 5) -> Hub:
@@ -148,6 +192,7 @@ def evaluate_bench(bench: str | Path, out_dir: str | Path, *, model: str | Path 
                         "bank": summary["indexes"][0].get("bank")}, **score.to_json()}
     atomic_write_text(out_dir / "real.json", json.dumps(metrics, indent=2))
     log("\n".join(score.table()))
+    log("\n".join(score.band_table()))
     if write_card:
         card.metrics = {**card.metrics, "real": headline(metrics)}
         atomic_write_text(Path(model_dir) / CARD, json.dumps(dataclasses.asdict(card), indent=2))
@@ -161,11 +206,18 @@ def headline(metrics: dict) -> dict:
             "bench_sources": metrics.get("bench_sources"), "brands": metrics.get("brands"),
             "listings_per_tier": metrics.get("listings_per_tier"), "scan": metrics.get("scan"), "fpr": metrics["fpr"], "roc_auc": metrics["roc_auc"],
             "tiers": {t: {k: s[k] for k in ("flagged", "right_brand", "box_iou50")} for t, s in metrics["tiers"].items()},
+            # per size band of the mark (box long side over the photo's short side): plain copies and every positive
+            "bands": {g: {b: {k: s[k] for k in ("listings", "flagged", "right_brand")} for b, s in cells.items()}
+                      for g, cells in metrics.get("bands", {}).items()},
             "hub": {k: metrics["hub"][k] for k in ("reference", "count", "share", "photos")}}
 
 
 def _fmt(x) -> str:
     return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def _fmt2(x) -> str:
+    return "–" if x is None or x != x else f"{x:.2f}"
 
 
 def _round(x):

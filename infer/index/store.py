@@ -6,6 +6,7 @@ and mutating, and the file format has one module.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -13,17 +14,18 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import faiss
 import numpy as np
 
 from markguard.errors import MarkguardError
-from markguard.fsio import (FolderChanged, FolderSnapshot, file_mode, fsync_path, new_folder_beside, old_of,
-                            recover_folder, swap_in_folder)
+from markguard.fsio import (FolderChanged, FolderLock, FolderSnapshot, file_mode, fsync_path, leftover_saves,
+                            new_folder_beside, old_of, recover_folder, remove_entry, swap_in_folder)
 from markguard.infer.index.backends import _BACKENDS, INDEX_FILE
 from markguard.infer.index.kinds import REBUILD, IndexKind
 from markguard.infer.index.records import _SCHEMA, _memory_db, _now
@@ -41,9 +43,72 @@ def _settings_from_json(kind: IndexKind, doc: dict):
     return kind.settings({k: v for k, v in doc.items() if k in {f.name for f in dataclasses.fields(kind.value)}})
 
 
+def lock_path(path: Path) -> Path:
+    """The writers' lock of an index folder: beside it, since a save replaces the folder itself."""
+    return path.with_name(f".{path.name}.lock")
+
+
+_held: dict[str, int] = {}  # lock files this process holds -> nesting depth
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def index_writer(path: str | os.PathLike, *, create: bool = False) -> Iterator[None]:
+    """Hold the index folder's exclusive writer lock for a whole read-modify-write (``index build|add|remove``).
+
+    A second writer, in any process, is refused at once with one line naming the holder; without
+    the lock, an ``index add`` would save the copy it loaded before a concurrent ``remove`` and undo
+    it. Taken again by the same process (a save inside an ``add``), it nests. Once held, temporary
+    folders left by a killed save are removed: no other writer can be using them. ``create`` makes
+    the folder that will hold the index (a build, a save); otherwise a missing one is "no index here".
+    """
+    path = Path(os.path.abspath(path))
+    key = str(lock_path(path))
+    with _held_guard:
+        nested = key in _held
+        if nested:
+            _held[key] += 1
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    if not path.parent.is_dir():
+        if not create:
+            raise MarkguardError(f"{path}: no index here; build one with `markguard index build`")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MarkguardError(f"{path}: cannot create its folder ({e.strerror}); choose another path") from None
+    lock = FolderLock(key, what="another index writer", where=path,
+                      fix="wait for that `markguard index build|add|remove` to end, then run this again")
+    try:
+        lock.acquire()
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        raise MarkguardError(f"{path}: cannot write the lock file {Path(key).name} beside it ({e.strerror}); "
+                             f"choose a folder you can write") from None
+    with _held_guard:
+        _held[key] = 1
+    try:
+        for stale in leftover_saves(path):
+            log.info("%s: removing %s, left by a save that was killed", path, stale.name)
+            remove_entry(stale)
+        yield
+    finally:
+        with _held_guard:
+            del _held[key]
+        lock.release()
+
+
 def save_index(self, path: str | os.PathLike) -> None:
     """Write the index folder atomically, ``meta`` included: a killed save leaves the previous index whole."""
-    path = Path(path)
+    with index_writer(path, create=True):
+        _save_index(self, Path(path))
+
+
+def _save_index(self, path: Path) -> None:
     if path.exists() and not (path.is_dir() and ((path / META_FILE).exists() or not any(path.iterdir()))):
         raise MarkguardError(f"{path}: exists and is not a markguard index; choose another path")
     with self._lock:

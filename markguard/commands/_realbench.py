@@ -26,15 +26,40 @@ def register_data(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("realbench", help="build the real-photo benchmark: devicon marks pasted into real photos, in tiers",
                        description="Write OUT/gallery, OUT/listings (+ manifest.csv), OUT/truth.csv and OUT/bench.json; "
-                                   "tiers copy, small, near, cross, unregistered, none.")
+                                   "tiers copy, small, near, cross, unregistered, none, large; marks from 5%% to 95%% of the short side, their size bands in truth.csv.")
     p.add_argument("--marks", required=True, metavar="DEVICON", help="the unpacked devicon package folder, or its .tgz")
     p.add_argument("--cross", metavar="SIMPLE_ICONS", help="the unpacked simple-icons package folder, or its .tgz (the cross tier)")
     p.add_argument("--photos", required=True, nargs="+", metavar="DIR", help="folders of photographs (from `markguard data photos`)")
     p.add_argument("--out", required=True, metavar="DIR", help="new folder to write")
     p.add_argument("--brands", type=positive_int, default=300, help="registered brands (default 300)")
-    p.add_argument("--listings", type=positive_int, default=1650, help="listing photos over all tiers (default 1650)")
+    p.add_argument("--listings", type=positive_int, default=1950, help="listing photos over all tiers (default 1950: copy, near and none 300 each, small, cross and unregistered 250, large 300)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_realbench)
+
+    p = sub.add_parser("wordbench", help="add the wordmark tier to a real-photo bench: brand names re-typeset on real photos",
+                       description="Copy BENCH to OUT and add registered wordmarks (brand names in one font) to its gallery and "
+                                   "listings showing them re-typeset in other fonts (wordmark, wordmark-swap), beside unrelated "
+                                   "words and unregistered brands' names (word-none, word-unregistered); datasets/wordbench.py.")
+    p.add_argument("--bench", required=True, metavar="BENCH", help="a bench from `markguard data realbench`")
+    p.add_argument("--photos", required=True, nargs="+", metavar="DIR", help="folders of photographs (the bench's own)")
+    p.add_argument("--out", required=True, metavar="DIR", help="new folder to write")
+    p.add_argument("--brands", type=positive_int, default=60, help="registered brands given a wordmark (default 60)")
+    p.add_argument("--per-tier", type=positive_int, default=120, help="listings of each positive tier (negatives: half; default 120)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_wordbench)
+
+
+def run_wordbench(args: argparse.Namespace) -> int:
+    from markguard.datasets.wordbench import WordConfig, build_wordbench
+
+    n = args.per_tier
+    info = build_wordbench(args.bench, args.photos, args.out, progress=True,
+                           cfg=WordConfig(brands=args.brands, wordmark=n, swap=n, unregistered=max(1, n // 2), none=max(1, n // 2),
+                                          seed=args.seed))
+    tiers = ", ".join(f"{t} {n}" for t, n in info["listings_per_tier"].items())
+    print(f"{args.out}: {len(info['wordmarks']['brands'])} registered wordmarks in {info['wordmarks']['gallery_font']}, "
+          f"listings in {len(info['wordmarks']['listing_fonts'])} other fonts; listings: {tiers}")
+    return 0
 
 
 def run_devicon(args: argparse.Namespace) -> int:

@@ -31,6 +31,12 @@ def run(args) -> int:
     from markguard.errors import MarkguardError
     from markguard.train.export import CALIB_COUNT, FP32_CONVS, INT8_MIN_COSINE, export_model
 
+    import math
+
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):  # nan would let every parity check pass
+        raise MarkguardError(f"--tolerance {args.tolerance}: give the largest embedding difference accepted, a number >= 0")
+    if args.min_cosine is not None and not -1 <= args.min_cosine <= 1:  # also refuses nan
+        raise MarkguardError(f"--min-cosine {args.min_cosine}: give a cosine similarity between -1 and 1")
     if args.calib is not None and args.format != "onnx-int8":
         raise MarkguardError(f"--calib is for --format onnx-int8 (a {args.format} export is not calibrated)")
     result = export_model(args.model, args.format, args.out, check=not args.no_check, calib=args.calib,

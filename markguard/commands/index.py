@@ -76,6 +76,7 @@ def run_remove(args) -> int:
 
 def run_info(args) -> int:
     from markguard.infer.build import read_index_meta
+    from markguard.infer.feedback import feedback_info
     from markguard.infer.index import MarkIndex
 
     index = MarkIndex.load(args.index)
@@ -83,5 +84,6 @@ def run_info(args) -> int:
     meta = read_index_meta(args.index)
     info["model"] = meta.get("model") or "(shipped default)"
     info["galleries"] = meta.get("galleries", [])
+    info["feedback"] = feedback_info(index.meta)  # the reviewers' rounds (markguard feedback)
     print(json.dumps(info, indent=2, default=str))
     return 0

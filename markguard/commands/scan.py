@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from markguard.errors import MarkguardError
+from markguard.errors import MarkguardError, check_out_folder, check_ray_address
 
 
 def check_compile_backend(name: str) -> None:
@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: the first index's combiner.json, when it has one)")
     p.add_argument("--no-combiner", dest="combiner", action="store_const", const=None,
                    help="thresholds on the similarity, even where the index has a combiner.json")
+    p.add_argument("--keep-embeddings", nargs="?", const="fp16", choices=["fp16", "pq"], metavar="fp16|pq",
+                   help="store each photo's searched region embeddings in OUT/embeddings/ (fp16, or product-quantised: about 32 "
+                        "bytes a region) so `markguard rematch` can search them against brands added later")
     p.add_argument("--shard", help="i/N: scan only every N-th photo starting at i")
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan in OUT")
     p.add_argument("--format", action="append", choices=["jsonl", "parquet"],
@@ -84,6 +87,8 @@ def run(args) -> int:
         raise MarkguardError("--batch-size and --actors must be at least 1, --workers at least 0")
     if args.address and args.engine != "ray":
         raise MarkguardError("--address is for --engine ray")
+    check_out_folder(args.out, "-o")
+    check_ray_address(args.address)
     for name, v in (("--flag-threshold", args.flag_threshold), ("--review-threshold", args.review_threshold), ("--verify-from", args.verify_from)):
         if v is not None and not -1 <= v <= 1:  # also refuses nan and inf: a similarity lies in [-1, 1]
             raise MarkguardError(f"{name} {v} must be a similarity between -1 and 1")
@@ -105,7 +110,7 @@ def run(args) -> int:
                        flag=args.flag_threshold, review=args.review_threshold, shard=None if args.shard is None else parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, verify_from=args.verify_from, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
                        decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch,
-                       combiner=args.combiner, signals=list(dict.fromkeys(args.signal)))
+                       combiner=args.combiner, keep_embeddings=args.keep_embeddings, signals=list(dict.fromkeys(args.signal)))
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
                        formats=formats, progress_every_s=args.log_every)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import csv
 import io
 import json
@@ -419,3 +420,27 @@ def test_count_dump_matches_the_reader_without_opening_a_photo(hostile_dir, touc
     assert count_dump(hostile_dir / "manifest.csv") == len(manifest_rows(hostile_dir))
     assert not [p for p in touched if p.endswith((".jpg", ".png", ".gif"))]
     assert any(p.endswith("manifest.csv") for p in touched)
+
+
+def test_names_that_are_not_utf8_become_error_rows(tmp_path):
+    import io
+    import tarfile as tf
+
+    from markguard.datasets.listings import count_dump, iter_directory, iter_tar
+
+    root = tmp_path / "dump"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"x")
+    (root / os.fsdecode(b"b\xff.jpg")).write_bytes(b"x")
+    items = list(iter_directory(root))
+    assert [(i.image, i.error is None) for i in items] == [("a.jpg", True), ("b\\xff.jpg", False)]
+    assert "not valid UTF-8" in items[1].error and count_dump(root) == 2
+    shard = tmp_path / "s.tar"
+    with tf.open(shard, "w", format=tf.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as t:
+        for name in ("k1.jpg", os.fsdecode(b"k\xe92.jpg"), "k3.jpg"):
+            info = tf.TarInfo(name)
+            info.size = 1
+            t.addfile(info, io.BytesIO(b"x"))
+    rows = list(iter_tar(shard))
+    assert [r.image for r in rows] == ["s.tar/k1.jpg", "s.tar/k\\xe92.jpg", "s.tar/k3.jpg"]
+    assert [r.error is None for r in rows] == [True, False, True] and "not valid UTF-8" in rows[1].error

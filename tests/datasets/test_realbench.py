@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from markguard.datasets.realbench import (SMALL_MAX, TIERS, BenchConfig, build_realbench, fetch_npm, fetch_photos, read_devicon,
-                                          read_truth, select_photos, write_sample_sources)
+from markguard.datasets.realbench import (BANDS, LARGE_MIN, MAX_SIZE, SMALL_MAX, TIERS, BenchConfig, build_realbench, fetch_npm,
+                                          fetch_photos, read_devicon, read_truth, select_photos, size_band, write_sample_sources)
 from markguard.errors import MarkguardError
 
 
@@ -49,7 +49,46 @@ def test_boxes_lie_inside_their_photos_and_small_marks_are_small(bench):
         if row.tier == "small":
             assert rel < SMALL_MAX, row
         elif row.tier == "copy":
-            assert rel >= 0.15, row  # pasted at 20-60% of the short side
+            assert rel >= 0.1, row  # pasted at 15-60% of the short side (rotation and perspective move the box a little)
+        elif row.tier == "large":
+            assert rel >= LARGE_MIN, row
+        assert rel < MAX_SIZE, row
+
+
+def test_truth_records_each_marks_size_and_band(bench):
+    out, info, _ = bench
+    truth = read_truth(out / "truth.csv")
+    with open(out / "truth.csv", newline="") as f:
+        written = {r["listing_id"]: r for r in csv.DictReader(f)}
+    for row in truth.values():
+        if row.tier == "none":
+            assert row.size is None and row.band is None and written[row.listing_id]["band"] == ""
+            continue
+        w, h = Image.open(out / "listings" / f"{row.listing_id}.jpg").size
+        x0, y0, x1, y1 = row.box
+        assert row.size == pytest.approx(max(x1 - x0, y1 - y0) / min(w, h), abs=1e-4)
+        lo, hi = (float(v) for v in row.band.split("-"))
+        assert lo <= row.size < hi and written[row.listing_id]["band"] == row.band
+    assert sum(info["listings_per_band"].values()) == sum(r.tier != "none" for r in truth.values())
+    assert "large tier" in info["changes"]
+
+
+def test_marks_span_every_size_band(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bands")
+    src = write_sample_sources(root / "sources", brands=8, photos=2)
+    build_realbench(src["marks"], [src["photos"]], root / "bench", cross_dir=src["cross"], cfg=BenchConfig(brands=4, listings=160, seed=3))
+    truth = read_truth(root / "bench" / "truth.csv").values()
+    assert {r.band for r in truth if r.tier != "none"} == set(BANDS)
+    assert {r.band for r in truth if r.tier == "large"} <= {"0.55-0.65", "0.65-0.75", "0.75-0.85", "0.85-0.95"}
+    assert max(r.size for r in truth if r.tier == "near") > LARGE_MIN  # not only the copies: variants and negatives come large too
+    assert max(r.size for r in truth if r.tier == "unregistered") > LARGE_MIN
+
+
+def test_size_band_edges():
+    assert size_band(None) is None
+    assert [size_band(v) for v in (0.01, 0.05, 0.1499, 0.15, 0.5, 0.95, 1.2)] == [
+        "0.05-0.15", "0.05-0.15", "0.05-0.15", "0.15-0.25", "0.45-0.55", "0.85-0.95", "0.85-0.95"]
+    assert len(BANDS) == 9 and BANDS[0] == "0.05-0.15" and BANDS[-1] == "0.85-0.95"
 
 
 def test_registered_and_unregistered_brands_are_disjoint(bench):
@@ -83,6 +122,13 @@ def test_refuses_a_non_empty_out_and_a_missing_cross(bench, tmp_path):
         build_realbench(src["marks"], [src["photos"]], out, cross_dir=src["cross"])
     with pytest.raises(MarkguardError, match="--cross"):
         build_realbench(src["marks"], [src["photos"]], tmp_path / "b", cfg=BenchConfig(brands=5, listings=40))
+
+
+def test_read_truth_takes_a_bench_without_sizes(tmp_path):
+    p = tmp_path / "truth.csv"  # as written before size bands: the ten first columns
+    p.write_text("listing_id,tier,brand,mark,variant,x0,y0,x1,y1,photo\nx,copy,a,a-original,exact,1,2,30,40,p\n")
+    row = read_truth(p)["x"]
+    assert row.box == (1, 2, 30, 40) and row.size is None and row.band is None
 
 
 def test_read_truth_names_the_bad_line(tmp_path):

@@ -99,6 +99,11 @@ def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
         ("brands:\n  acme:\n    authorized_sellers: s1\n", "brands.acme.authorized_sellers has the wrong type"),
         ("brands:\n  ghost:\n    name: Ghost\n", "brand 'ghost' has no folder"),
         ("brands:\n  acme:\n    aliases: ACME\n", "brands.acme.aliases has the wrong type"),
+        ("brands:\n  acme:\n    authorized_sellers: [1, null, [2]]\n", "brands.acme.authorized_sellers[1] must be a seller id (text or a whole number), not None"),
+        ("brands:\n  acme:\n    authorized_sellers: [s1, [2]]\n", "brands.acme.authorized_sellers[1] must be a seller id"),
+        ("brands:\n  acme:\n    authorized_sellers: [2.5]\n", "brands.acme.authorized_sellers[0] must be a seller id"),
+        ("brands:\n  acme:\n    aliases: [" + ", ".join(["x"] * 50_000) + ", 7]\n", "brands.acme.aliases[50000] must be a non-empty string, not 7"),
+        ("brands:\n  acme:\n    threshold: [" + ", ".join(["1"] * 50_000) + "]\n", "list of 50000 items"),
         ("brands:\n  acme:\n    aliases: [ACME, 7]\n", "brands.acme.aliases[1] must be a non-empty string, not 7"),
         ("brands:\n  acme:\n    wordmarks: ['  ']\n", "brands.acme.wordmarks[0] must be a non-empty string"),
         ("brand:\n  acme: {}\n", "unknown top-level key(s) ['brand']"),
@@ -110,6 +115,39 @@ def test_brands_yaml_errors(tmp_path, text, expected):
     with pytest.raises(MarkguardError, match="brands.yaml") as e:
         load_gallery(_yaml(tmp_path, text))
     assert expected in str(e.value)
+    assert len(str(e.value)) < 600  # a bounded excerpt of a bad value, never the value
+
+
+def test_whole_number_seller_ids_are_read_as_text(tmp_path):
+    gallery = load_gallery(_yaml(tmp_path, "brands:\n  acme:\n    authorized_sellers: [s1, 42]\n"))
+    assert gallery.brands["acme"].authorized_sellers == ["s1", "42"]
+
+
+def test_names_that_are_not_utf8_are_skipped_and_named(tmp_path, capsys):
+    import os
+
+    root = _gallery(tmp_path / "g")
+    os.mkdir(os.path.join(os.fsencode(root), b"caf\xe9"))
+    _mark(Path(os.fsdecode(os.path.join(os.fsencode(root), b"caf\xe9", b"logo.png"))), "bars")
+    _mark(Path(os.fsdecode(os.path.join(os.fsencode(root / "acme"), b"x\xff.png"))), "bars")
+    gallery = load_gallery(root)
+    assert sorted(gallery.brands) == ["acme", "globex", "initech"]
+    assert sorted(p.name.encode("utf-8", "surrogateescape") for p, _ in gallery.skipped) == [b"caf\xe9", b"x\xff.png"]
+    report = check_gallery(root)
+    assert report.ok and len(report.skipped) == 2
+    assert main(["gallery", "check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "caf\\xe9: name is not valid UTF-8" in out and "x\\xff.png" in out
+
+
+def test_merge_brand_names_never_writes_through_a_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "brands.yaml.tmp").symlink_to(victim)  # what the old writer wrote through
+    merge_brand_names(tmp_path / "g", {"acme": "Acme"})
+    assert victim.read_text() == "precious\n"
+    assert yaml.safe_load((tmp_path / "g" / "brands.yaml").read_text()) == {"brands": {"acme": {"name": "Acme"}}}
 
 
 def test_merge_brand_names_keeps_existing_entries(tmp_path):

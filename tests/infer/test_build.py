@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -14,15 +17,59 @@ from markguard.infer.scan import ScanOptions, run_scan
 from test_scan import make_model, world  # noqa: F401  (fixture)
 
 
-def test_build_skips_bad_marks_and_records_its_model(world, tmp_path, capsys):
+def test_build_refuses_what_gallery_check_rejects_and_records_its_model(world, tmp_path, capsys):
     gallery = tmp_path / "gallery"
     shutil.copytree(world.gallery, gallery)
     (gallery / "brand000" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(MarkguardError) as e:
+        build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
+    msg = str(e.value)
+    assert "\n" not in msg and "broken.png" in msg and f"markguard gallery check {gallery}" in msg
+    assert not (tmp_path / "idx").exists()
+    (gallery / "brand000" / "broken.png").unlink()
     info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
-    assert info["skipped"] == 1 and info["ntotal"] == 3
-    assert "broken.png" in capsys.readouterr().err
+    assert info["skipped"] == 0 and info["ntotal"] == 3
     meta = read_index_meta(tmp_path / "idx")
     assert meta["model"] == str(world.model.resolve()) and set(meta["brands"]) == {"brand000", "brand001", "brand002"}
+
+
+@pytest.mark.parametrize("planted", ["brand folder", "mark"])
+def test_build_and_add_refuse_links_out_of_the_gallery(world, tmp_path, planted):
+    gallery, elsewhere = tmp_path / "gallery", tmp_path / "elsewhere"
+    shutil.copytree(world.gallery, gallery)
+    shutil.copytree(world.gallery / "brand001", elsewhere / "acme")
+    if planted == "brand folder":
+        (gallery / "acme").symlink_to(elsewhere / "acme")
+    else:
+        mark = next((elsewhere / "acme").iterdir())
+        (gallery / "brand000" / f"linked{mark.suffix}").symlink_to(mark)
+    for call in (lambda: build_index(gallery, tmp_path / "idx", model=world.model, device="cpu"),
+                 lambda: add_to_index(world_copy(world, tmp_path), gallery, device="cpu")):
+        with pytest.raises(MarkguardError, match="links outside the gallery.*markguard gallery check"):
+            call()
+    assert not (tmp_path / "idx").exists()
+
+
+def world_copy(world, tmp_path):
+    idx = tmp_path / "copy"
+    if not idx.exists():
+        shutil.copytree(world.index, idx)
+    return idx
+
+
+def test_names_that_are_not_utf8_are_skipped_and_named(world, tmp_path, capfd):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(world.gallery, gallery)
+    mark = next((gallery / "brand001").iterdir())
+    bad_brand = os.path.join(os.fsencode(gallery), b"caf\xe9")
+    os.mkdir(bad_brand)
+    shutil.copy(mark, os.path.join(bad_brand, b"logo.png"))
+    shutil.copy(mark, os.path.join(os.fsencode(gallery / "brand000"), b"m\xff.png"))
+    info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
+    assert info["ntotal"] == 3
+    err = capfd.readouterr().err
+    assert "caf\\xe9" in err and "m\\xff.png" in err and "not valid UTF-8" in err and "Traceback" not in err
+    assert {r.brand for r in MarkIndex.load(tmp_path / "idx").records()} == {"brand000", "brand001", "brand002"}
 
 
 def test_add_and_remove_keep_search_results(world, tmp_path):
@@ -66,3 +113,64 @@ def test_index_without_metadata_is_refused_not_read_as_empty(world, tmp_path):
             call()
         msg = str(e.value)
         assert "\n" not in msg and str(idx) in msg and "markguard.json" in msg and "markguard index build" in msg
+
+
+# --------------------------------------------------------------------------- one writer per index
+
+SLOW_ADD = """
+import json, os, sys, time
+import markguard.infer.build as b
+embed = b.embed_marks
+def slow(*a, **k):
+    print("embedding", flush=True)
+    go = time.monotonic() + 120
+    while not os.path.exists(sys.argv[3]) and time.monotonic() < go:  # the test says when the other writer has run
+        time.sleep(0.05)
+    return embed(*a, **k)
+b.embed_marks = slow
+print(json.dumps(b.add_to_index(sys.argv[1], sys.argv[2], device="cpu")), flush=True)
+"""
+
+CLI = "import sys; from markguard.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_remove_while_add_embeds_is_refused_never_lost(world, tmp_path):
+    """Two real processes: `index add` holds the index while it embeds; a `remove` meanwhile is refused in one
+    line naming the holder, and the add's save keeps everything; nothing acknowledged is undone."""
+    idx = tmp_path / "idx"
+    build_index(world.gallery, idx, model=world.model, device="cpu")
+    remove_from_index(idx, brand="brand002")  # for the add to bring back
+    adder = subprocess.Popen([sys.executable, "-c", SLOW_ADD, str(idx), str(world.gallery), str(tmp_path / "go")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert adder.stdout.readline().strip() == "embedding"
+        remover = subprocess.run([sys.executable, "-c", CLI, "index", "remove", str(idx), "--brand", "brand000"],
+                                 capture_output=True, text=True, timeout=120)
+        (tmp_path / "go").touch()
+        out, err = adder.communicate(timeout=120)
+    finally:
+        adder.kill()
+    assert adder.returncode == 0, err
+    assert json.loads(out)["added"] == 1
+    assert remover.returncode == 2
+    lines = remover.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"another index writer (pid {adder.pid})" in lines[0] and str(idx) in lines[0], remover.stderr
+    # the refused remove changed nothing; the add landed
+    assert {r.brand for r in MarkIndex.load(idx).records()} == {"brand000", "brand001", "brand002"}
+    assert remove_from_index(idx, brand="brand000")["removed"] == 1  # free again once the add ended
+    assert not list(tmp_path.glob(".idx.lock"))
+
+
+def test_a_killed_saves_temp_folder_is_cleaned_by_the_next_writer(world, tmp_path):
+    idx = tmp_path / "idx"
+    build_index(world.gallery, idx, model=world.model, device="cpu")
+    left = tmp_path / ".idx.tmp-k1ll3d"  # what a save killed before its swap leaves
+    left.mkdir()
+    (left / "index.faiss").write_bytes(b"half")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    (tmp_path / ".idx.tmp-link").symlink_to(other)  # not a save's folder: left alone, and what it points at too
+    remove_from_index(idx, brand="brand002")
+    assert not left.exists()
+    assert (tmp_path / ".idx.tmp-link").is_symlink() and (other / "keep.txt").exists()

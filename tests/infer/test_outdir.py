@@ -244,3 +244,96 @@ def test_disk_full_is_one_line_and_resume_recovers_every_row(world, tmp_path, mo
     s = run_scan(world.dump, [world.index], out, opts=OPTS, progress=False, resume=True)
     assert [(r["listing_id"], r["image"]) for r in read_rows(out)] == manifest_order(world)
     assert s["images_this_run"] == world.n_rows - OPTS.batch_size
+
+
+# --------------------------------------------------------------------------- planted links
+
+
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).symlink_to(victim)
+    with pytest.raises(MarkguardError, match="is a link"):
+        OutputLock(out).acquire()
+    assert victim.read_text() == "precious\n"
+
+
+def test_resume_refuses_a_planted_partial_link(world, tmp_path):
+    from markguard.infer.writer import ResultsWriter
+
+    out = tmp_path / "out"
+    interrupted(world, out, keep=3)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (out / PARTIAL).unlink()
+    (out / PARTIAL).symlink_to(victim)
+    with pytest.raises(MarkguardError, match="is a link"):
+        run_scan(world.dump, [world.index], out, opts=OPTS, progress=False, resume=True)
+    with pytest.raises(MarkguardError, match="is a link"):
+        ResultsWriter(out, resume=True)
+    assert victim.read_text() == "precious\n"
+    assert not (out / RESULTS).is_symlink()
+
+
+# --------------------------------------------------------------------------- names and the digest
+
+
+def _folder_dump(world, root):
+    """A folder dump of three of the world's photos plus one whose name is not UTF-8."""
+    photos = sorted(p for p in world.dump.parent.glob("*.jpg") if p.stat().st_size > 1000)[:3]
+    root.mkdir()
+    for p in photos:
+        shutil.copy(p, root / p.name)
+    shutil.copy(photos[0], os.path.join(os.fsencode(root), b"caf\xe9.jpg"))
+    return root
+
+
+def test_a_name_that_is_not_utf8_is_an_error_row_and_an_inner_output_folder_resumes(world, tmp_path):
+    dump = _folder_dump(world, tmp_path / "dump")
+    out = dump / "out"  # the output folder inside the folder it scans
+    run_scan(dump, [world.index], out, opts=OPTS, progress=False)
+    rows = read_rows(out)
+    assert len(rows) == 4
+    bad = [r for r in rows if r["status"] == "error"]
+    assert [r["image"] for r in bad] == ["caf\\xe9.jpg"] and "not valid UTF-8" in bad[0]["error"]
+    # killed after two rows; then the dump gains what no reader reads: the resume still matches it
+    (out / "summary.json").unlink()
+    lines = (out / RESULTS).read_bytes().splitlines(keepends=True)
+    (out / PARTIAL).write_bytes(b"".join(lines[:2]))
+    (out / RESULTS).unlink()
+    (dump / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (dump / "notes.txt").write_text("listing notes\n")
+    run_scan(dump, [world.index], out, opts=OPTS, progress=False, resume=True)
+    assert read_rows(out) == rows
+
+
+def test_the_digest_covers_the_photos_the_reader_reads(world, tmp_path):
+    from markguard.infer.outdir import input_digest
+
+    dump = _folder_dump(world, tmp_path / "dump")
+    before = input_digest(dump)
+    (dump / "out").mkdir()
+    for name in (".scan.lock", "results.jsonl.partial", "scan.json", "summary.json"):
+        (dump / "out" / name).write_text("x")
+    (dump / ".DS_Store").write_bytes(b"x")
+    (dump / "README.txt").write_text("x")
+    assert input_digest(dump) == before
+    shutil.copy(next(dump.glob("*.jpg")), dump / "new.jpg")
+    assert input_digest(dump) != before
+
+
+def test_the_writer_thread_writes_strings_that_are_not_text_escaped(tmp_path):
+    from markguard.infer.results import parse_row
+    from markguard.infer.writer import BackgroundWriter
+
+    row = {"listing_id": "L\ud800", "image": os.fsdecode(b"x\xff.jpg"), "seller_id": None, "status": "error", "score": None,
+           "brand": None, "mark": None, "box": None, "matches": [], "error": "cannot read file"}
+    w = BackgroundWriter(ResultsWriter(tmp_path, resume=False))
+    w.write([row])
+    final = w.finish()
+    line = final.read_bytes()
+    line.decode("utf-8")  # valid UTF-8, one row
+    got = parse_row(line)
+    assert (got.listing_id, got.image) == ("L\\ud800", "x\\xff.jpg")

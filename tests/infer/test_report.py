@@ -285,3 +285,18 @@ def test_each_row_carries_its_deciding_matchs_evidence_and_the_outline_is_drawn(
     assert any(g > 150 and r < 90 and b < 120 for r, g, b in (thumb.getpixel((x, y + d)) for d in (-1, 0, 1)))
     plain = Image.open(out / "report" / "thumbs" / rows["L002"]["thumb"]).convert("RGB")
     assert not any(g > 150 and r < 90 and b < 120 for _, (r, g, b) in plain.getcolors(1 << 20))  # no outline, no green
+
+
+@pytest.mark.parametrize("planted", ["report/thumbs", "report"])
+def test_a_planted_thumbs_link_is_refused_and_the_other_folder_untouched(scan_out, tmp_path, planted):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    (pics / "holiday.jpg").write_bytes(b"not ours")
+    (pics / "thumbs").mkdir()
+    (pics / "thumbs" / "holiday.jpg").write_bytes(b"not ours")
+    link = scan_out / planted
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(pics)
+    with pytest.raises(MarkguardError, match="is a link"):
+        write_report(scan_out)
+    assert sorted(p.name for p in pics.rglob("*")) == ["holiday.jpg", "holiday.jpg", "thumbs"]  # nothing deleted, nothing written

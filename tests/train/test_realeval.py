@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 
 from markguard.boxes import iou
-from markguard.datasets.realbench import POSITIVE_TIERS, TIERS, TRUTH_COLUMNS
+from markguard.datasets.realbench import BANDS, COPY_TIERS, POSITIVE_TIERS, TIERS, TRUTH_COLUMNS, size_band
 from markguard.errors import MarkguardError
 from markguard.infer.results import ScanRow
 from markguard.train.realeval import hub_figure, score_bench
 
 
-def write_truth(path, rows):
+def write_truth(path, rows, sizes=None):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(TRUTH_COLUMNS)
+        w.writerow(TRUTH_COLUMNS if sizes else TRUTH_COLUMNS[:10])  # without sizes: a bench built before size bands
         for lid, tier, brand, box in rows:
-            w.writerow([lid, tier, brand, f"{brand}-original" if brand else "", "exact" if brand else "", *(box or ["", "", "", ""]), "p.jpg"])
+            size = (sizes or {}).get(lid)
+            w.writerow([lid, tier, brand, f"{brand}-original" if brand else "", "exact" if brand else "", *(box or ["", "", "", ""]), "p.jpg",
+                        *([] if not sizes else ["" if size is None else size, size_band(size) or ""])])
 
 
 def write_results(path, rows):
@@ -100,6 +102,42 @@ def test_every_tier_matches_a_brute_force_recount(tmp_path):
         assert (got.listings, got.flagged, got.right_brand, got.box_iou50) == pytest.approx(expected[tier]), tier
 
 
+def test_every_size_band_matches_a_brute_force_recount(tmp_path):
+    rng = np.random.default_rng(1)
+    truth, results, sizes = [], [], {}
+    for i in range(700):
+        tier = TIERS[i % len(TIERS)]
+        brand = "" if tier == "none" else ("x" if tier == "unregistered" else "abcd"[int(rng.integers(4))])
+        truth.append((f"L{i}", tier, brand, None if tier == "none" else [10, 10, 60, 60]))
+        if tier != "none":
+            sizes[f"L{i}"] = round(float(rng.uniform(0.05, 0.95)), 4)
+        pos = tier in POSITIVE_TIERS
+        # big marks score lower here, as a scan at one scale does: the bands must show it
+        score = float(rng.normal((0.8 - 0.3 * sizes[f"L{i}"]) if pos else 0.5, 0.1))
+        results.append((f"L{i}", score, brand if pos and rng.random() < 0.7 else "d", [10, 10, 60, 60]))
+    write_truth(tmp_path / "truth.csv", truth, sizes)
+    write_results(tmp_path / "results.jsonl", results)
+    s = score_bench(tmp_path / "results.jsonl", tmp_path / "truth.csv")
+    by = {lid: (sc, b) for lid, sc, b, _ in results}
+    for group, members in (("copies", COPY_TIERS), ("positives", POSITIVE_TIERS), ("unregistered", ("unregistered",))):
+        for band in BANDS:
+            ids = [(lid, brand) for lid, tier, brand, _ in truth if tier in members and size_band(sizes.get(lid)) == band]
+            got = s.bands[group][band]
+            flagged = [by[lid][0] >= s.threshold for lid, _ in ids]
+            assert got.listings == len(ids) and got.flagged == pytest.approx(np.mean(flagged)), (group, band)
+            if group == "unregistered":
+                assert got.right_brand is None
+            else:
+                assert got.right_brand == pytest.approx(np.mean([f and by[lid][1] == b for f, (lid, b) in zip(flagged, ids)]))
+    low, high = s.bands["copies"][BANDS[0]].flagged, s.bands["copies"][BANDS[-1]].flagged
+    assert low > high
+    table = s.band_table()
+    assert table[0].count("|") == len(BANDS) + 2 and any(line.startswith("| copies TPR / right") for line in table)
+    # a bench without sizes in its truth scores as before, with no bands
+    write_truth(tmp_path / "old.csv", truth)
+    assert score_bench(tmp_path / "results.jsonl", tmp_path / "old.csv").bands == {}
+
+
 def test_hub_figure_counts_only_photos_that_do_not_show_their_best_match():
     row = lambda b, status="flag": ScanRow("x", "x.jpg", None, status, 0.5, b, b and f"{b}-m", None, [])  # noqa: E731
     pairs = [(None, row("a")), (None, row("a")), (None, row("b")), ("c", row("a")), ("a", row("a")), ("a", row("a")),
@@ -138,6 +176,8 @@ def test_cli_builds_a_bench_and_evaluates_a_model_on_it(tmp_path, tiny_world, ca
     assert main(["eval", "--bench", str(bench), "--model", str(model), "--out", str(tmp_path / "eval"), "--device", "cpu", "--write-card"]) == 0
     real = json.loads((tmp_path / "eval" / "real.json").read_text())
     assert set(real["tiers"]) == set(TIERS) and real["listings_per_tier"]["copy"] == 6
+    assert set(real["bands"]) == {"copies", "positives", "unregistered"}
+    assert sum(c["listings"] for c in real["bands"]["positives"].values()) == real["positives"]
     assert sum(json.loads(line)["status"] != "error" for line in open(tmp_path / "eval" / "scan" / "results.jsonl")) == 33
     card = load_card(model)
     assert card.metrics["real"]["tiers"]["copy"] == {k: real["tiers"]["copy"][k] for k in ("flagged", "right_brand", "box_iou50")}
