@@ -63,7 +63,8 @@ class ScanPlan:
     size: int  # photos are decoded letterboxed to this side (the largest scan size); each model's input is made from it
     mean: tuple[float, ...]  # and normalised as the first model wants (model_input renormalises for the others)
     std: tuple[float, ...]
-    hires: int  # long side of the photo copy kept for second looks and verification (0: none)
+    hires: int  # long side of the photo copy the decode workers keep for every photo (second looks; 0: none)
+    verify_hires: int  # the copy's long side when verification decodes it itself, for the photos it checks (hires 0)
     verify: object | None  # infer.verify.VerifyConfig, None without verification
     ocr: object | None  # infer.ocr.OcrConfig, None without OCR
     signals: tuple[str, ...] = ()  # the evidence signals whose producers run
@@ -118,7 +119,10 @@ def build_plan(searchers: list, policy, opts: ScanOptions) -> ScanPlan:
         ocr = OcrConfig(budget=opts.ocr_budget)
     first = sps[0].prep
     plan = ScanPlan(tuple(sps), policy, opts, size=max(sp.prep.scan_size for sp in sps), mean=first.mean, std=first.std,
-                    hires=max(look_res, VERIFY_RESOLUTION) if verify else look_res, verify=verify, ocr=ocr,
+                    # second looks need every photo's copy; verification alone only those of photos with a candidate near the
+                    # gate: it decodes them itself (the same pixels), and the workers decode at the scan size only
+                    hires=(max(look_res, VERIFY_RESOLUTION) if verify else look_res) if look_res else 0,
+                    verify_hires=VERIFY_RESOLUTION, verify=verify, ocr=ocr,
                     signals=tuple(_signals(searchers, opts)))
     per_index = [n for n in plan.signals if SIGNALS[n].per_index]
     per_batch = [n for n in plan.signals if not SIGNALS[n].per_index]

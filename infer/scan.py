@@ -20,7 +20,7 @@ from markguard.device import resolve_device
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
 from markguard.infer.decide import Policy, resolve_policy
-from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader
+from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader, worker_death
 from markguard.infer.options import STAGES, ScanOptions, StageTimes, resolve_decode  # noqa: F401  (the scan's public names)
 from markguard.infer.outdir import holds_output_folder, open_output, pins
 from markguard.infer.pipeline import process_batch
@@ -49,7 +49,17 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
     # decoded once, at the largest scan size, normalised as the first model wants; model_input() adapts it for each
     ds = DecodedBatches(item_source(source, opts.shard), size=plan.size, mean=plan.mean, std=plan.std, batch_size=opts.batch_size,
                         skip=skip, device_jpeg=resolve_decode(opts.decode, opts.device) == "device", hires=plan.hires)
-    for batch in batch_loader(ds, opts.workers):
+    batches = iter(batch_loader(ds, opts.workers))
+    while True:
+        try:
+            batch = next(batches, None)
+        except RuntimeError as e:  # a decoding worker killed by the system: one line, not the loader's traceback
+            line = worker_death(e)
+            if line is None:
+                raise
+            raise MarkguardError(line) from None
+        if batch is None:
+            return
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)
         times.merge({"decode": batch.decode_s})

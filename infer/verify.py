@@ -313,7 +313,7 @@ def verify_matches(x: torch.Tensor, found: list[list], searcher, to_orig: list[t
         if not matches or not todo:
             out.append(matches)
             continue
-        if hires is not None:
+        if hires is not None and hires[i] is not None:
             fx, fy = hires_to_orig[i]
             scale = np.array([fx, fy, fx, fy], dtype=np.float64)  # copy pixels → photo pixels
             image = np.ascontiguousarray(hires[i].detach().cpu().permute(1, 2, 0).numpy())
@@ -371,21 +371,34 @@ class VerifyStage:
     policy: object  # decide.Policy
     before: object | None  # the combiner as it scores a candidate before verification (geometry absent); None: similarity
     verify_from: float | None
+    size: int = 0  # the batch's decode size, and the copy's long side, for photos whose copy is decoded here (lazy_hires)
+    hires: int = 0
+    lazy_hires: bool = False  # the decode workers kept no copy: decode it here, for the photos the gate lets through
     name: str = "verify"
     per_index: bool = True
 
     @classmethod
     def plan(cls, plan, sp) -> VerifyStage:
-        return cls(sp, plan.verify, plan.policy, before_verification(plan.policy.combiner), plan.opts.verify_from)
+        return cls(sp, plan.verify, plan.policy, before_verification(plan.policy.combiner), plan.opts.verify_from, plan.size,
+                   plan.verify_hires, plan.hires == 0)
 
     def checks(self, found: list[list[Candidate]]) -> list[set[int]]:
         return gate_checks(found, self.policy, self.cfg, self.before, self.verify_from)
 
     def __call__(self, work) -> None:
+        import time
+
+        from markguard.infer.decode import hires_photos
+
         iw, batch = work.index[self.sp.pos], work.batch
         inp = iw.inp
+        checks = self.checks(iw.found)
+        if self.lazy_hires:
+            t = time.perf_counter()
+            hires_photos(batch, [i for i, c in enumerate(checks) if c], size=self.size, hires=self.hires)
+            work.times.add("decode", t)
         iw.found = verify_matches(inp.x, iw.found, self.sp.searcher, inp.to_orig, inp.factor, self.cfg, orig_size=inp.orig_size,
-                                  checks=self.checks(iw.found), hires=batch.hires, hires_to_orig=batch.hires_to_orig)
+                                  checks=checks, hires=batch.hires, hires_to_orig=batch.hires_to_orig)
 
 
 def before_verification(combiner):

@@ -62,7 +62,7 @@ def test_build_plan_lists_the_stages_and_refuses_bad_settings_before_any_batch(w
     plan = build_plan([s], Policy(0.6, 0.5), ScanOptions(verify=False))
     assert names(plan) == ["FirstLook", "Search", "Decide"] and plan.hires == 0 and plan.signals == ()
     plan = build_plan([s], Policy(0.6, 0.5), ScanOptions(verify=True))
-    assert names(plan) == ["FirstLook", "Search", "VerifyStage", "Decide"] and plan.hires == 1280 and plan.signals == ("geometry",)
+    assert names(plan) == ["FirstLook", "Search", "VerifyStage", "Decide"] and plan.hires == 0 and plan.stages[2].lazy_hires and plan.signals == ("geometry",)
     assert plan.searchers[0].regions.scales == (1.0, 0.5)  # the card's grid, resolved once
     with pytest.raises(MarkguardError, match="unknown region mode"):
         build_plan([s], Policy(0.6, 0.5), ScanOptions(regions="everywhere"))
@@ -152,3 +152,27 @@ def test_the_orchestrator_is_small_and_nothing_imports_it_for_options():
         for line in f.read_text().splitlines():
             if "infer.pipeline import" in line:  # the engines run batches through it; nothing takes options or helpers from it
                 assert line.strip().endswith("import process_batch"), (f, line)
+
+
+def test_verification_decodes_the_high_resolution_copy_only_for_photos_near_the_gate(world, tmp_path, monkeypatch):
+    pytest.importorskip("cv2")
+    from markguard.infer import decode
+    from markguard.infer.scan import run_scan
+
+    copies = []
+    original = decode.hires_copy
+    monkeypatch.setattr(decode, "hires_copy", lambda img, cap: copies.append(cap) or original(img, cap))
+    run_scan(world.dump, [world.index], tmp_path / "none", opts=ScanOptions(workers=0, verify=True, verify_from=1.0),
+             progress=False)
+    assert copies == []  # no candidate near the review threshold: no photo is decoded a second time
+    run_scan(world.dump, [world.index], tmp_path / "all", opts=ScanOptions(workers=0, verify=True, flag=-1, review=-1), progress=False)
+    assert copies and set(copies) == {1280} and len(copies) <= world.n_rows - 4  # the photos checked, once each
+
+
+def test_a_decoding_worker_killed_by_the_system_is_one_line():
+    from markguard.infer.decode import worker_death
+
+    line = worker_death(RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "))
+    assert "pid 4242" in line and "out of memory" in line and "--resume" in line and "\n" not in line
+    assert worker_death(RuntimeError("DataLoader worker (pid(s) 7, 8) exited unexpectedly")).startswith("decoding worker (pid 7, 8)")
+    assert worker_death(RuntimeError("shape mismatch")) is None
