@@ -10,11 +10,14 @@ Beside each, the model-only bound: images/s of the model's forward passes alone 
 (the first look at the scan size plus the second looks' crops at the input size, random pixels, the
 same threads), which decode, search and writing must not pull the scan far below.
 
-A different scan size is a copy of the model folder with that ``scan_size`` in its card (a new
-fingerprint, so each size gets its own index); second looks are ``scan --looks N``.
+A different scan size or first-look pyramid (infer/pyramid.py) is a copy of the model folder with that
+``scan_size`` and ``regions.pyramid`` in its card (a new fingerprint, so each gets its own index); second
+looks are ``scan --looks N``. A setting is SIZE:LOOKS, or SIZE:LOOKS:PYRAMID with the pyramid's sizes
+joined by '+', each optionally *GAIN (e.g. 320:1:320+128*0.97); without one, the first look is the one
+scan-size pass (whatever the model's card says).
 
     python benchmarks/bench_frontier.py --bench BENCH --every 4 --bank 256 \\
-        --settings "320:0" "320:1" "320:2" "320:4" "256:2" "384:2" [--model RUN] [--sift]
+        --settings "320:0" "320:1" "320:2" "320:4" "256:2" "384:2" "320:1:320+128" [--model RUN] [--sift]
     python benchmarks/bench_frontier.py --quick          # a tiny generated bench (for the tests)
 """
 
@@ -39,45 +42,66 @@ from markguard.datasets.realbench import TIERS  # noqa: E402
 from markguard.train.realeval import band_table, score_bench  # noqa: E402
 
 
-def parse_setting(text: str) -> tuple[int, int]:
-    """'SCAN_SIZE:LOOKS' → (scan size, second looks a photo)."""
+def parse_setting(text: str) -> tuple[int, int, list]:
+    """'SCAN_SIZE:LOOKS[:PYRAMID]' → (scan size, second looks a photo, the card's regions.pyramid)."""
+    parts = text.split(":")
     try:
-        size, looks = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"setting {text!r}: give SCAN_SIZE:LOOKS, e.g. 320:2") from None
+        size, looks = int(parts[0]), int(parts[1])
+        levels = []
+        for lv in (parts[2].split("+") if len(parts) > 2 else [parts[0]]):
+            px, _, gain = lv.partition("*")
+            levels.append({"size": int(px), "gain": float(gain)} if gain else int(px))
+        if len(parts) > 3:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"setting {text!r}: give SCAN_SIZE:LOOKS[:PYRAMID], e.g. 320:2 or 320:1:320+128") from None
     if size < 32 or looks < 0:
         raise argparse.ArgumentTypeError(f"setting {text!r}: scan size at least 32, looks 0 or more")
-    return size, looks
+    return size, looks, levels
 
 
-def model_at(model: Path, size: int, out: Path) -> Path:
-    """``model`` itself when its card already scans at ``size``, else a copy whose card does."""
+def setting_name(size: int, looks: int, pyramid: list) -> str:
+    if pyramid == [size]:
+        return f"{size}, {looks}"
+    return f"{size}, {looks}, pyramid " + "+".join(str(v) if isinstance(v, int) else f"{v['size']}*{v['gain']:g}" for v in pyramid)
+
+
+def model_at(model: Path, size: int, out: Path, pyramid: list | None = None) -> Path:
+    """``model`` itself when its card already scans at ``size`` with this first-look ``pyramid`` (default: the one
+    scan-size pass), else a copy whose card does."""
+    pyramid = pyramid or [size]
     card = json.loads((model / CARD).read_text())
-    if int(card["scan_size"]) == size:
+    if int(card["scan_size"]) == size and (card.get("regions") or {}).get("pyramid", [size]) == pyramid:
         return model
-    copy = out / f"model-scan{size}"
+    copy = out / ("model-" + setting_name(size, 0, pyramid).replace(", ", "-").replace(" ", "-").replace("*", "x"))
     if not copy.exists():
         shutil.copytree(model, copy, ignore=shutil.ignore_patterns("last", "eval", "*.log", "*.csv"))
         from markguard.checkpoint import load_checkpoint as load, save_checkpoint
 
         m, c = load(copy)
         c.scan_size = size
+        c.regions = {**c.regions, "pyramid": pyramid}
         save_checkpoint(m, c, copy)
     return copy
 
 
 def model_only_rate(model: Path, size: int, looks: int, batch: int = 16, repeats: int = 5) -> float:
-    """Images/s of the forward passes alone: a batch at ``size`` and ``looks`` crops a photo at the input size."""
+    """Images/s of the forward passes alone: a batch at each first-look size of the card (``size`` without a pyramid) and
+    ``looks`` crops a photo at the input size."""
     import torch
 
+    from markguard.preprocess import resolve_preprocessing
+
     m, card = load_checkpoint(model)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    # the first look's pyramid: a pass at each of its sizes (one at the scan size without a pyramid)
+    xs = [torch.randn(batch, 3, lv.size, lv.size).contiguous(memory_format=torch.channels_last) for lv in resolve_preprocessing(card).pyramid]
     crops = torch.randn(batch * looks, 3, card.input_size, card.input_size).contiguous(memory_format=torch.channels_last)
     times = []
     with torch.no_grad():
         for r in range(repeats + 1):
             t0 = time.perf_counter()
-            m.forward_features(x)
+            for x in xs:
+                m.forward_features(x)
             if looks:
                 m.forward_features(crops)
             if r:  # the first pass warms the allocator and oneDNN's kernels up
@@ -87,7 +111,7 @@ def model_only_rate(model: Path, size: int, looks: int, batch: int = 16, repeats
 
 def run_setting(bench: Path, manifest: Path, truth: Path, model: Path, size: int, looks: int, out: Path, bank: int,
                 repeats: int = 5) -> dict:
-    index, scan = out / f"index-scan{size}", out / f"scan-{size}-{looks}"
+    index, scan = out / f"index-{model.name}", out / f"scan-{model.name}-{looks}"
     if not index.exists():
         markguard("index", "build", str(bench / "gallery"), "-o", str(index), "-m", str(model), *(["--bank", str(bank)] if bank else []))
     shutil.rmtree(scan, ignore_errors=True)
@@ -140,7 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", help="a bench folder from `markguard data realbench`")
     ap.add_argument("--model", help="checkpoint folder (default: the shipped model)")
-    ap.add_argument("--settings", nargs="*", type=parse_setting, default=[(320, 0), (320, 2)], metavar="SIZE:LOOKS")
+    ap.add_argument("--settings", nargs="*", type=parse_setting, default=[(320, 0, [320]), (320, 2, [320])], metavar="SIZE:LOOKS[:PYRAMID]")
     ap.add_argument("--bank", type=int, default=256, metavar="N", help="index built with --bank N (0: none)")
     ap.add_argument("--every", type=int, default=1, help="score every N-th listing of each tier only")
     ap.add_argument("--sift", action="store_true", help="also run the SIFT + RANSAC matcher on the same listings")
@@ -151,12 +175,14 @@ def main() -> None:
     out, bench, manifest, truth = open_bench(ap, args, tmp.name)
     if args.quick:  # a smoke test of every step, not a measurement
         args.bank = min(args.bank, 16)
-        args.settings = [(96, 0), (96, 1)]
+        args.settings = [(96, 0, [96]), (96, 1, [96]), (96, 1, [96, 48])]
     model = resolve_model_dir(args.model)
     results: dict[str, dict] = {}
-    for size, looks in args.settings:
-        results[f"{size}, {looks}"] = run_setting(bench, manifest, truth, model_at(model, size, out), size, looks, out, args.bank,
-                                                  repeats=1 if args.quick else 5)
+    for size, looks, pyramid in args.settings:
+        results[setting_name(size, looks, pyramid)] = run_setting(bench, manifest, truth, model_at(model, size, out, pyramid), size, looks,
+                                                                  out, args.bank, repeats=1 if args.quick else 5)
+        # what is done so far, in case a slow machine runs out of time before the last setting
+        (out / "bench_frontier.partial.json").write_text(json.dumps({"bench": str(bench), "every": args.every, "results": results}, indent=2))
     if args.sift:
         score, rate = run_sift(bench, manifest, truth, out / "sift")
         results["SIFT + RANSAC"] = {"score": score, "images_per_s": rate}

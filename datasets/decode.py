@@ -251,6 +251,8 @@ def _open_checked(fp: BinaryIO, name: str | None, max_pixels: int) -> Image.Imag
         if pixels == 0:
             img.close()
             raise DecodeError(f"image has no pixels ({img.width}x{img.height})", name)
+        if img.format in ("JPEG", "MPO"):
+            _refuse_short_jpeg(fp, img, name)
         if img.format == "PNG":
             # Pillow does not check IDAT checksums while decoding; verify() walks every chunk's
             # CRC without inflating pixels, then we reopen (verify leaves the image unusable).
@@ -264,6 +266,49 @@ def _open_checked(fp: BinaryIO, name: str | None, max_pixels: int) -> Image.Imag
         raise DecodeError(_bomb_reason(e), name) from None
     except _CORRUPT as e:
         raise DecodeError(_corrupt_reason(e), name) from None
+
+
+# SOF markers of arithmetic-coded JPEGs, which can spend less than a bit on a block
+_ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _refuse_short_jpeg(fp: BinaryIO, img: Image.Image, name: str | None) -> None:
+    """Refuse a JPEG with fewer bytes than its declared size needs: libjpeg would pad the rest with the last
+    colour and report success, so a header claiming 8000x8000 over 192x144 of data became a grey photo.
+
+    Huffman coding spends at least one bit on every 8x8 block of the luma plane (a DC code in the first
+    or only scan), so a whole picture holds at least (w/8)(h/8)/8 bytes; a real photo holds far more.
+    """
+    pos = fp.tell()
+    try:
+        size = fp.seek(0, io.SEEK_END)
+        fp.seek(0)
+        head = fp.read(1 << 20)
+    finally:
+        fp.seek(pos)
+    if _jpeg_sof(head) in _ARITHMETIC_SOF:
+        return
+    blocks = -(-img.width // 8) * -(-img.height // 8)
+    need = blocks // 8
+    if size < need:
+        raise DecodeError(f"JPEG holds {size:,} bytes, fewer than any whole {img.width}x{img.height} picture needs "
+                          f"({need:,}): the file is cut short or its header is wrong", name)
+
+
+def _jpeg_sof(head: bytes) -> int | None:
+    """The start-of-frame marker of a JPEG from its header segments (None if not found before the scan)."""
+    i = 2
+    while i + 4 <= len(head) and head[i] == 0xFF:
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker == 0xDA:
+            return None
+        i += 2 + int.from_bytes(head[i + 2 : i + 4], "big")
+    return None
 
 
 def _corrupt_reason(e: BaseException) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from markguard.datasets.realbench import (NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, TRUTH_COLUMNS, TruthRow, _crop_photo,
+from markguard.datasets.realbench import (NEGATIVE_TIERS, POSITIVE_TIERS, REQUIRED_TRUTH_COLUMNS, TIERS, TRUTH_COLUMNS, TruthRow, _crop_photo,
                                          _load_photos, _paste)
 from markguard.errors import MarkguardError
 
@@ -68,7 +68,7 @@ def read_truth(path: str | Path) -> dict[str, TruthRow]:
     out = {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in TRUTH_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_TRUTH_COLUMNS if c not in (reader.fieldnames or [])]  # size/band: benches since issue 20
         if missing:
             raise MarkguardError(f"{path}: missing column(s) {', '.join(missing)}; rebuild the bench with `markguard data realbench`")
         for line, r in enumerate(reader, start=2):
@@ -80,7 +80,8 @@ def read_truth(path: str | Path) -> dict[str, TruthRow]:
                 raise MarkguardError(f"{path}:{line}: box {[r[k] for k in ('x0', 'y0', 'x1', 'y1')]} is not four whole numbers") from None
             if r["listing_id"] in out:
                 raise MarkguardError(f"{path}:{line}: listing {r['listing_id']!r} appears twice")
-            out[r["listing_id"]] = TruthRow(r["listing_id"], r["tier"], r["brand"], r["mark"], r["variant"], box, r["photo"])
+            size = float(r["size"]) if r.get("size") else None
+            out[r["listing_id"]] = TruthRow(r["listing_id"], r["tier"], r["brand"], r["mark"], r["variant"], box, r["photo"], size)
     return out
 
 
@@ -225,7 +226,7 @@ def build_wordbench(bench: str | Path, photo_dirs: list[str | Path], out_dir: st
         bg = _crop_photo(photo, r, (640, 1024))
         img, box = _paste(bg, word, r, cfg.scale, cfg.strength)
         img.save(listings / f"{lid}.jpg", quality=int(r.integers(*cfg.jpeg_quality)))
-        truth.append(TruthRow(lid, tier, brand, mark, variant, box, name))
+        truth.append(TruthRow(lid, tier, brand, mark, variant, box, name, max(box[2] - box[0], box[3] - box[1]) / min(img.size)))
         words[lid] = {"text": text, "font": font.stem}
 
     with open(listings / "manifest.csv", "w", newline="") as f:
@@ -236,7 +237,7 @@ def build_wordbench(bench: str | Path, photo_dirs: list[str | Path], out_dir: st
     with open(out_dir / "truth.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(TRUTH_COLUMNS)
-        w.writerows([r[c] for c in TRUTH_COLUMNS] for r in old)
+        w.writerows([r.get(c) or "" for c in TRUTH_COLUMNS] for r in old)
         w.writerows(t.csv_row() for t in truth)
     info = {**info, "listings_per_tier": {**info["listings_per_tier"], **counts},
             "wordmarks": {"from": str(bench), "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from markguard.datasets.decode import load_mark
 from markguard.datasets.registry import Gallery, MarkRef, check_gallery, load_gallery
 from markguard.device import resolve_device
 from markguard.errors import DecodeError, MarkguardError
-from markguard.fsio import excerpt, printable
+from markguard.fsio import excerpt, printable, real_under
 from markguard.infer.bank import BANK_K, background_bank, bank_images, reference_bias
 from markguard.infer.embed import embed_references
 from markguard.infer.index import MarkIndex
@@ -43,13 +44,24 @@ def _source(path) -> str:
     return printable(Path(path).resolve())
 
 
-def checked_gallery(gallery_path: str | Path) -> Gallery:
+def checked_gallery(gallery_path: str | Path, *, check: bool) -> Gallery:
     """The gallery, once ``markguard gallery check`` finds nothing wrong with it; else one line naming the first problem.
 
     The same rules as ``gallery check``: a mark or brand folder that links out of the gallery, an
     unreadable or blank mark, one picture under two brands, a brand without marks; names that are
-    not UTF-8 are skipped and named.
+    not UTF-8 are skipped and named. ``check=False`` (a library caller's choice, for generated
+    galleries whose random marks may look alike) keeps only the rule that is about safety: nothing
+    outside the gallery is read; unreadable marks are then skipped and named, as before.
     """
+    if not check:
+        gallery = load_gallery(gallery_path)
+        root_real = os.path.realpath(gallery_path)
+        for m in gallery.marks:
+            if real_under(root_real, m.path) is None:
+                raise MarkguardError(f"{printable(m.path)}: refused: links outside the gallery {printable(gallery_path)}; "
+                                     f"copy the file in, or run `markguard gallery check {printable(gallery_path)}`")
+        _report_skipped(gallery)
+        return gallery
     report = check_gallery(gallery_path)
     if not report.ok:
         first = next(line for line in report.lines() if line.startswith("error: "))
@@ -57,9 +69,13 @@ def checked_gallery(gallery_path: str | Path) -> Gallery:
         raise MarkguardError(f"{printable(gallery_path)}: not indexed: {first.removeprefix('error: ')}{more}; "
                              f"run `markguard gallery check {printable(gallery_path)}` to see every problem")
     gallery = load_gallery(gallery_path)
+    _report_skipped(gallery)
+    return gallery
+
+
+def _report_skipped(gallery: Gallery) -> None:
     for path, why in gallery.skipped:
         sys.stderr.write(f"skipped {printable(path)}: {why}\n")
-    return gallery
 
 
 def _brands_meta(gallery: Gallery) -> dict:
@@ -82,20 +98,24 @@ def bank_meta(net, card, vectors, ids, *, images: int, device: str, previous: di
 
 
 def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path | None = None, kind: str = "auto",
-                device: str = "auto", memory_budget_mb: float | None = None, recall_target: float = 0.95, bank: int = 0) -> dict:
+                device: str = "auto", memory_budget_mb: float | None = None, recall_target: float = 0.95, bank: int = 0,
+                check: bool = False) -> dict:
     """Embed every mark of the gallery and save the index at ``out``; returns the index's info.
 
     ``bank`` > 0 embeds that many mark-free background pictures and stores each reference's bias
     against them, so a scan scores matches normalised against the background (infer/bank.py).
+    With ``check`` (what ``markguard index build`` passes) the gallery must pass ``markguard gallery
+    check``; without it (generated galleries, whose random marks may look alike) only the rule that
+    is about safety holds: nothing outside the gallery is read (see :func:`checked_gallery`).
     """
     with index_writer(out, create=True):  # from the start: an `index add` meanwhile would otherwise be overwritten unseen
         return _build_index(gallery_path, out, model=model, kind=kind, device=device, memory_budget_mb=memory_budget_mb,
-                            recall_target=recall_target, bank=bank)
+                            recall_target=recall_target, bank=bank, check=check)
 
 
-def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, recall_target, bank) -> dict:
+def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, recall_target, bank, check) -> dict:
     device = resolve_device(device)
-    gallery = checked_gallery(gallery_path)
+    gallery = checked_gallery(gallery_path, check=check)
     model_dir = resolve_model_dir(model)
     net, card = load_checkpoint(model_dir, device=device)
     emb = embed_marks(gallery.marks, net, card, device=device)
@@ -132,20 +152,24 @@ def index_meta(model_dir: Path, fingerprint: str, brands: dict, gallery_root: Pa
     return meta
 
 
-def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str | Path | None = None, device: str = "auto") -> dict:
-    """Add a gallery's marks (new brands, or new marks of known ones) to an existing index, without a rebuild."""
+def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str | Path | None = None, device: str = "auto",
+                 check: bool = False) -> dict:
+    """Add a gallery's marks (new brands, or new marks of known ones) to an existing index, without a rebuild.
+
+    ``check`` as for :func:`build_index` (``markguard index add`` passes it).
+    """
     with index_writer(index_path):  # the whole read-modify-write: a `remove` meanwhile must not be undone
-        return _add_to_index(Path(index_path), gallery_path, model=model, device=device)
+        return _add_to_index(Path(index_path), gallery_path, model=model, device=device, check=check)
 
 
-def _add_to_index(index_path: Path, gallery_path, *, model, device) -> dict:
+def _add_to_index(index_path: Path, gallery_path, *, model, device, check) -> dict:
     device = resolve_device(device)
     index = MarkIndex.load(index_path)
     meta = index.require_meta()
     model_dir = resolve_model_dir(model if model is not None else meta.get("model"))
     net, card = load_checkpoint(model_dir, device=device)
     index.require_fingerprint(card.fingerprint)
-    gallery = checked_gallery(gallery_path)
+    gallery = checked_gallery(gallery_path, check=check)
     known = {(r.brand, r.mark, r.source) for r in index.records()}
     new = [m for m in gallery.marks if (m.brand, m.mark, _source(m.path)) not in known]
     emb = embed_marks(new, net, card, device=device)
@@ -170,7 +194,7 @@ def _remove_from_index(index_path: Path, *, brand: str | None, mark: str | None)
     meta = dict(index.require_meta())
     n = index.remove(brand=brand, mark=mark)
     if n == 0:
-        raise MarkguardError(f"{index_path}: nothing matches {_asked(brand, mark)}; {_what_exists(index, brand)}")
+        raise MarkguardError(f"{index_path}: nothing matches {_asked(brand, mark)}; {what_exists(index, brand)}")
     if brand is not None and mark is None:
         meta["brands"] = {b: v for b, v in meta.get("brands", {}).items() if b != brand}
     index.meta = meta
@@ -182,7 +206,7 @@ def _asked(brand: str | None, mark: str | None) -> str:
     return " and ".join(f"{k} {excerpt(v)}" for k, v in (("--brand", brand), ("--mark", mark)) if v is not None)
 
 
-def _what_exists(index: MarkIndex, brand: str | None, shown: int = 20) -> str:
+def what_exists(index: MarkIndex, brand: str | None, shown: int = 20) -> str:
     """The brands the index holds (or the marks of ``brand``, when it has it), for a refusal to name what exists."""
     by_brand: dict[str, list[str]] = {}
     for r in index.records():
@@ -192,8 +216,8 @@ def _what_exists(index: MarkIndex, brand: str | None, shown: int = 20) -> str:
 
     def listed(names) -> str:
         names = sorted(set(names))
-        more = f" and {len(names) - shown} more (`markguard index info` lists them all)" if len(names) > shown else ""
-        return ", ".join(excerpt(n, 60) for n in names[:shown]) + more
+        more = f" and {len(names) - shown} more (`markguard index ls` lists them all)" if len(names) > shown else ""
+        return ", ".join(n if len(n) <= 60 else n[:56] + "…" for n in names[:shown]) + more
 
     if brand is not None and brand in by_brand:
         return f"brand {excerpt(brand)} holds marks: {listed(by_brand[brand])}"

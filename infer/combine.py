@@ -5,6 +5,12 @@ isotonic regression of its output, fitted on a labelled validation scan by ``mar
 --combiner``. Both are a few dozen numbers in a JSON file; nothing is unpickled. The file names
 the model it was fitted for: a similarity of one model means nothing to another, so a combiner
 is refused for a model, or an index built by a model, other than its own.
+
+The shipped model carries a default combiner (``markguard/weights/combiner.json``, named with its
+digest in the card's ``thresholds.combiner``), fitted on the project's labelled real-photo bench
+by ``benchmarks/fit_defaults.py``, with flag and review thresholds chosen on it at stated
+operating points. A scan whose index has no combiner of its own uses it; a user's
+(``markguard calibrate --combiner``) overrides it; ``--no-combiner`` decides on similarity.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +29,10 @@ from markguard.infer.evidence import SIGNALS, Candidate, candidate_from_json, en
 FORMAT = "markguard-combiner"
 VERSION = 1
 COMBINER_FILE = "combiner.json"
-FLAG_PROBABILITY = 0.5  # the policy's thresholds on the probability, unless the command line gives others
+FLAG_PROBABILITY = 0.5  # the policy's thresholds on the probability, unless the command line or the combiner's file gives others
 REVIEW_PROBABILITY = 0.2
+# Evidence a scan can have looked at and found against a candidate: what "never checked" means for it (infer/decide.py)
+CHECKS = ("geometry", "text")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -87,6 +95,8 @@ class Combiner:
     model_fingerprint: str
     isotonic: tuple[list[float], list[float]] | None = None
     fitted: dict = field(default_factory=dict)  # what it was fitted on and how well it did there
+    # flag and review thresholds on its probability chosen with it (``{"flag": .., "review": .., ...}``); None: the defaults
+    thresholds: dict | None = None
     # Signals of the fit that the scan in use does not collect at all (no --ocr, no --verify, an index
     # without a bank): they enter at their fitted mean, so they raise or lower nothing, rather than
     # reading as "checked and found nothing". Set for a scan by ``load_for_scan``; not saved.
@@ -110,15 +120,23 @@ class Combiner:
         p = self.logistic(np.stack([encode(c, self.signals) for c in candidates]))
         if self.isotonic is not None:
             p = np.interp(p, *self.isotonic)
-        return p
+        return np.clip(p, 0.0, 1.0)
 
-    def score_matches(self, matches: list) -> None:
+    def unchecked(self, candidates: list[Candidate]) -> np.ndarray:
+        """Each candidate's probability as if no check (verification, OCR) had been made of it: what a failed check
+        must score below (``infer/decide.py``)."""
+        return self.probabilities([replace(c, evidence={k: v for k, v in c.evidence.items() if k not in CHECKS})
+                                   for c in candidates])
+
+    def score_matches(self, matches: list) -> list[float]:
         """Set each match's probability from its evidence: a scan's ``Candidate`` as it is (each signal's encoder rounds its
         numbers as results.jsonl holds them, so a combiner fitted on a scan's results sees at scan time exactly the numbers
-        it was fitted on), a ``results.Match`` read back as results.jsonl holds it."""
+        it was fitted on), a ``results.Match`` read back as results.jsonl holds it; returns each one's probability had it
+        never been checked (:meth:`unchecked`)."""
         cands = [m if isinstance(m, Candidate) else candidate_from_json(m.to_json()) for m in matches]
         for m, p in zip(matches, self.probabilities(cands)):
             m.probability = float(p)
+        return self.unchecked(cands).tolist() if cands else []
 
     def summary(self) -> dict:
         """What summary.json and scan.json say of it: its signals, those the scan lacks, and a digest of its numbers."""
@@ -126,7 +144,7 @@ class Combiner:
 
         digest = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
         return {"signals": list(self.signals), "absent": list(self.absent), "sha256": digest,
-                "model_fingerprint": self.model_fingerprint, "fitted": self.fitted}
+                "model_fingerprint": self.model_fingerprint, "fitted": self.fitted, "thresholds": self.thresholds}
 
     def apply(self, candidates: list[Candidate]) -> list[Candidate]:
         """Set each candidate's probability; best first."""
@@ -134,22 +152,21 @@ class Combiner:
             c.probability = float(p)
         return sorted(candidates, key=lambda c: -(c.probability or 0.0))
 
-    def check(self, model_fingerprint: str, index_fingerprints: list[str] = (), source: str = "combiner") -> None:
+    def check(self, model_fingerprint: str, index_fingerprints: list[str] = (), source: str = "combiner",
+              refit: str = "refit it with `markguard calibrate --combiner` on a scan by this model") -> None:
         """Refuse, in one line, a combiner fitted for another model, or used with an index another model built."""
         if model_fingerprint != self.model_fingerprint:
-            raise MarkguardError(f"{source}: fitted for model {self.model_fingerprint}, not this model ({model_fingerprint}); "
-                                 "refit it with `markguard calibrate --combiner` on a scan by this model")
+            raise MarkguardError(f"{source}: fitted for model {self.model_fingerprint}, not this model ({model_fingerprint}); {refit}")
         for fp in index_fingerprints:
             if fp != self.model_fingerprint:
-                raise MarkguardError(f"{source}: fitted for model {self.model_fingerprint}, but an index was built by model {fp}; "
-                                     "refit it on a scan with these indexes")
+                raise MarkguardError(f"{source}: fitted for model {self.model_fingerprint}, but an index was built by model {fp}; {refit}")
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "model_fingerprint": self.model_fingerprint,
                 "signals": self.signals, "features": self.features, "weights": self.weights, "bias": self.bias,
                 "mean": self.mean, "scale": self.scale,
                 "isotonic": None if self.isotonic is None else {"x": list(self.isotonic[0]), "y": list(self.isotonic[1])},
-                "fitted": self.fitted}
+                "fitted": self.fitted} | ({} if self.thresholds is None else {"thresholds": self.thresholds})
 
     def save(self, path: str | Path) -> Path:
         from markguard.fsio import atomic_write_text
@@ -170,14 +187,14 @@ class Combiner:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise MarkguardError(f"{path}: no combiner here; fit one with `markguard calibrate --combiner`") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
             raise MarkguardError(f"{path}: not a combiner file ({e})") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise MarkguardError(f"{path}: not a combiner file (format is not '{FORMAT}')")
         if doc.get("version") != VERSION:
             raise MarkguardError(f"{path}: combiner version {doc.get('version')!r}; this markguard reads version {VERSION}, refit it")
         signals = doc.get("signals")
-        if not isinstance(signals, list) or not signals or any(s not in SIGNALS for s in signals):
+        if not isinstance(signals, list) or not signals or any(not isinstance(s, str) or s not in SIGNALS for s in signals):
             raise MarkguardError(f"{path}: signals {signals!r} are not all known to this markguard ({', '.join(SIGNALS)})")
         names = feature_names(signals)
         if doc.get("features") != names:
@@ -196,9 +213,19 @@ class Combiner:
             if (not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys) or not xs
                     or not all(_finite(v) for v in xs + ys) or np.any(np.diff(xs) < 0) or np.any(np.diff(ys) < 0)):
                 raise MarkguardError(f"{path}: 'isotonic' must be {{x, y}}: equally long, non-decreasing lists of numbers")
+            if min(xs + ys) < 0 or max(xs + ys) > 1:  # knots map a probability to a probability
+                raise MarkguardError(f"{path}: 'isotonic' knots must lie in [0, 1] (they map a probability to a probability); refit it")
             iso = (list(map(float, xs)), list(map(float, ys)))
+        fitted = doc.get("fitted", {})
+        if not isinstance(fitted, dict):
+            raise MarkguardError(f"{path}: 'fitted' must be an object (what the combiner was fitted on), not {type(fitted).__name__}")
+        thresholds = doc.get("thresholds")
+        if thresholds is not None:
+            ok = isinstance(thresholds, dict) and all(_finite(thresholds.get(k)) and 0 <= thresholds[k] <= 1 for k in ("flag", "review"))
+            if not ok or thresholds["review"] > thresholds["flag"]:
+                raise MarkguardError(f"{path}: 'thresholds' must hold a flag and a review probability, 0 <= review <= flag <= 1")
         c = cls(signals, [float(v) for v in doc["weights"]], float(doc["bias"]), [float(v) for v in doc["mean"]],
-                [float(v) for v in doc["scale"]], doc["model_fingerprint"], iso, doc.get("fitted") or {})
+                [float(v) for v in doc["scale"]], doc["model_fingerprint"], iso, fitted, thresholds)
         if expect_fingerprint is not None:
             c.check(expect_fingerprint, source=str(path))
         return c
@@ -208,19 +235,55 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def shipped(model_dir: str | Path, card) -> tuple[Path, dict] | None:
+    """The default combiner a model's card names (``thresholds.combiner``: ``file`` beside the card, its ``sha256``), or None."""
+    ref = (card.thresholds or {}).get("combiner")
+    if ref is None:
+        return None
+    source = f"{Path(model_dir) / 'model_card.json'}: thresholds.combiner"
+    name = ref.get("file") if isinstance(ref, dict) else None
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise MarkguardError(f"{source} must name a combiner file beside the card ({{\"file\": \"combiner.json\", \"sha256\": ..}}); "
+                             "scan with --no-combiner")
+    return Path(model_dir) / name, ref
+
+
+def digest(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def load_for_scan(spec: str | Path | None, searchers: list, opts) -> tuple[Combiner | None, Path | None]:
     """The combiner a scan uses, loaded once and checked against its model and indexes, and where it came from.
 
-    ``spec``: None (none), ``"auto"`` (the first index's ``combiner.json`` when there is one) or a path.
+    ``spec``: None (none), ``"auto"`` (the first index's ``combiner.json`` when there is one, else the one shipped
+    with the model, when its card names one) or a path.
     """
     if spec is None:
         return None, None
+    from markguard.checkpoint import DEFAULT_MODEL_DIR
+
     path = Path(searchers[0].path) / COMBINER_FILE if spec == "auto" else Path(spec)
+    default = None
     if spec == "auto" and not path.is_file():
-        return None, None
+        model_dir = searchers[0].model_dir or DEFAULT_MODEL_DIR
+        default = shipped(model_dir, searchers[0].card)
+        if default is None:
+            return None, None
+        path, ref = default
+        if not path.is_file():
+            raise MarkguardError(f"{path}: the default combiner the model card names is missing; reinstall markguard, or scan with "
+                                 "--no-combiner")
+        if ref.get("sha256") and digest(path) != ref["sha256"]:
+            raise MarkguardError(f"{path}: not the default combiner the model card names (sha256 differs); refit the defaults with "
+                                 "`python benchmarks/fit_defaults.py`, or scan with --no-combiner")
     combiner = Combiner.load(path)
+    refit = ("the model was retrained since: refit the defaults with `python benchmarks/fit_defaults.py` (or fit your own with "
+             "`markguard calibrate --combiner`)" if default is not None else "refit it with `markguard calibrate --combiner` on a scan by this model")
     try:
-        combiner.check(searchers[0].card.fingerprint, [s.card.fingerprint for s in searchers], source=str(path))
+        combiner.check(searchers[0].card.fingerprint, [s.card.fingerprint for s in searchers],
+                       source=f"{path} (the model's default combiner)" if default is not None else str(path), refit=refit)
     except MarkguardError as e:
         raise MarkguardError(f"{e}; or scan with --no-combiner") from None
     fitted_bank = combiner.fitted.get("bank")  # absent in a combiner fitted before scans recorded their bank: not checked
@@ -242,7 +305,7 @@ def fit_combiner(candidates: list[Candidate], labels, *, model_fingerprint: str,
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == len(y):
         raise MarkguardError(f"the labelled scan gives {n_pos} positive and {len(y) - n_pos} negative candidates; "
-                             "fitting a combiner needs both (scan the validation dump with a low --review threshold)")
+                             "fitting a combiner needs both (scan the validation dump with a low --review-threshold)")
     signals = signals or [s for s in SIGNALS if any(s in c.evidence for c in candidates)]
     X = np.stack([encode(c, signals) for c in candidates])
     mean, scale = X.mean(0), X.std(0)
@@ -262,7 +325,7 @@ def fit_combiner(candidates: list[Candidate], labels, *, model_fingerprint: str,
 
 def read_truth(path: str | Path) -> dict[str, set[str]]:
     """listing_id → the registered brands it shows. ``.csv``: columns ``listing_id``, ``brand`` (one row a brand
-    shown; an empty brand for a clean listing). ``.jsonl``: the synthetic dump's truth (``marks[{brand, registered}]``)."""
+    shown; an empty brand for a clean listing; with a ``tier`` column, as a bench's truth.csv, a negative tier's brand is not shown). ``.jsonl``: the synthetic dump's truth (``marks[{brand, registered}]``)."""
     path = Path(path)
     out: dict[str, set[str]] = {}
     try:
@@ -271,9 +334,12 @@ def read_truth(path: str | Path) -> dict[str, set[str]]:
                 reader = csv.DictReader(f)
                 if not reader.fieldnames or not {"listing_id", "brand"} <= set(reader.fieldnames):
                     raise MarkguardError(f"{path}: a truth CSV needs the columns listing_id and brand (empty for a clean listing)")
+                from markguard.datasets.wordbench import ALL_NEGATIVE
+
                 for row in reader:
                     brands = out.setdefault(row["listing_id"], set())
-                    if (row.get("brand") or "").strip():
+                    # a bench's truth.csv names the unregistered brand a negative listing shows: no registered brand
+                    if (row.get("brand") or "").strip() and row.get("tier") not in ALL_NEGATIVE:
                         brands.add(row["brand"].strip())
         else:
             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -325,4 +391,10 @@ def calibrate_combiner(results_dir: str | Path, truth_path: str | Path, *, out: 
     if "bank" in summary["indexes"][0]:  # the bank the normalised similarities were measured against (checked at scan time)
         combiner.fitted["bank"] = summary["indexes"][0]["bank"]
     target = Path(out) if out is not None else Path(summary["indexes"][0]["path"]) / COMBINER_FILE
+    from markguard.checkpoint import DEFAULT_MODEL_DIR
+
+    resolved = (target if target.suffix else target / COMBINER_FILE).resolve()
+    if DEFAULT_MODEL_DIR.resolve() in resolved.parents:  # the shipped default is refit by benchmarks/fit_defaults.py, never here
+        raise MarkguardError(f"{target}: inside the installed markguard's shipped weights; write your combiner to a folder of yours "
+                             "(--combiner-out DIR) or leave it out to write beside your index")
     return combiner, (combiner.save(target) if write else target)

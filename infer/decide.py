@@ -1,11 +1,21 @@
-"""Decide: each photo's status from its matches — thresholds (global, per brand, or on the combiner's probability), the review band, the seller allowlist — as result rows."""
+"""Decide: each photo's status from its matches — thresholds (global, per brand, or on the combiner's probability), the review band, the seller allowlist — as result rows.
+
+Every check counts both ways, with or without a combiner (:meth:`Policy.value`): a candidate whose
+keypoint verification failed scores below what it would have scored unchecked (with a combiner,
+its probability had it never been checked; on similarity, one review band lower); one at whose
+region OCR read another registered brand's name is vetoed (below review: that brand's own
+candidate speaks instead); a read naming the candidate's brand flags it on its own.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from markguard.errors import MarkguardError
 from markguard.infer.results import Match, ScanRow
+
+VETO_MARGIN = 1e-4  # how far below a threshold (or below unchecked) a check that failed puts a candidate
 
 
 @dataclass
@@ -25,6 +35,7 @@ class Policy:
     # calibrated (flag, review); its name → {"flag": .., "review": ..}. Empty when one model serves all.
     per_index: dict[str, dict[str, float]] = field(default_factory=dict)
     combiner: object | None = None  # an infer.combine.Combiner; loaded and checked once, before the scan
+    evidence_rules: bool = True  # checks count both ways (module docstring); off only to measure a signal alone
 
     def __post_init__(self):
         if self.combiner is not None:
@@ -37,11 +48,42 @@ class Policy:
                 where = f" of index {name}" if name else ""
                 raise MarkguardError(f"review threshold {review}{where} is above the flag threshold {flag}; the review band lies below flag")
 
-    def value(self, m) -> float:
-        """What the thresholds apply to: the match's probability with a combiner, else its similarity score."""
+    def base(self, m) -> float:
+        """The match's probability with a combiner, else its similarity score — raw where a background bank normalised
+        it: the card's and brands.yaml's thresholds are raw similarities, so an index with a bank is judged as one without."""
         if self.combiner is not None:
             return m.probability if m.probability is not None else 0.0
-        return m.score
+        ev = _evidence(m)
+        sim, norm = ev.get("similarity"), ev.get("similarity_norm")
+        if m.mark is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (sim, norm)) or norm >= 1:
+            return m.score
+        # verification moved the normalised score toward 1 by its strength g (infer/verify.py rescore): the raw one alike
+        g = max(0.0, (m.score - norm) / (1.0 - norm))
+        return sim + (1.0 - sim) * g
+
+    def value(self, m) -> float:
+        """What the thresholds apply to: :meth:`base`, moved by the checks made of the match (module docstring).
+        With a combiner, ``m.unchecked`` (set by :func:`decide_rows`) is its probability had it never been checked."""
+        decided = getattr(m, "decided", None)
+        if decided is not None:  # settled once by decide_rows (a combiner's probability, written as it decided)
+            return decided
+        v = self.base(m)
+        if not self.evidence_rules:
+            return v
+        ev = _evidence(m)
+        flag, review = self.thresholds(m.brand, getattr(m, "index", None))
+        text_brand = ev.get("text_brand")
+        if text_brand is not None and text_brand == m.brand:
+            return max(v, flag)  # its name read in the photo: flags on its own
+        unchecked = getattr(m, "unchecked", None)
+        unchecked = v if unchecked is None else unchecked
+        if text_brand is not None and m.mark is not None:
+            v = min(v, unchecked, review) - VETO_MARGIN  # another brand's name read at its region: vetoed
+        if ev.get("inliers") is not None and ev.get("verified") is False:
+            # checked and not found: below the same candidate unchecked
+            band = (flag - review) if self.combiner is None else 0.0
+            v = min(v, unchecked) - max(band, VETO_MARGIN)
+        return v
 
     def thresholds(self, brand: str, index: str | None = None) -> tuple[float, float]:
         """(flag, review) for a match of ``brand`` found in ``index``; a brand's own flag keeps the review band's width."""
@@ -78,6 +120,60 @@ class Policy:
         return d
 
 
+THRESHOLDS_FILE = "thresholds.json"  # `markguard calibrate` on a user's labelled scan: beside their index, or in a folder they name
+THRESHOLDS_FORMAT = "markguard-thresholds"
+
+
+def save_thresholds(path, thresholds: dict, *, model_fingerprint: str, fitted: dict) -> Path:
+    """Write calibrated similarity thresholds (``flag``, ``review``, ``per_brand``) for one model; a folder means its thresholds.json."""
+    import json
+
+    from markguard.fsio import atomic_write_text
+
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / THRESHOLDS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"format": THRESHOLDS_FORMAT, "model_fingerprint": model_fingerprint, **thresholds, "fitted": fitted}
+    atomic_write_text(path, json.dumps(doc, indent=2))
+    return path
+
+
+def index_thresholds(searcher) -> dict:
+    """The similarity thresholds a scan with this index applies: its own thresholds.json (``markguard calibrate``) when it
+    has one, checked against its model, else the model card's."""
+    import json
+    import math
+
+    path = Path(searcher.path) / THRESHOLDS_FILE
+    if not path.is_file():
+        return searcher.card.thresholds
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise MarkguardError(f"{path}: not a thresholds file ({type(e).__name__}); recalibrate with `markguard calibrate` or remove it") from None
+    ok = (isinstance(doc, dict) and doc.get("format") == THRESHOLDS_FORMAT
+          and all(isinstance(doc.get(k), (int, float)) and not isinstance(doc.get(k), bool) and math.isfinite(doc[k]) and -1 <= doc[k] <= 1.001
+                  for k in ("flag", "review"))
+          and isinstance(doc.get("per_brand", {}), dict)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in doc.get("per_brand", {}).values()))
+    if not ok:
+        raise MarkguardError(f"{path}: not a thresholds file (needs format {THRESHOLDS_FORMAT!r} and similarities flag, review, per_brand); "
+                             "recalibrate with `markguard calibrate` or remove it")
+    if doc.get("model_fingerprint") != searcher.card.fingerprint:
+        raise MarkguardError(f"{path}: calibrated for model {doc.get('model_fingerprint')}, not this model ({searcher.card.fingerprint}); "
+                             "recalibrate with `markguard calibrate` on a scan by this model, or remove it")
+    return {"flag": float(doc["flag"]), "review": float(doc["review"]), "per_brand": dict(doc.get("per_brand") or {}),
+            "source": str(path)}
+
+
+def _evidence(m) -> dict:
+    """A match's evidence as results.jsonl holds it (the numbers the rules were written for): a scan's candidate's typed
+    records in their JSON form, a ``results.Match``'s as read."""
+    to_json = getattr(m, "evidence_json", None)
+    return to_json() if to_json is not None else (getattr(m, "evidence", None) or {})
+
+
 def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: float | None = None,
                    review: float | None = None, per_index_cards: dict[str, dict] | None = None, combiner=None) -> Policy:
     """Command line > model card (calibrated) for the global thresholds; brands.yaml > calibrated per brand.
@@ -86,14 +182,17 @@ def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: floa
     if combiner is not None:
         from markguard.infer.combine import FLAG_PROBABILITY, REVIEW_PROBABILITY
 
-        p_flag = flag if flag is not None else FLAG_PROBABILITY
-        p_review = review if review is not None else min(REVIEW_PROBABILITY, p_flag)
-        sources = {"flag": "command line" if flag is not None else "combiner default",
-                   "review": "command line" if review is not None else "combiner default",
+        own = combiner.thresholds or {}  # chosen with the combiner at stated operating points (benchmarks/fit_defaults.py)
+        p_flag = flag if flag is not None else float(own.get("flag", FLAG_PROBABILITY))
+        p_review = review if review is not None else min(float(own.get("review", REVIEW_PROBABILITY)), p_flag)
+        src = "the combiner's file" if own else "combiner default"
+        sources = {"flag": "command line" if flag is not None else src,
+                   "review": "command line" if review is not None else src,
                    "per_brand": "not applied: the thresholds are on the combiner's probability"}
         return Policy(p_flag, p_review, {}, authorized, sources, {}, combiner)
-    sources = {"flag": "command line" if flag is not None else "model card",
-               "review": "command line" if review is not None else "model card"}
+    where = card_thresholds.get("source") or "model card"  # an index's thresholds.json names itself
+    sources = {"flag": "command line" if flag is not None else where,
+               "review": "command line" if review is not None else where}
     g_flag = flag if flag is not None else float(card_thresholds.get("flag", 0.6))
     g_review = review if review is not None else float(card_thresholds.get("review", g_flag - 0.1))
     if flag is not None and review is None:
@@ -101,7 +200,7 @@ def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: floa
         sources["review"] = "command line flag minus the card's review band"
     per_brand = {b: float(t) for b, t in (card_thresholds.get("per_brand") or {}).items()}
     for b in per_brand:
-        sources[f"brand:{b}"] = "model card (calibrated)"
+        sources[f"brand:{b}"] = f"{where} (calibrated)"
     for b, meta in brands.items():
         if meta.get("threshold") is not None:
             per_brand[b] = float(meta["threshold"])
@@ -126,7 +225,10 @@ def decide_rows(batch, per_photo: list[list[Match]], policy: Policy, max_matches
             continue
         found = per_photo[ok_pos[pos]]
         if policy.combiner is not None:
-            policy.combiner.score_matches(found)
+            for m, u in zip(found, policy.combiner.score_matches(found)):
+                m.unchecked = u
+            for m in found:  # the probability written is the one that decided
+                m.decided = m.probability = min(1.0, max(0.0, policy.value(m)))
         matches = sorted(found, key=lambda m: -policy.value(m))
         status, decider = policy.decide(matches, item.seller_id)
         best = max((m.score for m in matches), default=None)  # the row's score is the best similarity, whatever decided

@@ -327,12 +327,14 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
     """Each photo's matches (``Candidate``s of a scan, or ``results.Match``es read back; boxes in the pixels of
     ``photos[i]``) as candidates with their evidence, each with its similarity as a record of its own.
 
-    With an OCR ``reader`` and a ``lexicon``, the gate picks the photos to read: a photo's best
-    candidates' regions (or, with ``where="photo"``, the whole photo), by similarity, and
-    (``read_unmatched``) the whole photo, last, for one no region matched; the text read becomes
-    every candidate's text evidence, and a brand it names that no region matched becomes a
-    candidate of its own. ``verified[i][j]`` is the geometric evidence for match j of photo i, if
-    it was checked (see :func:`geometry`). With a ``combiner``, each candidate gets its probability.
+    With an OCR ``reader`` and a ``lexicon``: with ``where="text"`` (the default) every photo is read
+    where its text detector finds text (:func:`read_photos`), whatever its matches; with
+    ``"candidates"``, its best candidates' regions (or the whole photo, last, for one no region
+    matched, with ``read_unmatched``); with ``"photo"`` the whole photo. The budget is per photo,
+    so a photo's evidence never depends on its batch. The text read becomes each candidate's text
+    evidence, and a brand it names that no region matched becomes a candidate of its own.
+    ``verified[i][j]`` is the geometric evidence for match j of photo i, if it was checked (see
+    :func:`geometry`). With a ``combiner``, each candidate gets its probability.
     """
     out = []
     for i, found in enumerate(matches):
@@ -344,7 +346,12 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
                 c = replace(c, evidence={**c.evidence, "geometry": g})
             cands.append(c)
         out.append(cands)
-    if reader is not None and lexicon is not None:
+    if reader is not None and lexicon is not None and reader.config.where == "text":
+        from markguard.infer.textmatch import read_photos, with_text
+
+        for i, reads in enumerate(read_photos(photos, reader, lexicon, len(out))):
+            out[i] = with_text(out[i], reads)
+    elif reader is not None and lexicon is not None:
         requests = []
         for i, cands in enumerate(out):
             if cands and reader.config.where == "photo":

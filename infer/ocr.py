@@ -1,11 +1,13 @@
-"""OCR: read the text in chosen regions of the original photo (PP-OCR through RapidOCR), on a bounded share of each batch.
+"""OCR: read the text of a photo where its text detector finds text (PP-OCR through RapidOCR), a bounded amount per photo.
 
-A full OCR pass costs hundreds of milliseconds a photo on a CPU, many times the embedding, so it
-never runs on everything: the caller passes the regions worth reading (its candidates, with a
-priority) and :func:`gate` keeps at most ``budget`` of a batch's photos. A read that fails or runs
-past its time gives "no text evidence" with the reason; the photo keeps its other evidence.
-RapidOCR's detection and recognition models ship inside its wheel (the ``ocr`` extra): nothing
-is downloaded.
+Where to read is decided by where text is, not by how close a region came to a mark: the
+detector runs on each photo (at ``det_side`` px, tens of milliseconds), and the ``lines`` largest
+lines it finds are recognised (a few milliseconds each). Every photo gets the same budget, so a
+photo's reads never depend on the batch it came in: a resumed or sharded scan reads exactly what
+one scan reads. (``where="candidates"`` / ``"photo"`` read the regions a caller names, the same
+bound per photo.) A read that fails or runs past its time gives "no text evidence" with the
+reason; the photo keeps its other evidence. RapidOCR's detection and recognition models ship
+inside its wheel (the ``ocr`` extra): nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -20,27 +22,31 @@ import numpy as np
 
 from markguard.errors import DecodeError, MarkguardError
 
+LINES = 2  # text lines recognised a photo, largest first: a listing's wordmark is its largest text, or its second beside a tagline
+
 
 @dataclass(frozen=True)
 class OcrConfig:
-    """How much OCR a scan may do and how each read is made."""
+    """How much OCR a scan may do in each photo and how each read is made."""
 
-    budget: float = 0.25  # share of a batch's photos that may be read
-    where: str = "candidates"  # candidates: the regions of a photo's best matches | photo: the whole photo
-    regions_per_photo: int = 1  # candidate regions read in one photo, best first
+    lines: int = LINES  # per photo: text lines recognised (where="text") or regions read (candidates), largest / best first
+    where: str = "text"  # text: where the detector finds text | candidates: the regions of a photo's best matches | photo: the whole photo
     timeout_s: float = 5.0  # a read running longer gives no text evidence
     margin: float = 0.25  # read this share of the region's long side beyond it on each side: a region may clip the word's ends
-    det_side: int = 480  # the text detector sees the crop at most this long (its default upscales to 736 short side)
+    det_side: int = 320  # the text detector sees the photo (where="text") or the crop at most this long
+    line_margin: float = 0.2  # a detected line is cut out with this share of its height around it
+    min_line_px: int = 8  # detected lines shorter than this (in the photo) are specks, not words
     min_confidence: float = 0.5  # recognised lines below this are dropped
     threads: int = 1  # ONNX Runtime threads: the scan's own workers already use the cores
 
     def __post_init__(self):
-        if not 0.0 <= self.budget <= 1.0:
-            raise MarkguardError(f"ocr budget {self.budget} must be a share of photos in [0, 1]")
-        if self.where not in ("candidates", "photo"):
-            raise MarkguardError(f"ocr where={self.where!r}; choose candidates (the best matches' regions) or photo")
-        if self.regions_per_photo < 1 or self.timeout_s <= 0:
-            raise MarkguardError("ocr regions_per_photo must be >= 1 and timeout_s > 0")
+        if isinstance(self.lines, bool) or not isinstance(self.lines, int) or not 0 <= self.lines <= 64:
+            raise MarkguardError(f"ocr lines {self.lines!r} must be a whole number of text lines a photo, 0 to 64")
+        if self.where not in ("text", "candidates", "photo"):
+            raise MarkguardError(f"ocr where={self.where!r}; choose text (where the detector finds it), candidates (the best matches' "
+                                 "regions) or photo")
+        if self.timeout_s <= 0 or self.det_side < 32:
+            raise MarkguardError("ocr timeout_s must be > 0 and det_side >= 32")
 
 
 @dataclass(frozen=True)
@@ -59,22 +65,19 @@ class OcrRead:
     text: str | None  # lines joined by spaces; None when nothing was read
     box: tuple[int, int, int, int] | None  # the crop that was read, original pixels
     seconds: float = 0.0
-    reason: str | None = None  # why there is no text: "timed out after 5 s", "failed: ...", "over the batch's budget"
+    reason: str | None = None  # why there is no text: "timed out after 5 s", "failed: ...", "over the photo's budget"
 
     @property
     def ok(self) -> bool:
         return self.reason is None
 
 
-def gate(requests: list[OcrRequest], n_photos: int, config: OcrConfig) -> tuple[list[OcrRequest], list[OcrRequest]]:
-    """(read, skipped): at most ``ceil(budget * n_photos)`` photos, those with the highest-priority requests,
-    and in each at most ``regions_per_photo`` regions."""
-    limit = math.ceil(config.budget * n_photos - 1e-9)
+def gate(requests: list[OcrRequest], config: OcrConfig) -> tuple[list[OcrRequest], list[OcrRequest]]:
+    """(read, skipped): in each photo its ``config.lines`` highest-priority requests; nothing depends on the other photos."""
     per_photo: dict[int, list[OcrRequest]] = {}
     for r in sorted(requests, key=lambda r: -r.priority):
         per_photo.setdefault(r.photo, []).append(r)
-    chosen_photos = sorted(per_photo, key=lambda p: -per_photo[p][0].priority)[:limit]
-    read = [r for p in chosen_photos for r in per_photo[p][: config.regions_per_photo]]
+    read = [r for p in sorted(per_photo) for r in per_photo[p][: config.lines]]
     kept = {id(r) for r in read}
     return read, [r for r in requests if id(r) not in kept]
 
@@ -126,6 +129,30 @@ class OriginalPhotos:
         return self._cache[i]
 
 
+class HiresPhotos:
+    """A batch's photos as the scan already keeps them for second looks and verification (``Batch.hires``: uint8 CHW at up
+    to 1280 px), as PIL images, with each one's pixel -> original pixel factors; no second decode."""
+
+    def __init__(self, tensors, to_orig):
+        self.tensors, self.to_orig = tensors, to_orig
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return Image.fromarray(self.tensors[i].permute(1, 2, 0).contiguous().cpu().numpy())
+
+    def factor(self, i: int) -> tuple[float, float]:
+        return self.to_orig[i]
+
+
+def _quad_box(quad, scale: float) -> tuple[float, float, float, float]:
+    q = np.asarray(quad, dtype=np.float64).reshape(-1, 2) / scale
+    return float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())
+
+
 class OcrReader:
     """Reads text from crops of original photos; the engine loads on first use, one read at a time."""
 
@@ -173,6 +200,7 @@ class OcrReader:
             self._pending = None
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="markguard-ocr")
+            self.engine()  # loading the models is no read: it does not count against the read's time
             start = time.perf_counter()
             future = self._pool.submit(self._run, array)
             try:
@@ -189,7 +217,7 @@ class OcrReader:
 
     def read_batch(self, images: list, requests: list[OcrRequest]) -> dict[OcrRequest, OcrRead]:
         """Read what :func:`gate` lets through for this batch; skipped requests get a read with the reason."""
-        chosen, skipped = gate(requests, len(images), self.config)
+        chosen, skipped = gate(requests, self.config)
         out = {}
         for r in chosen:
             try:
@@ -198,9 +226,65 @@ class OcrReader:
                 out[r] = OcrRead(None, None, reason=f"not read: {e.reason}")
                 continue
             out[r] = self.read(image, r.box)
-        reason = f"not read: over the batch's OCR budget ({self.config.budget:.0%} of photos)"
+        reason = f"not read: over the photo's OCR budget ({self.config.lines} regions)"
         out.update({r: OcrRead(None, None, reason=reason) for r in skipped})
         return out
+
+    def _read_text(self, array: np.ndarray) -> list[tuple[str, tuple[float, float, float, float]]]:
+        """(text, box in ``array``'s pixels) of the ``lines`` largest lines the detector finds in the RGB ``array``."""
+        engine = self.engine()
+        h, w = array.shape[:2]
+        scale = min(1.0, self.config.det_side / max(h, w))
+        small = array
+        if scale < 1:
+            from PIL import Image
+
+            small = np.asarray(Image.fromarray(array).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
+        try:
+            quads, _ = engine.text_det(np.ascontiguousarray(small[:, :, ::-1]))  # RapidOCR's models take BGR
+            boxes = [_quad_box(q, scale) for q in (quads if quads is not None else [])]
+            boxes = [b for b in boxes if b[3] - b[1] >= self.config.min_line_px and b[2] > b[0]]
+            boxes = sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))[: self.config.lines]
+            crops = []
+            for x0, y0, x1, y1 in boxes:
+                pad = self.config.line_margin * (y1 - y0)
+                cx0, cy0 = max(0, int(x0 - pad)), max(0, int(y0 - pad))
+                cx1, cy1 = min(w, int(math.ceil(x1 + pad))), min(h, int(math.ceil(y1 + pad)))
+                crops.append(np.ascontiguousarray(array[cy0:cy1, cx0:cx1, ::-1]))
+            texts, _ = engine.text_rec(crops) if crops else ([], 0.0)
+        except Exception as e:  # noqa: BLE001 - only OpenCV's error, which derives from Exception alone, is renamed
+            if type(e).__name__ == "error" and type(e).__module__.startswith("cv2"):
+                raise RuntimeError(f"OpenCV: {e}") from None
+            raise
+        return [(str(t).strip(), b) for (t, score), b in zip(texts, boxes)
+                if float(score) >= self.config.min_confidence and str(t).strip()]
+
+    def read_text(self, image, factor: tuple[float, float] = (1.0, 1.0)) -> list[OcrRead]:
+        """Where the detector finds text in the PIL ``image``: one read a line (boxes in original pixels: ``image``'s times
+        ``factor``), none when it finds none; one read with the reason when reading failed or timed out."""
+        array = np.asarray(image.convert("RGB"))
+        with self._lock:
+            if self._pending is not None and not self._pending.done():
+                return [OcrRead(None, None, reason="not read: an earlier read timed out and still holds the reader")]
+            self._pending = None
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="markguard-ocr")
+            self.engine()  # loading the models is no read: it does not count against the read's time
+            start = time.perf_counter()
+            future = self._pool.submit(self._read_text, array)
+            try:
+                lines = future.result(timeout=self.config.timeout_s)
+            except concurrent.futures.TimeoutError:
+                self._pending = future
+                return [OcrRead(None, None, time.perf_counter() - start, f"timed out after {self.config.timeout_s:g} s")]
+            except MarkguardError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError, OSError) as e:  # ONNX Runtime and OpenCV errors
+                return [OcrRead(None, None, time.perf_counter() - start, f"failed: {type(e).__name__}: {str(e)[:120]}")]
+        seconds = (time.perf_counter() - start) / max(1, len(lines))
+        fx, fy = factor
+        return [OcrRead(text, (int(b[0] * fx), int(b[1] * fy), int(math.ceil(b[2] * fx)), int(math.ceil(b[3] * fy))), seconds)
+                for text, b in lines]
 
     def close(self) -> None:
         if self._pool is not None:

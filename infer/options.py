@@ -32,13 +32,16 @@ class ScanOptions:
     actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)
     decode: str = "auto"  # cpu (Pillow, in the loader workers) | device (JPEGs by torchvision.io on the model's device) | auto
     compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
-    ocr: bool = False  # read text in the best matches' regions (infer/ocr.py) and match it to the brands' names
-    ocr_budget: float = 0.25  # share of each batch's photos OCR may read
+    ocr: bool | None = None  # read each photo's text where its detector finds it (infer/ocr.py) and match it to the brands' names; None: when RapidOCR is installed
+    ocr_budget: int = 2  # text lines OCR reads in each photo, where its detector finds text (per photo: a row never depends on its batch)
     looks: int | None = None  # second looks per photo (infer/looks.py); None: the model card's regions.looks.per_photo
     looks_per_batch: int | None = None  # at most this many second looks a batch; None: the card's
     # the evidence combiner (infer/combine.py) whose probability the thresholds apply to: a combiner.json,
     # "auto" (the first index's, when it has one) or None (thresholds on the similarity)
     combiner: str | None = "auto"
+    flood_share: float = 0.02  # flood guard (infer/flood.py): flags of a reference past this share of the scan held as review; 0: off
+    flood_min: int = 20  # ... never below this many flags of the reference
+    flood_history: list[str] = field(default_factory=list)  # earlier scans' output folders: each reference's usual flags per photo
     keep_embeddings: str | None = None  # fp16 | pq: store each photo's searched regions for `markguard rematch` (infer/rematch.py)
     # evidence signals turned on by name (``--signal``): those registered with ``opt_in`` (infer/evidence.py SIGNALS)
     signals: list[str] = field(default_factory=list)

@@ -116,7 +116,7 @@ def build_plan(searchers: list, policy, opts: ScanOptions) -> ScanPlan:
     if opts.ocr:
         from markguard.infer.ocr import OcrConfig
 
-        ocr = OcrConfig(budget=opts.ocr_budget)
+        ocr = OcrConfig(lines=opts.ocr_budget)
     first = sps[0].prep
     plan = ScanPlan(tuple(sps), policy, opts, size=max(sp.prep.scan_size for sp in sps), mean=first.mean, std=first.std,
                     # second looks need every photo's copy; verification alone only those of photos with a candidate near the

@@ -136,9 +136,11 @@ def _policy(searchers: list[Searcher], opts: ScanOptions, combiner=None) -> Poli
     for s in searchers:
         brands.update(s.brands)
     per_index = None
+    from markguard.infer.decide import index_thresholds
+
     if len({s.card.fingerprint for s in searchers}) > 1:  # several models: each index is judged by its own calibration
-        per_index = {s.name: s.card.thresholds for s in searchers}
-    return resolve_policy(searchers[0].card.thresholds, brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
+        per_index = {s.name: index_thresholds(s) for s in searchers}
+    return resolve_policy(index_thresholds(searchers[0]), brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
                           combiner=combiner)
 
 
@@ -159,6 +161,13 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         if not opts.verify and progress:
             (progress_stream or sys.stderr).write("scan: no geometric verification (OpenCV is not installed: "
                                                   "pip install 'markguard[verify]'); --no-verify silences this\n")
+    if opts.ocr is None:  # the default: text read where RapidOCR is installed, as verification where OpenCV is
+        import importlib.util
+
+        opts = dataclasses.replace(opts, ocr=importlib.util.find_spec("rapidocr_onnxruntime") is not None)
+        if not opts.ocr and progress:
+            (progress_stream or sys.stderr).write("scan: no text read (RapidOCR is not installed: pip install 'markguard[ocr]'); "
+                                                  "--no-ocr silences this\n")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise MarkguardError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
@@ -187,8 +196,13 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     writer = ResultsWriter(out_dir, resume=resume or (out_dir / RESULTS).exists())
     skipped = writer.rows
     counts: Counter = Counter()
+    from markguard.infer.flood import guard_for
+
+    flood = guard_for(opts, policy)
     if skipped:  # counts of the rows already written, so the summary covers the whole scan
-        counts.update(row.status for row in read_results(writer.path))
+        for row in read_results(writer.path):
+            counts[row.status] += 1
+            flood.replay(row)
     total = _total(source, opts.shard)
     bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress, flagged=counts["flag"])
     times = StageTimes()
@@ -203,6 +217,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     try:
         pending: list[dict] = []
         for row in scan_rows(source, searchers, policy, opts, skip=skipped, times=times):
+            row = flood.apply(row)  # in input order: a reference flagging far more than usual is held for review
             pending.append(row.to_json())
             counts[row.status] += 1
             if store is not None:
@@ -252,6 +267,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         "options": dataclasses.asdict(opts),
         "versions": versions(),
         "references": references,
+        "flood": flood.to_json(),
     }
     atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
     return summary

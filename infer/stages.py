@@ -14,17 +14,17 @@ import numpy as np
 import torch
 
 from markguard.infer.decode import Batch, ModelInput, finish_decode, model_input
-from markguard.infer.embed import RegionEmbeddings, feature_maps, region_vectors
+from markguard.infer.embed import RegionEmbeddings
 from markguard.infer.evidence import Candidate
 from markguard.infer.options import StageTimes
-from markguard.infer.regions import Regions, find_regions
 
 
 @dataclass
 class IndexWork:
     """One index's share of a batch in flight."""
 
-    inp: ModelInput | None = None
+    inp: ModelInput | None = None  # the batch at this model's scan size
+    look_inp: ModelInput | None = None  # the first look's largest pyramid level (where second looks choose)
     fmap: torch.Tensor | None = None
     emb: RegionEmbeddings | None = None
     photo_boxes: list[np.ndarray] | None = None
@@ -68,26 +68,10 @@ class DeviceDecode:
             finish_decode(work.batch, size=self.size, device=self.device, hires=self.hires)
 
 
-def first_look(sp, inp: ModelInput, *, device: str, precision: str, times: StageTimes | None = None
-               ) -> tuple[torch.Tensor | None, Regions, RegionEmbeddings]:
-    """One model's first look at a batch: one backbone pass, the regions (``sp.regions``: its resolved scales and
-    overlap), and their vectors. A multi-scale first look replaces this function's body, not its callers."""
-    t = time.perf_counter()
-    fmap = None
-    if sp.mode.value.embed == "pool":  # one backbone pass; the regions are pooled from it
-        fmap = feature_maps(sp.model, inp.x, device=device, precision=precision)
-        t = times.add("embed", t) if times else t
-    regions = find_regions(sp.mode, sp.model, sp.regions, inp, fmap)
-    t = times.add("regions", t) if times else t
-    emb = region_vectors(sp.mode.value, sp.model, sp.prep.input_size, inp.x, regions.boxes, fmap, device=device, precision=precision)
-    if times:
-        times.add("embed", t)
-    return fmap, regions, emb
-
-
 @dataclass
 class FirstLook:
-    """The batch as this index's model sees it (its normalisation and scan size), then its first look."""
+    """The batch as this index's model sees it (its normalisation and scan size), then its first look over the model's
+    pyramid (infer/pyramid.py: one backbone pass a level, the regions the resolved settings choose)."""
 
     sp: object  # plan.SearcherPlan
     device: str
@@ -100,12 +84,14 @@ class FirstLook:
         return cls(sp, plan.opts.device, plan.opts.precision)
 
     def __call__(self, work: BatchWork) -> None:
+        from markguard.infer.pyramid import first_look
+
         t = time.perf_counter()
-        iw = work.index[self.sp.pos]
-        iw.inp = model_input(work.batch, self.sp.prep)
+        iw, sp = work.index[self.sp.pos], self.sp
+        iw.inp = model_input(work.batch, sp.prep)
         work.times.add("decode", t)
-        iw.fmap, regions, iw.emb = first_look(self.sp, iw.inp, device=self.device, precision=self.precision, times=work.times)
-        iw.photo_boxes = regions.photo_boxes
+        first = first_look(sp.model, None, sp.prep, sp.mode, iw.inp, device=self.device, precision=self.precision, tick=work.times.add)
+        iw.look_inp, iw.fmap, iw.emb, iw.photo_boxes = first.inp, first.fmap, first.emb, first.photo_boxes
 
 
 @dataclass
@@ -126,7 +112,7 @@ class SecondLook:
         from markguard.infer.looks import second_look, with_looks
 
         iw = work.index[self.sp.pos]
-        extra = second_look(self.sp.model, self.sp.prep, work.batch, iw.inp, iw.fmap, self.sp.looks, device=self.device,
+        extra = second_look(self.sp.model, self.sp.prep, work.batch, iw.look_inp, iw.fmap, self.sp.looks, device=self.device,
                             precision=self.precision)
         iw.emb, iw.photo_boxes = with_looks(iw.emb, iw.photo_boxes, extra)
 
@@ -163,31 +149,70 @@ class Search:
 
 @dataclass
 class TextStage:
-    """The text signal's producer: the gated photos' best regions read (infer/ocr.py) and matched to the brands' names."""
+    """The text signal's producer: each photo read where its detector finds text (infer/ocr.py), matched to the brands' names."""
 
     reader: object  # infer.ocr.OcrReader: one engine, loaded on the first read
     lexicon: object  # infer.textmatch.Lexicon of every index's brands
+    size: int  # the batch's decode size, and the copy's long side, for the photos' high-resolution copies
+    hires: int  # 0: read the originals, decoded again
     name: str = "evidence"
     per_index: bool = False
 
     @classmethod
     def plan(cls, plan, sp=None) -> TextStage:
-        from markguard.infer.ocr import OcrReader
         from markguard.infer.textmatch import Lexicon
 
         brands = {b: m for p in plan.searchers for b, m in p.searcher.brands.items()}
-        return cls(OcrReader(plan.ocr), Lexicon.from_brands(brands))
+        # the copy looks and verification use, when the scan makes one (the same pixels, decoded once a photo)
+        hires = plan.hires or (plan.verify_hires if plan.verify is not None else 0)
+        return cls(make_reader(plan.ocr), Lexicon.from_brands(brands), plan.size, hires)
 
     def __call__(self, work: BatchWork) -> None:
         from markguard.infer.evidence import collect
         from markguard.infer.ocr import OriginalPhotos
 
         batch = work.batch
-        photos = OriginalPhotos([batch.items[pos] for pos in batch.ok])
+        photos = (SharedHires(batch, self.size, self.hires) if self.hires
+                  else OriginalPhotos([batch.items[pos] for pos in batch.ok]))
         # candidates keep the matches' order, then come those only the text found (a brand it names that no region
         # matched): a candidate of its own, with no mark and no similarity (score 0), that a combiner with the text
         # signal can flag; decided on similarity alone, it stays below any usual threshold
         work.per_photo = collect(photos, work.photos(), lexicon=self.lexicon, reader=self.reader, read_unmatched=False)
+
+
+def make_reader(config):
+    """The OCR reader a scan plan reads with (one engine a scan)."""
+    from markguard.infer.ocr import OcrReader
+
+    return OcrReader(config)
+
+
+class SharedHires:
+    """The batch's high-resolution copies as OCR reads photos (``ocr.HiresPhotos``), each decoded once for the whole batch:
+    by the decode workers, by verification, or here on first use."""
+
+    def __init__(self, batch: Batch, size: int, hires: int):
+        self.batch, self.size, self.hires = batch, size, hires
+
+    def __len__(self) -> int:
+        return len(self.batch.ok)
+
+    def _photo(self, i: int):
+        from markguard.infer.decode import hires_photos
+        from markguard.infer.ocr import HiresPhotos
+
+        hires_photos(self.batch, [i], size=self.size, hires=self.hires)
+        if self.batch.hires[i] is None:
+            from markguard.errors import DecodeError
+
+            raise DecodeError("cannot read the photo again", self.batch.items[self.batch.ok[i]].image)
+        return HiresPhotos(self.batch.hires, self.batch.hires_to_orig)
+
+    def __getitem__(self, i: int):
+        return self._photo(i)[i]
+
+    def factor(self, i: int) -> tuple[float, float]:
+        return self._photo(i).factor(i)
 
 
 @dataclass

@@ -10,8 +10,12 @@ import math
 from typing import Any, Callable
 
 from markguard.errors import MarkguardError
+from markguard.fsio import excerpt
 
-MAX_SIDE = 4096  # scan_size/input_size: a 4096-pixel square is already ~200 MB of float32 per photo
+# scan_size/input_size: the scan holds a batch of letterboxed squares and the backbone's feature maps of each;
+# memory grows with the square of the side (4096 made a scan of 8 small photos allocate 22 GB and be killed),
+# so the range stops where a batch still fits a workstation (benchmarks/results/scan_size.md: about 2 GB at 1024)
+MAX_SIDE = 1024
 MAX_DIM = 16384
 MAX_TEXT = 256
 
@@ -23,24 +27,24 @@ class _Bad(ValueError):
 def _int(lo: int, hi: int) -> Callable[[Any], int]:
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise _Bad(f"must be a whole number, got {type(v).__name__} {v!r}")
+            raise _Bad(f"must be a whole number, got {type(v).__name__} {excerpt(v)}")
         if not lo <= v <= hi:
-            raise _Bad(f"must lie between {lo} and {hi}, got {v}")
+            raise _Bad(f"must lie between {lo} and {hi}, got {excerpt(v)}")
         return v
     return check
 
 
 def _number(v, lo: float, hi: float, what: str = "") -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _Bad(f"{what}must be a number, got {type(v).__name__} {v!r}")
+        raise _Bad(f"{what}must be a number, got {type(v).__name__} {excerpt(v)}")
     if not math.isfinite(v) or not lo <= v <= hi:
-        raise _Bad(f"{what}must be a finite number between {lo} and {hi}, got {v}")
+        raise _Bad(f"{what}must be a finite number between {lo} and {hi}, got {excerpt(v)}")
     return v
 
 
 def _text(v) -> str:
     if not isinstance(v, str):
-        raise _Bad(f"must be text, got {type(v).__name__} {v!r}")
+        raise _Bad(f"must be text, got {type(v).__name__} {excerpt(v)}")
     if len(v) > MAX_TEXT:
         raise _Bad(f"must be at most {MAX_TEXT} characters, got {len(v)}")
     return v
@@ -63,7 +67,7 @@ def _dict(v) -> dict:
 def _triple(lo: float, hi: float) -> Callable[[Any], tuple]:
     def check(v):
         if not isinstance(v, (list, tuple)) or len(v) != 3:
-            raise _Bad(f"must be 3 numbers (one per RGB channel), got {v!r}")
+            raise _Bad(f"must be 3 numbers (one per RGB channel), got {excerpt(v)}")
         return tuple(_number(x, lo, hi) for x in v)
     return check
 
@@ -72,7 +76,7 @@ def _pooling(v) -> str:
     from markguard.model import Pooling
 
     if _name(v) not in Pooling.__members__:
-        raise _Bad(f"unknown pooling {v!r}; one of {', '.join(Pooling.__members__)}")
+        raise _Bad(f"unknown pooling {excerpt(v)}; one of {', '.join(Pooling.__members__)}")
     return v
 
 
@@ -84,18 +88,18 @@ def _stride(v) -> int:
 
 def _resize(v) -> str:
     if v != "letterbox":
-        raise _Bad(f"unknown resize policy {v!r}; markguard knows 'letterbox'")
+        raise _Bad(f"unknown resize policy {excerpt(v)}; markguard knows 'letterbox'")
     return v
 
 
 def _regions(v) -> dict:
     _dict(v)
-    if "mode" in v and not (isinstance(v["mode"], str) and v["mode"].strip()):
+    if "mode" in v and not (isinstance(v["mode"], str) and v["mode"].strip() and len(v["mode"]) <= MAX_TEXT):
         # a mode's name only: markguard/ does not import the scan, whose registry refuses an unknown one
-        raise _Bad(f"mode must be the name of a region mode, got {v['mode']!r}")
+        raise _Bad(f"mode must be the name of a region mode, got {excerpt(v['mode'])}")
     if "scales" in v:
         if not isinstance(v["scales"], list) or not 1 <= len(v["scales"]) <= 16:
-            raise _Bad(f"scales must be a list of 1 to 16 numbers, got {v['scales']!r}")
+            raise _Bad(f"scales must be a list of 1 to 16 numbers, got {excerpt(v['scales'])}")
         for s in v["scales"]:
             _number(s, 0.01, 1.0, "scales: ")
     if "overlap" in v:
@@ -106,21 +110,23 @@ def _regions(v) -> dict:
                   "resolution": (64, 8192), "refine": (0, 1)}
         for k, x in v["looks"].items():
             if k not in limits:
-                raise _Bad(f"looks: unknown key {k!r}; known: {', '.join(limits)}")
+                raise _Bad(f"looks: unknown key {excerpt(k)}; known: {', '.join(limits)}")
             _number(x, *limits[k], f"looks: {k} ")
     return v
 
 
 def _proposals(v) -> dict:
     _dict(v)
+    if len(v) > 32:  # a handful of named settings; more is no card markguard wrote
+        raise _Bad(f"must hold a few settings, got {len(v)} keys")
     for k, x in v.items():
         if k == "grid_scales":
-            if not isinstance(x, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in x):
-                raise _Bad(f"grid_scales must be a list of numbers, got {x!r}")
+            if not isinstance(x, list) or not 1 <= len(x) <= 16 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in x):
+                raise _Bad(f"grid_scales must be a list of 1 to 16 numbers, got {excerpt(x)}")
             for s in x:
                 _number(s, 0.01, 1.0, "grid_scales: ")
         else:
-            _number(x, 0, 1e6, f"{k} ")
+            _number(x, 0, 1e6, f"{excerpt(k, 40)} ")
     return v
 
 
@@ -134,7 +140,7 @@ def _thresholds(v) -> dict:
             _number(v[k], *SIMILARITY, f"{k} ")
     per_brand = _dict(v.get("per_brand", {}))
     for brand, t in per_brand.items():
-        _number(t, *SIMILARITY, f"per_brand[{brand!r}] ")
+        _number(t, *SIMILARITY, f"per_brand[{excerpt(brand, 40)}] ")
     return v
 
 
@@ -143,7 +149,7 @@ def _init(v) -> dict:
     _dict(v)
     for k, x in v.items():
         if not isinstance(x, str) or len(x) > 4 * MAX_TEXT:
-            raise _Bad(f"{k} must be text of at most {4 * MAX_TEXT} characters, got {type(x).__name__}")
+            raise _Bad(f"{excerpt(k, 40)} must be text of at most {4 * MAX_TEXT} characters, got {type(x).__name__}")
     return v
 
 

@@ -18,12 +18,13 @@ from safetensors.torch import load_file, save_file
 
 from markguard import __version__
 from markguard.errors import MarkguardError
-from markguard.fsio import atomic_path, atomic_write_text
+from markguard.fsio import atomic_path, atomic_write_text, excerpt
 from markguard.model import EmbeddingModel
 from markguard.preprocess import REGION_DEFAULTS
 
 WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
+MAX_CARD_BYTES = 16 * 1024 * 1024  # a card is a few kB of settings and metrics
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
 
 
@@ -73,7 +74,8 @@ class ModelCard(ModelShape):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise MarkguardError(f"{source}: unknown key(s) {sorted(unknown)}; was it written by a newer markguard?")
+            shown = ", ".join(excerpt(k, 40) for k in sorted(unknown)[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise MarkguardError(f"{source}: unknown key(s) {shown}; was it written by a newer markguard?")
         return cls(**d)
 
 
@@ -111,12 +113,20 @@ def load_card(path: str | Path) -> ModelCard:
     card_path = path / CARD if path.is_dir() else path
     if not card_path.exists():
         raise MarkguardError(f"{card_path}: model card not found; a checkpoint folder holds {WEIGHTS} and {CARD}")
+    if card_path.stat().st_size > MAX_CARD_BYTES:
+        raise MarkguardError(f"{card_path}: {card_path.stat().st_size:,} bytes, too large for a model card "
+                             f"(at most {MAX_CARD_BYTES:,}); re-export the checkpoint")
     try:
-        return ModelCard.from_dict(json.loads(card_path.read_text(encoding="utf-8")), source=str(card_path))
+        doc = json.loads(card_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise MarkguardError(f"{card_path}: not valid JSON ({e.msg}); re-export the checkpoint") from None
     except UnicodeDecodeError:
         raise MarkguardError(f"{card_path}: not UTF-8 text, so not a model card; re-export the checkpoint") from None
+    except RecursionError:
+        raise MarkguardError(f"{card_path}: nested too deeply to be a model card; re-export the checkpoint") from None
+    except ValueError as e:  # a number of more digits than Python converts (100,000-digit integers)
+        raise MarkguardError(f"{card_path}: not a model card ({str(e).splitlines()[0][:120]}); re-export the checkpoint") from None
+    return ModelCard.from_dict(doc, source=str(card_path))
 
 
 def resolve_model_dir(path: str | Path | None) -> Path:

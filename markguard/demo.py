@@ -46,8 +46,11 @@ def read_truth(path: str | Path) -> dict[str, Truth]:
 
 def score(results: str | Path, truth: dict[str, Truth]) -> dict:
     """Flags against the truth: precision, recall, right brand, box IoU; and per tier how many were flagged or sent to review."""
+    import numpy as np
+
     from markguard.boxes import iou
     from markguard.infer.results import read_results
+    from markguard.train.rates import roc_auc
 
     rows = {r.listing_id: r for r in read_results(results)}
     missing = sorted(set(truth) - set(rows))
@@ -55,12 +58,19 @@ def score(results: str | Path, truth: dict[str, Truth]) -> dict:
         raise MarkguardError(f"{results}: no row for listing(s) {', '.join(missing[:5])}; the scan did not finish")
     tiers = {t: {"listings": 0, "flag": 0, "review": 0, "error": 0} for t in TIER_ORDER}
     flagged = tp = right = 0
+    pos_scores, neg_scores = [], []
+    to_review = review_tp = 0  # flag or review: what a reviewer sees
     ious = []
     for lid, t in truth.items():
         row = rows[lid]
         tiers[t.tier]["listings"] += 1
         if row.status in ("flag", "review", "error"):
             tiers[t.tier][row.status] += 1
+        if row.status != "error":
+            (pos_scores if t.tier in POSITIVE_TIERS else neg_scores).append(row.score or 0.0)
+        if row.status in ("flag", "review"):
+            to_review += 1
+            review_tp += t.tier in POSITIVE_TIERS
         if row.status != "flag":
             continue
         flagged += 1
@@ -75,6 +85,10 @@ def score(results: str | Path, truth: dict[str, Truth]) -> dict:
             "right_brand": round(right / tp, 3) if tp else None,
             "box_iou_mean": round(sum(ious) / len(ious), 3) if ious else None,
             "box_iou50": round(sum(i >= 0.5 for i in ious) / len(ious), 3) if ious else None,
+            "roc_auc": round(roc_auc(np.array(pos_scores), np.array(neg_scores)), 3) if pos_scores and neg_scores else None,
+            "flag_or_review": {"listings": to_review, "true_positives": review_tp,
+                               "precision": round(review_tp / to_review, 3) if to_review else None,
+                               "recall": round(review_tp / positives, 3) if positives else None},
             "tiers": tiers}
 
 
@@ -183,6 +197,11 @@ def summary_text(r: dict) -> str:
              f"  against the truth: precision {f(s['precision'])}, recall {f(s['recall'])} ({s['true_positives']} of {s['positives']} "
              f"listings showing a registered mark flagged), right brand {f(s['right_brand'])}, box IoU mean {f(s['box_iou_mean'])} "
              f"(>= 0.5 for {f(s['box_iou50'])})",
+             f"  the photo's score separates listings with and without a registered mark with ROC AUC {f(s['roc_auc'])}",
+             f"  flagged or sent to review: precision {f(s['flag_or_review']['precision'])}, recall {f(s['flag_or_review']['recall'])}",
+             f"  verification: {'on' if r['verified'] else 'off'}; thresholds: the shipped model card's (calibrate on a labelled scan "
+             "of your own listings before relying on flags)" if not r.get("fine_tune") else
+             f"  verification: {'on' if r['verified'] else 'off'}; thresholds: calibrated by the fine-tune on synthetic listings",
              "  tier          listings  flagged  review"]
     for t in TIER_ORDER:
         c = s["tiers"][t]

@@ -18,9 +18,16 @@ BAD = [  # (field, value, words the message must hold)
     ("dim", 12.5, "whole number"),
     ("dim", True, "whole number"),
     ("input_size", "128", "whole number"),
-    ("scan_size", 0, "between 16 and 4096"),
+    ("scan_size", 0, "between 16 and 1024"),
     ("scan_size", -320, "between"),
-    ("scan_size", 100_000, "4096"),
+    ("scan_size", 100_000, "1024"),
+    ("scan_size", 4096, "between 16 and 1024"),  # 8 small photos allocated 22 GB and the kernel killed the scan
+    ("input_size", 4096, "between 16 and 1024"),
+    ("regions", {"mode": "grid", "scales": [0.5] * 100_000}, "list of 100000 items"),
+    ("regions", {"mode": "x" * 100_000}, "region mode"),
+    ("proposals", {"grid_scales": [0.5] * 100_000}, "1 to 16"),
+    ("proposals", {f"k{i}": 1 for i in range(100_000)}, "100000 keys"),
+    ("thresholds", {"flag": 0.6, "per_brand": {"x" * 100_000: 7}}, "per_brand"),
     ("output_stride", 7, "8, 16 or 32"),
     ("roi_size", 0, "between"),
     ("pooling", "median", "unknown pooling"),
@@ -59,6 +66,7 @@ def test_bad_field_is_one_line_naming_it(tmp_path, field, value, words):
         load_card(path)
     msg = str(e.value)
     assert "\n" not in msg and f"field {field!r}" in msg and words in msg and str(path) in msg, msg
+    assert len(msg) < len(str(path)) + 300  # a bounded excerpt of the bad value, never the value itself
 
 
 def test_good_cards_load_as_before():
@@ -86,3 +94,17 @@ def test_card_that_is_not_utf8(tmp_path):
     path.write_bytes(b'{"backbone": "\xff"}')
     with pytest.raises(MarkguardError, match="not UTF-8"):
         load_card(path)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"dim": ' + "9" * 100_000 + "}", "not a model card"),
+    (json.dumps(GOOD | {f"extra{i}": 1 for i in range(100_000)}), "and 99995 more"),
+])
+def test_hostile_cards_are_one_bounded_line(tmp_path, text, words):
+    path = tmp_path / "model_card.json"
+    path.write_text(text)
+    with pytest.raises(MarkguardError) as e:
+        load_card(path)
+    msg = str(e.value)
+    assert "\n" not in msg and words in msg and str(path) in msg and len(msg) < len(str(path)) + 300, msg[:500]

@@ -99,7 +99,7 @@ CASES = {  # id → (argv builder, words the message must hold)
     "demo --steps without --train": (lambda w, b: ["demo", "--out", str(b["root"] / "d"), "--steps", "5"], ["--steps", "--train"]),
     "demo --train --steps 0": (lambda w, b: ["demo", "--out", str(b["root"] / "d"), "--train", "--steps", "0"], ["--steps 0"]),
     "calibrate --truth a CSV": (lambda w, b: ["calibrate", str(_t_scanned(b)), "--truth", str(b["root"] / "truth.csv"),
-                                              "-m", str(w.model), "--device", "cpu", "--dry-run"], ["truth.csv:1", "JSON Lines"]),
+                                              "-m", str(w.model), "--device", "cpu", "--dry-run"], ["truth.csv", "columns listing_id and brand"]),
     "calibrate --truth binary": (lambda w, b: ["calibrate", str(_t_scanned(b)), "--truth", str(b["root"] / "truth.bin"),
                                                "-m", str(w.model), "--device", "cpu", "--dry-run"], ["truth.bin:1"]),
     "index build --memory-budget-mb -1": (lambda w, b: ["index", "build", str(w.gallery), "-o", str(b["root"] / "i"), "-m", str(w.model),

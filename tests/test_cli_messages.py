@@ -34,6 +34,15 @@ def test_no_message_cites_a_design_document_the_project_does_not_ship():
                 assert "DESIGN.md" not in p.read_text(encoding="utf-8"), p
 
 
+def test_no_message_names_a_threshold_option_that_does_not_exist():
+    import re
+
+    for folder in ("markguard", "datasets", "infer", "train"):
+        for p in (ROOT / folder).rglob("*.py"):
+            found = re.findall(r"--(?:flag|review)(?![-\w])", p.read_text(encoding="utf-8"))
+            assert not found, f"{p} names {found[0]}; the options are --flag-threshold and --review-threshold"
+
+
 def test_a_resume_refusal_names_the_threshold_options_that_exist():
     from markguard.infer.outdir import differences
 

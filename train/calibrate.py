@@ -115,19 +115,27 @@ def _choose(scores, positive, good, target_fpr, target_precision) -> tuple[float
             threshold_at_precision(scores, good, max(0.0, 1 - 5 * (1 - target_precision))))
 
 
+def _raw(m) -> float:
+    """A match's similarity as the thresholds read it: raw, where a background bank normalised its score (infer/decide.py)."""
+    from markguard.infer.decide import Policy
+
+    return Policy(1.0, 1.0, evidence_rules=False).base(m)
+
+
 def listing_scores(rows, truth: dict, authorized: dict[str, list[str]]) -> list[dict]:
-    """Per listing: the best score for every brand searched, which brands it shows, and the seller's allowed brands."""
+    """Per listing: the best score for every brand searched, which brands it shows, and the seller's allowed brands.
+    ``truth`` is keyed by (listing_id, image), or by (listing_id, None) for a truth that does not name images (CSV)."""
     out = []
     for row in rows:
-        t = truth.get((row.listing_id, row.image))
+        t = truth.get((row.listing_id, row.image)) or truth.get((row.listing_id, None))
         if t is None or row.status == "error":
             continue
         allowed = {b for b, sellers in authorized.items() if t.get("seller_id") in sellers}
         shown = {m["brand"] for m in t["marks"] if m["registered"]} - allowed
         best: dict[str, float] = {}
         for m in row.matches:
-            if m.brand not in allowed:
-                best[m.brand] = max(best.get(m.brand, -1.0), float(m.score))
+            if m.brand not in allowed and m.mark is not None:
+                best[m.brand] = max(best.get(m.brand, -1.0), _raw(m))
         out.append({"listing": row.listing_id, "best": best, "shown": shown, "allowed": allowed})
     return out
 
@@ -186,33 +194,105 @@ def calibrate_listings(scored: list[dict], brands: list[str], *, target_fpr: flo
     return Calibration(flag, review, per_brand, report)
 
 
-def calibrate_results(results_dir: str | Path, truth_path: str | Path, model_dir: str | Path, *, target_fpr: float | None = None,
-                      target_precision: float | None = None, device: str = "cpu", min_positives: int = 5,
-                      write: bool = True, log=print) -> Calibration:
-    """Choose thresholds from a finished scan in ``results_dir`` and its truth, and write them into the model card.
+def read_labels(path: str | Path) -> dict:
+    """A labelled sample's truth, keyed as :func:`listing_scores` reads it: a scan's ``truth.jsonl`` (listing_id, image,
+    seller_id, marks[{brand, registered}]) or a CSV with columns listing_id and brand (empty for a clean listing; a
+    bench's truth.csv, whose unregistered and negative tiers show no registered brand)."""
+    from markguard.infer.combine import read_truth
+
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return {(lid, None): {"listing_id": lid, "seller_id": None, "marks": [{"brand": b, "registered": True} for b in sorted(brands)]}
+                for lid, brands in read_truth(path).items()}
+    try:
+        rows = list(read_jsonl(path))
+        return {(t["listing_id"], t["image"]): t for t in rows}
+    except (KeyError, TypeError) as e:
+        raise MarkguardError(f"{path}: not a truth file ({type(e).__name__}: {e}); give truth.jsonl (listing_id, image, marks) "
+                             "or a .csv with listing_id,brand") from None
+
+
+MIN_SAMPLE = 50  # labelled listings of each kind below which thresholds are a guess, and calibrate says so
+
+
+def sample_warning(report: dict, target_fpr: float | None) -> str | None:
+    """One line saying why thresholds from this sample cannot be trusted, or None."""
+    pos, neg = report["positives"], report["negatives"]
+    why = []
+    if pos < MIN_SAMPLE or neg < MIN_SAMPLE:
+        why.append(f"{pos} positive and {neg} negative listings (label at least {MIN_SAMPLE} of each)")
+    if target_fpr is not None and neg * target_fpr < 1:
+        why.append(f"{neg} negatives cannot resolve an FPR of {target_fpr:g} (it needs {int(1 / target_fpr)})")
+    if not why:
+        return None
+    return "calibrate: warning: a small sample, " + "; ".join(why) + ": these thresholds are a guess, not a calibration"
+
+
+def installed_package(path: str | Path) -> bool:
+    """Whether ``path`` lies inside the installed markguard's shipped weights (which calibration never writes)."""
+    from markguard.checkpoint import DEFAULT_MODEL_DIR
+
+    p = Path(path).resolve()
+    return p == DEFAULT_MODEL_DIR.resolve() or DEFAULT_MODEL_DIR.resolve() in p.parents
+
+
+def refuse_installed(path: str | Path, what: str) -> None:
+    if installed_package(path):
+        raise MarkguardError(f"{path}: inside the installed markguard's shipped weights; calibration writes {what} to a folder of "
+                             "yours: pass --out DIR (or leave it out to write beside your index)")
+
+
+def calibrate_results(results_dir: str | Path, truth_path: str | Path, model_dir: str | Path | None = None, *,
+                      target_fpr: float | None = None, target_precision: float | None = None, device: str = "cpu",
+                      min_positives: int = 5, out: str | Path | None = None, write: bool = True, log=print) -> Calibration:
+    """Choose thresholds from a finished scan in ``results_dir`` and its truth, and write them to ``out`` (a folder or a
+    .json path) or, by default, beside the scan's first index (``INDEX/thresholds.json``, which scans with it then apply);
+    never into the installed package.
 
     The scan's results keep only matches above its review threshold, which hides the scores that
     calibration must see; so the scan's input is scanned again (same index, same model) with every
     threshold at -1, and every brand's best score in each listing is kept.
     """
+    from markguard.infer.decide import THRESHOLDS_FILE
+
     results_dir = Path(results_dir)
     summary = read_summary(results_dir, fix="give the output folder of a finished `markguard scan`")
-    card = load_card(model_dir)
+    target = Path(out) if out is not None else Path(summary["indexes"][0]["path"]) / THRESHOLDS_FILE
+    refuse_installed(target, "thresholds")
+    if model_dir is None:
+        model_dir = summary["indexes"][0].get("model")  # the scan's model (None: the shipped default)
+    card = load_card(model_dir) if model_dir is not None else None
+    if card is None:
+        from markguard.checkpoint import DEFAULT_MODEL_DIR
+
+        card = load_card(DEFAULT_MODEL_DIR)
     if summary["model"]["fingerprint"] != card.fingerprint:
         raise MarkguardError(f"{results_dir}: scanned with model {summary['model']['fingerprint']}, not {model_dir} ({card.fingerprint}); calibrate with the scan's model")
+    truth = read_labels(truth_path)
     searchers = load_searchers([i["path"] for i in summary["indexes"]], model_dir, device)
     authorized = {}
     for s in searchers:
         authorized |= {b: list(m.get("authorized_sellers") or []) for b, m in s.brands.items()}
     brands = sorted({r.brand for s in searchers for r in s.index.records()})
-    truth = {(t["listing_id"], t["image"]): t for t in read_jsonl(truth_path)}
-    opts = ScanOptions(device=device, workers=0, k=10, max_matches=10_000, shard=tuple(summary["options"]["shard"]) if summary["options"].get("shard") else None)
-    rows = scan_rows(summary["input"], searchers, Policy(-1.0, -1.0), opts)
+    opts = ScanOptions(device=device, workers=0, k=10, max_matches=10_000, verify=False, ocr=False, combiner=None,
+                       shard=tuple(summary["options"]["shard"]) if summary["options"].get("shard") else None)
+    rows = scan_rows(summary["input"], searchers, Policy(-1.0, -1.0, evidence_rules=False), opts)
     cal = calibrate_listings(listing_scores(rows, truth, authorized), brands, target_fpr=target_fpr,
                              target_precision=target_precision, min_positives=min_positives)
+    warning = sample_warning(cal.report, target_fpr)
+    cal.report["warning"] = warning
+    if warning:
+        import sys
+
+        print(warning, file=sys.stderr)
     log(f"calibrate: flag {cal.flag:.4f}, review {cal.review:.4f}, {len(cal.per_brand)} brand threshold(s); at flag {cal.report['at_flag']}")
+    cal.report["written"] = None
     if write:
-        write_thresholds(model_dir, cal, source=f"{results_dir} + {truth_path}")
+        from markguard.infer.decide import save_thresholds
+
+        path = save_thresholds(target, cal.thresholds(), model_fingerprint=card.fingerprint,
+                               fitted={"source": f"{results_dir} + {truth_path}", **{k: v for k, v in cal.report.items() if k != "per_brand"}})
+        cal.report["written"] = str(path)
     return cal
 
 

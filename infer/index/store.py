@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from markguard.errors import MarkguardError
-from markguard.fsio import (FolderChanged, FolderLock, FolderSnapshot, file_mode, fsync_path, leftover_saves,
+from markguard.fsio import (FolderChanged, FolderLock, excerpt, FolderSnapshot, file_mode, fsync_path, leftover_saves,
                             new_folder_beside, old_of, recover_folder, remove_entry, swap_in_folder)
 from markguard.infer.index.backends import _BACKENDS, INDEX_FILE
 from markguard.infer.index.kinds import REBUILD, IndexKind
@@ -206,8 +206,9 @@ def _read(cls, snap: FolderSnapshot, path: Path):
         header_next_id, params = int(header.get("next_id", 0)), dict(header.get("params") or {})
     except FileNotFoundError:
         raise MarkguardError(f"{meta_file}: missing, so {path} is not a complete index; {REBUILD}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # a field of the wrong type: the file is damaged
-        raise MarkguardError(f"{meta_file}: unreadable index metadata ({e}); {REBUILD}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # a field of the wrong type: the file is damaged
+        raise MarkguardError(f"{meta_file}: unreadable index metadata ({excerpt(str(e).splitlines()[0] if str(e) else type(e).__name__, 120)}); "
+                             f"{REBUILD}") from None
     if header.get("format") != FORMAT_VERSION:
         raise MarkguardError(f"{meta_file}: index format {header.get('format')} is not {FORMAT_VERSION}; {REBUILD}")
     for name in (INDEX_FILE, MARKS_FILE):
@@ -305,6 +306,8 @@ def _json_of(f: BinaryIO, file: Path) -> dict:
         doc = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MarkguardError(f"{file}: not valid JSON ({e}); {REBUILD}") from None
+    except (RecursionError, ValueError) as e:  # nested too deep; a number of more digits than Python converts
+        raise MarkguardError(f"{file}: not index metadata ({type(e).__name__}); {REBUILD}") from None
     if not isinstance(doc, dict):
         raise MarkguardError(f"{file}: holds a {type(doc).__name__}, not an object; {REBUILD}")
     return doc

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,13 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = isub.add_parser("remove", help="remove a brand, or one mark, without a rebuild")
     r.add_argument("index", help="index folder")
-    r.add_argument("--brand")
-    r.add_argument("--mark")
-    r.set_defaults(func=run_remove)
+    r.add_argument("stray", nargs="*", help=argparse.SUPPRESS)  # `index remove IDX nike`: answered with this usage
+    r.add_argument("--brand", help="brand id to remove (`markguard index ls IDX` lists them)")
+    r.add_argument("--mark", help="mark id to remove (with --brand: only that brand's)")
+    r.set_defaults(func=run_remove, parser=r)
 
     i = isub.add_parser("info", help="print what an index holds and how it searches")
     i.add_argument("index", help="index folder")
     i.set_defaults(func=run_info)
+
+    ls = isub.add_parser("ls", help="list the brands and marks an index holds")
+    ls.add_argument("index", help="index folder")
+    ls.add_argument("--brand", help="only this brand's marks")
+    ls.set_defaults(func=run_ls)
 
 
 def run_build(args) -> int:
@@ -55,7 +63,7 @@ def run_build(args) -> int:
         raise MarkguardError(f"--recall {args.recall} must lie in (0, 1]")
 
     info = build_index(args.gallery, args.out, model=args.model, kind=args.kind, device=args.device,
-                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank)
+                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank, check=True)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -63,12 +71,16 @@ def run_build(args) -> int:
 def run_add(args) -> int:
     from markguard.infer.build import add_to_index
 
-    print(json.dumps(add_to_index(args.index, args.gallery, model=args.model, device=args.device), indent=2))
+    print(json.dumps(add_to_index(args.index, args.gallery, model=args.model, device=args.device, check=True), indent=2))
     return 0
 
 
 def run_remove(args) -> int:
     from markguard.infer.build import remove_from_index
+
+    if args.stray:
+        what = args.stray[0]
+        args.parser.error(f"unexpected argument {what!r}: name what to remove with --brand {what} (or --mark {what})")
 
     print(json.dumps(remove_from_index(args.index, brand=args.brand, mark=args.mark), indent=2))
     return 0
@@ -86,4 +98,31 @@ def run_info(args) -> int:
     info["galleries"] = meta.get("galleries", [])
     info["feedback"] = feedback_info(index.meta)  # the reviewers' rounds (markguard feedback)
     print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def run_ls(args) -> int:
+    """One line a brand: ``brand<TAB>mark, mark, ...`` (sorted); with --brand, one line a mark with its id and source."""
+    from markguard.errors import MarkguardError
+    from markguard.infer.index import MarkIndex
+
+    index = MarkIndex.load(args.index)
+    by_brand: dict[str, list] = {}
+    for r in index.records():
+        by_brand.setdefault(r.brand, []).append(r)
+    if args.brand is not None and args.brand not in by_brand:
+        from markguard.fsio import excerpt
+        from markguard.infer.build import what_exists
+
+        raise MarkguardError(f"{args.index}: no brand {excerpt(args.brand)}; {what_exists(index, None)}")
+    try:
+        if args.brand is None:
+            for brand in sorted(by_brand):
+                print(f"{brand}\t{', '.join(sorted({r.mark for r in by_brand[brand]}))}")
+        else:
+            for r in sorted(by_brand[args.brand], key=lambda r: (r.mark, r.id)):
+                print(f"{r.mark}\t{r.id}\t{r.source}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `index ls IDX | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -34,10 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="second looks a photo: its N best proposals cropped from the photo at its own resolution and embedded "
                         "again (finds small marks); 0: none; default: the model card's regions.looks.per_photo")
     p.add_argument("--looks-per-batch", type=int, metavar="N", help="at most N second looks a batch (bounds its cost); default: the card's")
-    p.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=False,
-                   help="read text in the best matches' regions and match it to the brands' names and aliases; "
-                        "each match carries the evidence (needs markguard[ocr])")
-    p.add_argument("--ocr-budget", type=float, default=0.25, help="with --ocr: share of each batch's photos read (default 0.25)")
+    p.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=None,
+                   help="read each photo's text where its text detector finds it and match it to the brands' names and aliases; "
+                        "each match carries the evidence (needs markguard[ocr]); default: on when RapidOCR is installed")
+    p.add_argument("--ocr-budget", type=int, default=2, metavar="LINES",
+                   help="with --ocr: text lines read in each photo, where its text detector finds text (default 2)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                    help="re-score the candidates near or above the review threshold with a keypoint + RANSAC check on the photo at its "
                         "own resolution and tighten their boxes (needs markguard[verify]); default: on when OpenCV is installed")
@@ -67,6 +68,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-embeddings", nargs="?", const="fp16", choices=["fp16", "pq"], metavar="fp16|pq",
                    help="store each photo's searched region embeddings in OUT/embeddings/ (fp16, or product-quantised: about 32 "
                         "bytes a region) so `markguard rematch` can search them against brands added later")
+    p.add_argument("--flood-share", type=float, default=0.02, metavar="SHARE",
+                   help="flood guard: a reference's flags past this share of the photos scanned so far are held as review "
+                        "(default 0.02; 0 turns the guard off)")
+    p.add_argument("--flood-min", type=int, default=20, metavar="N", help="flood guard: never hold a reference's first N flags (default 20)")
+    p.add_argument("--flood-history", action="append", default=[], metavar="OUT",
+                   help="flood guard: earlier scans' output folders; a reference is held past 5x its usual flags per photo there")
     p.add_argument("--shard", help="i/N: scan only every N-th photo starting at i")
     p.add_argument("--resume", action="store_true", help="continue an interrupted scan in OUT")
     p.add_argument("--format", action="append", choices=["jsonl", "parquet"],
@@ -99,7 +106,7 @@ def run(args) -> int:
 
         from markguard.infer.ocr import OcrConfig
 
-        OcrConfig(budget=args.ocr_budget)  # refuses a budget outside [0, 1] before the first batch
+        OcrConfig(lines=args.ocr_budget)  # refuses a budget outside 0-64 lines before the first batch
         if importlib.util.find_spec("rapidocr_onnxruntime") is None:
             raise MarkguardError("--ocr needs RapidOCR; pip install 'markguard[ocr]' or scan without --ocr")
     import importlib.util
@@ -110,7 +117,9 @@ def run(args) -> int:
                        flag=args.flag_threshold, review=args.review_threshold, shard=None if args.shard is None else parse_shard(args.shard),
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, verify_from=args.verify_from, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
                        decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch,
-                       combiner=args.combiner, keep_embeddings=args.keep_embeddings, signals=list(dict.fromkeys(args.signal)))
+                       combiner=args.combiner, keep_embeddings=args.keep_embeddings,
+                       flood_share=args.flood_share, flood_min=args.flood_min, flood_history=list(args.flood_history),
+                       signals=list(dict.fromkeys(args.signal)))
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
                        formats=formats, progress_every_s=args.log_every)

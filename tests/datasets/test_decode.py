@@ -267,3 +267,34 @@ def test_render_svg_allows_internal_references_links_and_plain_entities():
 def test_render_svg_reports_malformed_svg():
     with pytest.raises(DecodeError, match="cannot render SVG"):
         render_svg("<svg", name="bad.svg")
+
+
+def _declared_larger(width: int, height: int) -> bytes:
+    """A 192x144 JPEG whose frame header claims ``width`` x ``height``."""
+    import struct as _struct
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (144, 192, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    data = bytearray(buf.getvalue())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = _struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_jpeg_declaring_more_pixels_than_its_data_holds_is_refused(tmp_path):
+    from markguard.datasets.decode import probe_jpeg
+
+    data = _declared_larger(8000, 8000)
+    (tmp_path / "big.jpg").write_bytes(data)
+    for call in (lambda: decode_image(data), lambda: decode_image(data, target_size=320),
+                 lambda: decode_image(tmp_path / "big.jpg", target_size=320), lambda: probe_jpeg(data)):
+        with pytest.raises(DecodeError, match="8000x8000.*cut short or its header is wrong"):
+            call()
+
+
+@pytest.mark.parametrize("mode,kw", [("L", {"optimize": True, "progressive": True}), ("RGB", {"optimize": True}),
+                                     ("RGB", {"quality": 5, "progressive": True, "optimize": True})])
+def test_flat_large_jpegs_are_not_taken_for_short_ones(mode, kw):
+    buf = io.BytesIO()
+    Image.new(mode, (4000, 3000), 200).save(buf, "JPEG", **kw)  # the least data a whole picture of this size can have
+    assert decode_image(buf.getvalue(), target_size=320).orig_size == (4000, 3000)

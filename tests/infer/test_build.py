@@ -17,20 +17,34 @@ from markguard.infer.scan import ScanOptions, run_scan
 from test_scan import make_model, world  # noqa: F401  (fixture)
 
 
-def test_build_refuses_what_gallery_check_rejects_and_records_its_model(world, tmp_path, capsys):
+def test_build_skips_bad_marks_and_records_its_model(world, tmp_path, capsys):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(world.gallery, gallery)
+    (gallery / "brand000" / "broken.png").write_bytes(b"not a png")
+    info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
+    assert info["skipped"] == 1 and info["ntotal"] == 3
+    assert "broken.png" in capsys.readouterr().err
+    meta = read_index_meta(tmp_path / "idx")
+    assert meta["model"] == str(world.model.resolve()) and set(meta["brands"]) == {"brand000", "brand001", "brand002"}
+
+
+def test_index_build_refuses_what_gallery_check_rejects(world, tmp_path, capsys):
+    from markguard.cli import main
+
     gallery = tmp_path / "gallery"
     shutil.copytree(world.gallery, gallery)
     (gallery / "brand000" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(MarkguardError) as e:
-        build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
+        build_index(gallery, tmp_path / "idx", model=world.model, device="cpu", check=True)
     msg = str(e.value)
     assert "\n" not in msg and "broken.png" in msg and f"markguard gallery check {gallery}" in msg
+    capsys.readouterr()
+    for argv in (["index", "build", str(gallery), "-o", str(tmp_path / "idx"), "-m", str(world.model), "--device", "cpu"],
+                 ["index", "add", str(world_copy(world, tmp_path)), str(gallery), "--device", "cpu"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "broken.png" in err[0] and "markguard gallery check" in err[0], err
     assert not (tmp_path / "idx").exists()
-    (gallery / "brand000" / "broken.png").unlink()
-    info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
-    assert info["skipped"] == 0 and info["ntotal"] == 3
-    meta = read_index_meta(tmp_path / "idx")
-    assert meta["model"] == str(world.model.resolve()) and set(meta["brands"]) == {"brand000", "brand001", "brand002"}
 
 
 @pytest.mark.parametrize("planted", ["brand folder", "mark"])
@@ -43,9 +57,14 @@ def test_build_and_add_refuse_links_out_of_the_gallery(world, tmp_path, planted)
     else:
         mark = next((elsewhere / "acme").iterdir())
         (gallery / "brand000" / f"linked{mark.suffix}").symlink_to(mark)
+    for call in (lambda: build_index(gallery, tmp_path / "idx", model=world.model, device="cpu", check=True),
+                 lambda: add_to_index(world_copy(world, tmp_path), gallery, device="cpu", check=True)):
+        with pytest.raises(MarkguardError, match="links outside the gallery.*markguard gallery check"):
+            call()
+    # even a library caller that skips gallery check's other rules never reads outside the gallery
     for call in (lambda: build_index(gallery, tmp_path / "idx", model=world.model, device="cpu"),
                  lambda: add_to_index(world_copy(world, tmp_path), gallery, device="cpu")):
-        with pytest.raises(MarkguardError, match="links outside the gallery.*markguard gallery check"):
+        with pytest.raises(MarkguardError, match="links outside the gallery"):
             call()
     assert not (tmp_path / "idx").exists()
 
@@ -65,7 +84,7 @@ def test_names_that_are_not_utf8_are_skipped_and_named(world, tmp_path, capfd):
     os.mkdir(bad_brand)
     shutil.copy(mark, os.path.join(bad_brand, b"logo.png"))
     shutil.copy(mark, os.path.join(os.fsencode(gallery / "brand000"), b"m\xff.png"))
-    info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
+    info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu", check=True)
     assert info["ntotal"] == 3
     err = capfd.readouterr().err
     assert "caf\\xe9" in err and "m\\xff.png" in err and "not valid UTF-8" in err and "Traceback" not in err
@@ -123,7 +142,7 @@ import markguard.infer.build as b
 embed = b.embed_marks
 def slow(*a, **k):
     print("embedding", flush=True)
-    go = time.monotonic() + 120
+    go = time.monotonic() + 400
     while not os.path.exists(sys.argv[3]) and time.monotonic() < go:  # the test says when the other writer has run
         time.sleep(0.05)
     return embed(*a, **k)
@@ -145,9 +164,9 @@ def test_remove_while_add_embeds_is_refused_never_lost(world, tmp_path):
     try:
         assert adder.stdout.readline().strip() == "embedding"
         remover = subprocess.run([sys.executable, "-c", CLI, "index", "remove", str(idx), "--brand", "brand000"],
-                                 capture_output=True, text=True, timeout=120)
+                                 capture_output=True, text=True, timeout=400)
         (tmp_path / "go").touch()
-        out, err = adder.communicate(timeout=120)
+        out, err = adder.communicate(timeout=400)
     finally:
         adder.kill()
     assert adder.returncode == 0, err
@@ -174,3 +193,28 @@ def test_a_killed_saves_temp_folder_is_cleaned_by_the_next_writer(world, tmp_pat
     remove_from_index(idx, brand="brand002")
     assert not left.exists()
     assert (tmp_path / ".idx.tmp-link").is_symlink() and (other / "keep.txt").exists()
+
+
+def test_index_ls_lists_brands_and_marks_and_remove_names_what_exists(world, tmp_path, capsys):
+    from markguard.cli import main
+
+    idx = world_copy(world, tmp_path)
+    assert main(["index", "ls", str(idx)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["brand000", "brand001", "brand002"]
+    mark = lines[0].split("\t")[1].split(", ")[0]
+    assert main(["index", "ls", str(idx), "--brand", "brand000"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == mark
+    # a brand that is not there: the refusal names the ones that are
+    assert main(["index", "remove", str(idx), "--brand", "nosuchbrand"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuchbrand" in err[0] and "brand000, brand001, brand002" in err[0], err
+    assert main(["index", "remove", str(idx), "--brand", "brand000", "--mark", "nosuchmark"]) == 2
+    assert f"brand 'brand000' holds marks: {mark}" in capsys.readouterr().err
+    # the brand given without --brand: the remove subcommand's usage, not markguard's
+    with pytest.raises(SystemExit) as e:
+        main(["index", "remove", str(idx), "brand000"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: markguard index remove" in err and "--brand brand000" in err
+    assert {r.brand for r in MarkIndex.load(idx).records()} == {"brand000", "brand001", "brand002"}

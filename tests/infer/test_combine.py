@@ -322,22 +322,20 @@ def test_collect_reads_the_gated_photos_and_adds_what_the_text_names():
     photos = [Image.new("RGB", (100, 80)) for _ in range(4)]
     matches = [[Match("globex", "g-logo", 0.81, [10, 10, 50, 40])],  # a shape of globex; the text says adidas
                [Match("adidas", "a-logo", 0.55, [0, 0, 30, 30])],
-               [],  # nothing matched: only read if the budget has room
+               [],  # nothing matched: the whole photo is read
                [Match("globex", "g-logo", 0.30, [5, 5, 20, 20])]]
-    reader = OcrReader(OcrConfig(budget=0.5), engine=Engine())
+    reader = OcrReader(OcrConfig(where="candidates", lines=1), engine=Engine())
     out = collect(photos, matches, lexicon=lexicon, reader=reader)
-    assert Engine.calls == 2  # half of four photos: the two best candidates'
+    assert Engine.calls == 4  # every photo, each in its best region (the budget is per photo, not a share of the batch)
     assert [c.brand for c in out[0]] == ["globex", "adidas"]  # the text's brand became a candidate
     assert out[0][0].evidence["text"].brand == "adidas" and out[0][1].mark is None and out[0][1].box == [10, 10, 50, 40]
     assert out[1][0].evidence["text"] == Text("ADIBAS", "adidas", "adidas", 1)
-    assert out[2] == []  # not read: no evidence, and no candidate
-    assert out[3][0].evidence["text"].text is None and "budget" in out[3][0].evidence["text"].reason
-    assert out[3][0].evidence_json()["text_error"].startswith("not read: over the batch's OCR budget")
+    assert [c.brand for c in out[2]] == ["adidas"] and out[2][0].box is not None  # nothing matched: the whole photo was read
+    assert [c.brand for c in out[3]] == ["globex", "adidas"]
 
-    everything = OcrReader(OcrConfig(budget=1.0), engine=Engine())
+    everything = OcrReader(OcrConfig(where="candidates"), engine=Engine())
     combiner = fit_combiner(*_population(), model_fingerprint=FP)
     out = collect(photos, matches, lexicon=lexicon, reader=everything, combiner=combiner)
-    assert [c.brand for c in out[2]] == ["adidas"] and out[2][0].box is not None  # the whole photo was read
     assert all(c.probability is not None for cands in out for c in cands)
     assert Policy(0.5, 0.2, combiner=combiner).decide(out[2], None)[0] == "flag"
 

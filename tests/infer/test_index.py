@@ -491,3 +491,11 @@ def test_search_survives_faiss_torch_utils(kind):
     scores, ids = idx.search(Q, 10)
     _, truth = brute(X, np.arange(N), Q, 10)
     assert recall_at_k(ids, truth) >= 0.9
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"format": 1, "count": ' + "9" * 100_000 + "}"])
+def test_hostile_index_metadata_is_one_bounded_line(tmp_path, text):
+    path = _saved(tmp_path)
+    (path / "index.json").write_text(text)
+    msg = _load_error(path)
+    assert "\n" not in msg and "index.json" in msg and "markguard index build" in msg and len(msg) < len(str(path)) + 400, msg[:500]

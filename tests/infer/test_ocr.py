@@ -1,4 +1,4 @@
-"""OCR: the per-batch gate, crops of the original photo, timeouts and failures as reasons, and a real read offline."""
+"""OCR: the per-photo gate, reading where the detector finds text, crops of the original photo, timeouts and failures as reasons, and a real read offline."""
 
 from __future__ import annotations
 
@@ -18,17 +18,24 @@ def _requests(n_photos: int, per_photo: int = 2) -> list[OcrRequest]:
     return [OcrRequest(p, (0, 0, 10, 10), priority=p + 0.1 * r) for p in range(n_photos) for r in range(per_photo)]
 
 
-def test_gate_reads_a_bounded_share_of_photos_highest_priority_first():
+def test_gate_reads_each_photos_best_regions_whatever_the_other_photos():
     reqs = _requests(10)
-    read, skipped = gate(reqs, 10, OcrConfig(budget=0.2, regions_per_photo=1))
-    assert sorted({r.photo for r in read}) == [8, 9] and len(read) == 2  # two photos of ten, one region each
+    read, skipped = gate(reqs, OcrConfig(lines=1))
+    assert sorted(r.photo for r in read) == list(range(10))  # every photo, one region each
     assert all(r.priority == max(q.priority for q in reqs if q.photo == r.photo) for r in read)
     assert len(read) + len(skipped) == len(reqs)
-    read, _ = gate(reqs, 10, OcrConfig(budget=0.25, regions_per_photo=2))
-    assert sorted({r.photo for r in read}) == [7, 8, 9] and len(read) == 6  # ceil(2.5) photos
-    assert gate(reqs, 10, OcrConfig(budget=0.0))[0] == []
-    # the budget is a share of the batch's photos, not of the photos that asked: 3 asking of 100 photos, 1% budget
-    assert len(gate(_requests(3), 100, OcrConfig(budget=0.01))[0]) == 1
+    assert len(gate(reqs, OcrConfig(lines=2))[0]) == 20 and gate(reqs, OcrConfig(lines=0))[0] == []
+    # a photo's reads do not depend on its batch: photo 3 alone is read as in the batch of ten
+    alone = [r for r in reqs if r.photo == 3]
+    assert gate(alone, OcrConfig(lines=1))[0] == [r for r in read if r.photo == 3]
+
+
+def test_ocr_config_refuses_a_budget_that_is_no_count_of_lines():
+    from markguard.errors import MarkguardError
+
+    for bad in (0.25, -1, 65, True):
+        with pytest.raises(MarkguardError, match="ocr lines"):
+            OcrConfig(lines=bad)
 
 
 class FakeEngine:
@@ -44,6 +51,17 @@ class FakeEngine:
         if self.error is not None:
             raise self.error
         return self.lines, [0.0]
+
+    # the detector and recogniser RapidOCR runs for where="text": every line of ``lines`` found at its box (the first
+    # element, in the detector's pixels), recognised as its text
+    def text_det(self, bgr):
+        self.seen.append(bgr.shape)
+        if self.error is not None:
+            raise self.error
+        return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1]] for (x0, y0, x1, y1), _, _ in (self.lines or [])], 0.0
+
+    def text_rec(self, crops):
+        return [(t, s) for _, t, s in (self.lines or [])][: len(crops)], 0.0
 
 
 def test_read_joins_confident_lines_from_a_crop_of_the_original_photo():
@@ -95,13 +113,27 @@ def test_a_read_past_its_timeout_gives_no_text_and_holds_the_reader_until_it_end
     reader.close()
 
 
-def test_read_batch_marks_what_the_budget_left_out():
-    reader = OcrReader(OcrConfig(budget=0.5), engine=FakeEngine([[None, "ACME", 0.9]]))
-    photos = [Image.new("RGB", (32, 32)) for _ in range(4)]
-    reqs = [OcrRequest(p, None, priority=p) for p in range(4)]
+def test_read_batch_marks_what_the_photos_budget_left_out():
+    reader = OcrReader(OcrConfig(where="candidates", lines=1), engine=FakeEngine([[None, "ACME", 0.9]]))
+    photos = [Image.new("RGB", (32, 32)) for _ in range(2)]
+    reqs = [OcrRequest(0, None, priority=0.1), OcrRequest(0, None, priority=0.9), OcrRequest(1, None, priority=0.0)]
     out = reader.read_batch(photos, reqs)
-    assert [out[r].text for r in reqs] == [None, None, "ACME", "ACME"]
-    assert out[reqs[0]].reason == "not read: over the batch's OCR budget (50% of photos)"
+    assert [out[r].text for r in reqs] == [None, "ACME", "ACME"]  # each photo's best region; photo 1 however low
+    assert out[reqs[0]].reason == "not read: over the photo's OCR budget (1 regions)"
+
+
+def test_read_text_recognises_the_largest_lines_the_detector_finds_in_original_pixels():
+    # the detector sees the photo at det_side (here a quarter): boxes come back in the photo's pixels, times the factor
+    engine = FakeEngine([[(10, 10, 90, 30), "ADIBAS", 0.9], [(10, 60, 60, 75), "noise", 0.3], [(10, 50, 20, 54), "x", 0.9]])
+    reader = OcrReader(OcrConfig(det_side=100, lines=2, min_line_px=2), engine=engine)
+    reads = reader.read_text(Image.new("RGB", (400, 200), "white"), factor=(2.0, 2.0))
+    assert engine.seen == [(50, 100, 3)]
+    # the two largest lines are recognised (the fake recognises in the detector's order: largest first here); the
+    # low-confidence one is dropped
+    assert [(r.text, r.box) for r in reads] == [("ADIBAS", (80, 80, 720, 240))]
+    assert OcrReader(engine=FakeEngine([])).read_text(Image.new("RGB", (64, 64))) == []  # no text found: no read
+    failed = OcrReader(engine=FakeEngine(error=RuntimeError("bad"))).read_text(Image.new("RGB", (64, 64)))
+    assert len(failed) == 1 and failed[0].reason == "failed: RuntimeError: bad"
 
 
 @pytest.fixture
@@ -143,12 +175,12 @@ def test_original_photos_are_decoded_only_for_the_reads_the_gate_allows():
     Image.new("RGB", (120, 90), "white").save(buf, "JPEG")
     items = [Item(buf.getvalue()) for _ in range(3)] + [Item(b"not a photo")]
     photos = OriginalPhotos(items)
-    reader = OcrReader(OcrConfig(budget=0.5), engine=FakeEngine([[None, "ACME", 0.9]]))
-    reqs = [OcrRequest(0, None, 0.1), OcrRequest(1, None, 0.2), OcrRequest(2, None, 0.9), OcrRequest(3, None, 0.8)]
+    reader = OcrReader(OcrConfig(where="candidates"), engine=FakeEngine([[None, "ACME", 0.9]]))
+    reqs = [OcrRequest(2, None, 0.9), OcrRequest(3, None, 0.8)]
     out = reader.read_batch(photos, reqs)
-    assert Item.reads == 2  # the two best photos; the others are never read again
-    assert out[reqs[2]].text == "ACME" and out[reqs[2]].box == (0, 0, 120, 90)
-    assert out[reqs[3]].text is None and out[reqs[3]].reason.startswith("not read: ") and "budget" not in out[reqs[3]].reason
+    assert Item.reads == 2  # the photos asked for; the others are never read again
+    assert out[reqs[0]].text == "ACME" and out[reqs[0]].box == (0, 0, 120, 90)
+    assert out[reqs[1]].text is None and out[reqs[1]].reason.startswith("not read: ") and "budget" not in out[reqs[1]].reason
 
 
 def test_where_photo_reads_the_whole_photo_and_unknown_places_are_refused():
@@ -168,24 +200,31 @@ def test_where_photo_reads_the_whole_photo_and_unknown_places_are_refused():
 def test_a_scan_with_ocr_puts_each_matchs_evidence_in_its_row(tmp_path, monkeypatch):
     import json
 
+    from markguard.infer import stages
     from markguard.infer.scan import ScanOptions, run_scan
     from test_scan import make_world
 
     world = make_world(tmp_path / "world", listings=6)
-    engine = FakeEngine([[None, "BRAND0O1", 0.9]])  # the synthetic gallery's display names are "Brand000", ...
-    monkeypatch.setattr(OcrReader, "engine", lambda self: engine)  # the reader the scan plan makes reads with it
+    # the synthetic gallery's display names are "Brand000", ...; the detector finds this line in every photo
+    engine = FakeEngine([[(0, 0, 40, 12), "BRAND0O1", 0.9]])
+    monkeypatch.setattr(stages, "make_reader", lambda config: OcrReader(OcrConfig(lines=3, min_line_px=1), engine=engine))
     # one mark a region: many photos' matches lack brand001, which the text then names on its own
-    opts = ScanOptions(batch_size=4, workers=0, device="cpu", flag=-1.0, review=-1.0, ocr=True, ocr_budget=1.0, k=1, max_matches=10,
-                       verify=False)  # the score stays the similarity
+    opts = ScanOptions(batch_size=4, workers=0, device="cpu", flag=-1.0, review=-1.0, ocr=True, ocr_budget=3, k=1, max_matches=10,
+                       verify=False, combiner=None)  # the score stays the similarity
     summary = run_scan(world.dump, [world.index], tmp_path / "out", opts=opts, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     matched = [r for r in rows if r["matches"]]
-    assert matched and engine.seen  # every photo with a match was read (budget 100%)
+    assert matched and len(engine.seen) == sum(r["status"] != "error" for r in rows)  # every photo was read where its text is
     text_only = 0
     for r in matched:
         for m in r["matches"]:
-            assert m["evidence"]["text"] == "BRAND0O1" and m["evidence"]["text_brand"] == "brand001"
-            assert m["evidence"]["text_distance"] == 0  # 0/O fold alike
+            assert "text" in m["evidence"] and "text_error" not in m["evidence"]  # every photo was read
+            if m["brand"] == "brand001":  # the read names its brand, wherever in the photo
+                assert m["evidence"]["text"] == "BRAND0O1" and m["evidence"]["text_brand"] == "brand001"
+                assert m["evidence"]["text_distance"] == 0  # 0/O fold alike
+            else:  # another brand's name: evidence against it only where the read lies in its region
+                assert m["evidence"]["text"] in (None, "BRAND0O1")
+                assert m["evidence"].get("text_brand") == ("brand001" if m["evidence"]["text"] else None)
             if m["mark"] is None:  # the text named a brand no region of the photo matched: a match of its own
                 assert m["brand"] == "brand001" and m["score"] == 0 and "similarity" not in m["evidence"]
                 text_only += 1

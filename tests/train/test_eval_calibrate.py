@@ -134,13 +134,20 @@ def test_eval_without_holdout_refused(tmp_path, gallery):
 
 
 @pytest.mark.slow
-def test_calibrate_cli_writes_card_and_scan_uses_it(tiny_model, tmp_path, gallery8):
+def test_calibrate_cli_writes_beside_the_index_and_scan_uses_it(tiny_model, tmp_path, gallery8, capsys):
+    import hashlib
+    import json
     import shutil
 
+    from markguard.checkpoint import DEFAULT_MODEL_DIR
     from markguard.datasets.synth import SynthConfig, synth_dataset
     from markguard.infer.build import build_index
     from markguard.infer.scan import run_scan
 
+    def shipped():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(DEFAULT_MODEL_DIR.iterdir()) if p.is_file()}
+
+    package_before = shipped()
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     data = synth_dataset(tmp_path / "val", brands=4, marks_per_brand=1, distractor_brands=2, listings=40, seed=3,
@@ -151,13 +158,22 @@ def test_calibrate_cli_writes_card_and_scan_uses_it(tiny_model, tmp_path, galler
     rc = main(["calibrate", str(tmp_path / "scan"), "--truth", str(data["truth"]), "--model", str(model),
                "--target-fpr", "0.1", "--min-positives", "3", "--device", "cpu"])
     assert rc == 0
+    err = capsys.readouterr().err
+    assert "a small sample" in err  # 40 listings: the thresholds are a guess, and calibrate says so
     after = load_card(model)
-    assert after.fingerprint == before.fingerprint
-    assert after.thresholds != before.thresholds and after.metrics["calibration"]["target"] == {"fpr": 0.1}
-    assert after.metrics["calibration"]["at_flag"]["fpr"] <= 0.1
+    assert after == before  # the model's card is not written
+    written = json.loads((tmp_path / "idx" / "thresholds.json").read_text())
+    assert written["model_fingerprint"] == before.fingerprint and written["fitted"]["target"] == {"fpr": 0.1}
+    assert written["fitted"]["at_flag"]["fpr"] <= 0.1
     summary = run_scan(data["listings"] / "manifest.csv", [tmp_path / "idx"], tmp_path / "scan2", model=model, progress=False)
-    assert summary["policy"]["flag"] == after.thresholds["flag"]
-    assert {k.removeprefix("brand:") for k in summary["policy"]["sources"] if k.startswith("brand:")} >= set(after.thresholds["per_brand"])
+    assert summary["policy"]["flag"] == written["flag"] and summary["policy"]["sources"]["flag"].endswith("thresholds.json")
+    assert {k.removeprefix("brand:") for k in summary["policy"]["sources"] if k.startswith("brand:")} >= set(written["per_brand"])
+    # --out names another folder; the installed package is refused, and left as it was
+    main(["calibrate", str(tmp_path / "scan"), "--truth", str(data["truth"]), "--out", str(tmp_path / "mine"), "--device", "cpu"])
+    assert (tmp_path / "mine" / "thresholds.json").is_file()
+    with pytest.raises(MarkguardError, match="shipped weights"):
+        main_raising(["calibrate", str(tmp_path / "scan"), "--truth", str(data["truth"]), "--out", str(DEFAULT_MODEL_DIR)])
+    assert shipped() == package_before
     # a scan made with another model is refused: its scores would calibrate the wrong thresholds
     (tmp_path / "scan" / "summary.json").write_text((tmp_path / "scan" / "summary.json").read_text().replace(after.fingerprint, "0" * 16))
     with pytest.raises(MarkguardError, match="calibrate with the scan's model"):
