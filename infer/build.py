@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from markguard.checkpoint import DEFAULT_MODEL_DIR, load_checkpoint, resolve_model_dir
-from markguard.datasets.decode import load_mark
+from markguard.checkpoint import DEFAULT_MODEL_DIR, NAMED_MODELS, load_checkpoint, model_kind, resolve_model_dir
+from markguard.datasets.decode import decode_image, load_mark
 from markguard.datasets.registry import Gallery, MarkRef, check_gallery, load_gallery
 from markguard.device import resolve_device
 from markguard.errors import DecodeError, MarkguardError
@@ -37,6 +37,46 @@ def embed_marks(marks: list[MarkRef], model, card, *, device: str = "cpu", batch
         records.append({"brand": ref.brand, "mark": ref.mark, "source": _source(ref.path)})
     vectors = embed_references(model, card, images, batch_size=batch_size, device=device)
     return EmbeddedMarks(vectors, records, errors)
+
+
+def embed_catalogue(photos: list[MarkRef], model, card, *, device: str = "cpu", batch_size: int = 16) -> EmbeddedMarks:
+    """Whole catalogue photos (a product model's references): decoded and letterboxed to the card's scan size and
+    pooled over the photo, exactly as a scan pools a listing photo's whole-photo region."""
+    import numpy as np
+    import torch
+
+    from markguard.datasets.transforms import letterbox
+    from markguard.infer.embed import embed_regions
+
+    records, errors, vectors, batch = [], [], [], []
+
+    def flush():
+        if batch:
+            x = torch.stack([lb.tensor for lb in batch])
+            boxes = [torch.tensor([[0.0, 0.0, float(lb.valid[0]), float(lb.valid[1])]]) for lb in batch]
+            vectors.append(embed_regions(model, card, x, boxes, device=device).vectors.float().cpu().numpy())
+            batch.clear()
+
+    for ref in photos:
+        try:
+            img = decode_image(ref.path, target_size=card.scan_size).image
+        except (DecodeError, OSError) as e:
+            errors.append((str(ref.path), getattr(e, "reason", str(e))))
+            continue
+        batch.append(letterbox(img, card.scan_size, card.mean, card.std))
+        records.append({"brand": ref.brand, "mark": ref.mark, "source": _source(ref.path)})
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    out = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, card.dim), np.float32)
+    return EmbeddedMarks(out, records, errors)
+
+
+def embed_references_of(marks: list[MarkRef], net, card, *, device: str) -> EmbeddedMarks:
+    """A logo model embeds clean marks as training renders them; a product model embeds whole catalogue photos."""
+    if model_kind(card) == "product":
+        return embed_catalogue(marks, net, card, device=device)
+    return embed_marks(marks, net, card, device=device)
 
 
 def _source(path) -> str:
@@ -83,23 +123,34 @@ def _brands_meta(gallery: Gallery) -> dict:
                    "aliases": b.aliases, "wordmarks": b.wordmarks} for b in gallery.brands.values()}  # names: the scan's text match
 
 
-def _report_errors(errors, stream=None) -> None:
+def _report_errors(errors, stream=None, what: str = "mark") -> None:
     stream = stream or sys.stderr  # looked up now, so a redirected stderr gets the lines
     for path, reason in errors:
-        stream.write(f"skipped mark {printable(path)}: {reason}\n")
+        stream.write(f"skipped {what} {printable(path)}: {reason}\n")
 
 
-def bank_meta(net, card, vectors, ids, *, images: int, device: str, previous: dict | None = None) -> dict:
-    """The background bank's record in the index metadata: each reference's bias (infer/bank.py), by record id."""
-    bank = background_bank(net, card, bank_images(images, card.scan_size), device=device)
+def _what(card) -> str:
+    return "catalogue photo" if model_kind(card) == "product" else "mark"
+
+
+def bank_meta(net, card, vectors, ids, *, images: int, device: str, previous: dict | None = None,
+              photos: list[str] | None = None) -> dict:
+    """The background bank's record in the index metadata: each reference's bias (infer/bank.py), by record id.
+
+    ``photos``: photographs without any reference in them (a product index's bank: other photos), after the procedural ones."""
+    photos = list(photos if photos is not None else (previous or {}).get("photos", []))
+    bank = background_bank(net, card, bank_images(images, card.scan_size, photos=[Path(p) for p in photos]), device=device)
     bias = dict((previous or {}).get("bias", {}))
     bias.update({str(int(i)): round(float(b), 5) for i, b in zip(ids, reference_bias(vectors, bank))})
-    return {"images": images, "regions": len(bank), "k": BANK_K, "bias": bias}
+    out = {"images": images, "regions": len(bank), "k": BANK_K, "bias": bias}
+    if photos:
+        out["photos"] = photos
+    return out
 
 
 def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path | None = None, kind: str = "auto",
                 device: str = "auto", memory_budget_mb: float | None = None, recall_target: float = 0.95, bank: int = 0,
-                check: bool = False) -> dict:
+                check: bool = False, bank_photos: list[str] | None = None) -> dict:
     """Embed every mark of the gallery and save the index at ``out``; returns the index's info.
 
     ``bank`` > 0 embeds that many mark-free background pictures and stores each reference's bias
@@ -110,24 +161,26 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
     """
     with index_writer(out, create=True):  # from the start: an `index add` meanwhile would otherwise be overwritten unseen
         return _build_index(gallery_path, out, model=model, kind=kind, device=device, memory_budget_mb=memory_budget_mb,
-                            recall_target=recall_target, bank=bank, check=check)
+                            recall_target=recall_target, bank=bank, check=check, bank_photos=bank_photos)
 
 
-def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, recall_target, bank, check) -> dict:
+def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, recall_target, bank, check,
+                 bank_photos=None) -> dict:
     device = resolve_device(device)
     gallery = checked_gallery(gallery_path, check=check)
     model_dir = resolve_model_dir(model)
     net, card = load_checkpoint(model_dir, device=device)
-    emb = embed_marks(gallery.marks, net, card, device=device)
-    _report_errors(emb.errors)
+    emb = embed_references_of(gallery.marks, net, card, device=device)
+    _report_errors(emb.errors, what=_what(card))
     if not emb.records:
-        raise MarkguardError(f"{gallery_path}: none of the marks could be read; fix the files listed above")
+        raise MarkguardError(f"{gallery_path}: none of the {_what(card)}s could be read; fix the files listed above")
     index = MarkIndex.build(emb.vectors, emb.records, fingerprint=card.fingerprint, kind=kind,
                             memory_budget_mb=memory_budget_mb, recall_target=recall_target)
     index.meta = index_meta(model_dir, card.fingerprint, _brands_meta(gallery), gallery.root)
-    if bank > 0:
+    index.meta["model_kind"] = model_kind(card)
+    if bank > 0 or bank_photos:
         ids = [r.id for r in index.records()]
-        index.meta["bank"] = bank_meta(net, card, emb.vectors, ids, images=bank, device=device)
+        index.meta["bank"] = bank_meta(net, card, emb.vectors, ids, images=bank, device=device, photos=bank_photos)
     index.save(Path(out))
     info = index.info()
     info["skipped"] = len(emb.errors)
@@ -144,6 +197,9 @@ def index_meta(model_dir: Path, fingerprint: str, brands: dict, gallery_root: Pa
     meta = dict(meta or {})
     merged = meta.get("brands", {}) | brands
     model_ref = None if Path(model_dir).resolve() == DEFAULT_MODEL_DIR.resolve() else str(Path(model_dir).resolve())
+    for name, folder in NAMED_MODELS.items():  # a shipped model by its name: the index moves with markguard
+        if model_ref is not None and Path(model_dir).resolve() == folder.resolve():
+            model_ref = name
     meta.update({"model": model_ref, "model_fingerprint": fingerprint, "brands": merged})
     if gallery_root is not None:
         meta.setdefault("galleries", [])
@@ -172,8 +228,8 @@ def _add_to_index(index_path: Path, gallery_path, *, model, device, check) -> di
     gallery = checked_gallery(gallery_path, check=check)
     known = {(r.brand, r.mark, r.source) for r in index.records()}
     new = [m for m in gallery.marks if (m.brand, m.mark, _source(m.path)) not in known]
-    emb = embed_marks(new, net, card, device=device)
-    _report_errors(emb.errors)
+    emb = embed_references_of(new, net, card, device=device)
+    _report_errors(emb.errors, what=_what(card))
     ids = index.add(emb.vectors, emb.records) if emb.records else []
     index.meta = index_meta(model_dir, card.fingerprint, _brands_meta(gallery), gallery.root, meta)
     if meta.get("bank") and len(ids):  # new references get their bias against the same bank

@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from markguard.errors import MarkguardError
-from markguard.fsio import atomic_path, atomic_write_text
+from markguard.fsio import atomic_path, atomic_write_text, own_folder
 
 EMBEDDINGS = "embeddings"  # OUT/embeddings/
 MANIFEST = "embeddings.json"
@@ -80,8 +80,7 @@ class EmbeddingStore:
         require_pyarrow()
         if encoding not in ENCODINGS:
             raise MarkguardError(f"--keep-embeddings {encoding!r}: choose {' or '.join(ENCODINGS)}")
-        self.dir = Path(out_dir) / EMBEDDINGS
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = own_folder(out_dir, EMBEDDINGS)  # never a link planted in a shared output folder: a resume deletes parts here
         self.model, self.dim, self.encoding = model, dim, encoding
         self.row = skip
         self.buf: list[dict] = []

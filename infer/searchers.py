@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkpoint
+from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkpoint, model_kind, model_name, named_model
 from markguard.errors import MarkguardError
 from markguard.infer.backends import load_backend
 from markguard.infer.index import MarkIndex
@@ -54,7 +54,7 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
         index = MarkIndex.load(p)  # the vectors and their metadata, from one save
         meta = check_index_meta(index.require_meta(), p / "markguard.json")
         index = with_negatives(index, meta)  # reviewers' rejections (infer/feedback.py) lower look-alikes of their references
-        mpath = model_path if model_path is not None else meta.get("model")
+        mpath = named_model(model_path if model_path is not None else meta.get("model"))
         if mpath is not None and not Path(mpath).exists() and model_path is None:
             mpath = None  # the recorded model moved: fall back to the shipped default, the fingerprint check decides
         key = str(mpath)
@@ -66,6 +66,10 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
             else:
                 models[key] = load_backend(mpath, backend, device=device)
         model, card = models[key]
+        built = meta.get("model_kind", "logo")
+        if built != model_kind(card):
+            raise MarkguardError(f"{p}: a {built} index (built with the {model_name(named_model(meta.get('model')))} model) cannot be searched "
+                                 f"with the {model_kind(card)} model {model_name(mpath)}; leave out -m, or rebuild the index with --model {model_name(mpath)}")
         try:
             index.require_fingerprint(card.fingerprint)
         except MarkguardError as e:

@@ -26,6 +26,8 @@ WEIGHTS = "model.safetensors"
 CARD = "model_card.json"
 MAX_CARD_BYTES = 16 * 1024 * 1024  # a card is a few kB of settings and metrics
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
+# shipped models by name, wherever --model is taken: the logo model (the default) and the product model
+NAMED_MODELS = {"logo": DEFAULT_MODEL_DIR, "product": DEFAULT_MODEL_DIR / "product"}
 
 
 @dataclass
@@ -129,15 +131,39 @@ def load_card(path: str | Path) -> ModelCard:
     return ModelCard.from_dict(doc, source=str(card_path))
 
 
+def named_model(path: str | Path | None) -> str | Path | None:
+    """``path``, or the shipped model's folder when it names one (``logo``, ``product``) and no such folder is here."""
+    if isinstance(path, str) and path in NAMED_MODELS and not Path(path).exists():
+        return NAMED_MODELS[path]
+    return path
+
+
+def model_name(path: str | Path | None) -> str:
+    """How a message names a model: its shipped name, else its folder."""
+    if path is None:
+        return "logo"
+    for name, folder in NAMED_MODELS.items():
+        if Path(path).resolve() == folder.resolve():
+            return name
+    return str(path)
+
+
+def model_kind(card: "ModelCard") -> str:
+    """``product`` for a model that matches whole photos (its card's regions say ``product``), else ``logo``."""
+    return "product" if (card.regions or {}).get("product") else "logo"
+
+
 def resolve_model_dir(path: str | Path | None) -> Path:
-    """The checkpoint to use: the one given, else the shipped default."""
+    """The checkpoint to use: the one given (a folder, or a shipped model's name), else the shipped default."""
+    path = named_model(path)
     if path is None:
         if not (DEFAULT_MODEL_DIR / WEIGHTS).exists():
             raise MarkguardError(f"no model given and no default model shipped in {DEFAULT_MODEL_DIR}; pass --model DIR (a folder from `markguard train`)")
         return DEFAULT_MODEL_DIR
     path = Path(path)
     if not (path / WEIGHTS).exists():
-        raise MarkguardError(f"{path}: no {WEIGHTS} here; pass a checkpoint folder written by `markguard train`")
+        raise MarkguardError(f"{path}: no {WEIGHTS} here; pass a checkpoint folder written by `markguard train` "
+                             f"or a shipped model's name ({', '.join(NAMED_MODELS)})")
     return path
 
 

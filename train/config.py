@@ -31,6 +31,7 @@ class TrainConfig(ModelShape):
     trainset: str | None = None  # real labelled photos instead of a gallery (SOP, Products-10K, class folders)
     trainset_format: str = "auto"  # a reader in markguard.datasets.trainsets.READERS, or auto
     drop_small_classes: bool = False  # leave out trainset classes with fewer than m_per_class images instead of refusing
+    product: bool = False  # the model matches whole photos (product recipe): indexes hold whole photos, scans pool large regions
     # model (beside ModelShape's fields)
     pretrained: bool = False
     weights: str | None = None  # a local weights file for the backbone
@@ -131,74 +132,3 @@ def resolve_recipe(recipe: str | None):
         names = ", ".join(sorted(p.stem for p in shipped.glob("*.yaml")))
         raise MarkguardError(f"no shipped recipe named {recipe!r} (shipped: {names}); for a file of your own give its path, e.g. ./{recipe}.yaml")
     return str(path)
-
-
-def saved_config(run: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """The settings a run saved in ``RUN/config.yaml``, with ``key=value`` overrides a resume may change.
-
-    An override of a setting the run's checkpoint depends on (anything but how long, how often it logs or
-    checkpoints, and where it runs) is refused here, in one line, before anything loads.
-    """
-    import yaml
-
-    from markguard.config import apply, parse_overrides, yaml_error
-    from markguard.train.loop import RESUMABLE_CHANGES
-
-    path = Path(run) / "config.yaml"
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise MarkguardError(yaml_error(path, e)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MarkguardError(f"{path}: cannot read the run's saved settings ({e}); resume with the recipe and overrides it was started with") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise MarkguardError(f"{path}: not a run's saved settings (no 'config' mapping); resume with the recipe and overrides it was started with")
-    cfg = apply(TrainConfig(), doc["config"], source=str(path))
-    pairs = parse_overrides(overrides)
-    resumed = apply(cfg, pairs, source="command line") if pairs else cfg
-    changed = [k for k in pairs if getattr(resumed, k) != getattr(cfg, k) and k not in RESUMABLE_CHANGES]
-    if changed:
-        shown = ", ".join(f"{k}={getattr(cfg, k)!r} (asked {getattr(resumed, k)!r})" for k in sorted(changed))
-        raise MarkguardError(f"{run} was trained with {shown}; a resume may change only {', '.join(RESUMABLE_CHANGES)} "
-                             "(start a new --out to train with other settings)")
-    return resumed
-
-
-def fit_to_gallery(cfg: TrainConfig, explicit: set[str], log) -> TrainConfig:
-    """Held-out brands and batch size scaled to a small gallery, unless given on the command line (``explicit``); each change logged.
-
-    A recipe sized for thousands of brands (the logo recipe holds 50 out and fills batches of 64) would
-    otherwise refuse a user's gallery of a few brands.
-    """
-    import dataclasses
-
-    from markguard.datasets.registry import load_gallery
-    from markguard.train.loop import fold_brand, read_brand_list
-
-    if not cfg.gallery or cfg.trainset:
-        return cfg
-    gallery = load_gallery(cfg.gallery)
-    brands = sorted(b for b, br in gallery.brands.items() if br.marks)
-    changes = {}
-    if cfg.exclude_brands:
-        excluded = read_brand_list(cfg.exclude_brands)
-        out = [b for b in brands if fold_brand(b) in excluded]
-        if out and len(out) == len(brands):
-            raise MarkguardError(f"{cfg.gallery}: all {len(brands)} brands are listed in exclude_brands={cfg.exclude_brands} (brands kept out "
-                                 "of training for the real-photo evaluation); to train on them add exclude_brands=null")
-        if out:
-            log(f"train: exclude_brands={cfg.exclude_brands} leaves out {len(out)} of the gallery's {len(brands)} brands "
-                f"({', '.join(out[:5])}{', ...' if len(out) > 5 else ''}); exclude_brands=null trains on them")
-    if "holdout_brands" not in explicit and cfg.holdout_brands > len(brands) // 20:
-        changes["holdout_brands"] = len(brands) // 20
-        log(f"train: the gallery has {len(brands)} brands: holdout_brands {cfg.holdout_brands} -> {changes['holdout_brands']} "
-            "(at most 1 brand in 20 is held out for the open-set check; holdout_brands=N chooses)")
-    held = set(brands[len(brands) - changes.get("holdout_brands", cfg.holdout_brands):]) if changes.get("holdout_brands", cfg.holdout_brands) else set()
-    excluded = read_brand_list(cfg.exclude_brands) if cfg.exclude_brands else set()
-    classes = sum(1 for m in gallery.marks if m.brand not in held and fold_brand(m.brand) not in excluded)  # one class a mark
-    fill = classes * cfg.m_per_class
-    if "batch_size" not in explicit and cfg.sampler == "m_per_class" and 2 <= classes and fill < cfg.batch_size:
-        changes["batch_size"] = fill
-        log(f"train: {classes} marks x m_per_class={cfg.m_per_class} fill a batch of {fill}: batch_size {cfg.batch_size} -> {fill} "
-            "(batch_size=N chooses)")
-    return dataclasses.replace(cfg, **changes) if changes else cfg

@@ -31,6 +31,9 @@ def load_photo_trainset(path: str, fmt: str, *, m: int, drop_small: bool, split:
     if any(s.split for s in samples):
         samples = [s for s in samples if s.split == split]
     counts = Counter(s.label for s in samples)
+    if counts and max(counts.values()) < 2:
+        raise MarkguardError(f"{path}: each of its {len(counts)} classes has one image; instance training needs at least two photos "
+                             "of each product (the same product in different photos, as SOP and Products-10K have)")
     small = sorted(c for c, n in counts.items() if n < m)
     dropped = 0
     if small and drop_small:

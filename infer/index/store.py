@@ -102,6 +102,23 @@ def index_writer(path: str | os.PathLike, *, create: bool = False) -> Iterator[N
         lock.release()
 
 
+def writes_index(param: str):
+    """Decorate a function that loads, changes and saves the index named by its argument ``param``: it runs
+    holding :func:`index_writer` (``markguard feedback`` and its undo, as ``index add|remove``)."""
+    import functools
+    import inspect
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            with index_writer(sig.bind(*args, **kwargs).arguments[param]):
+                return fn(*args, **kwargs)
+        return run
+    return wrap
+
+
 def save_index(self, path: str | os.PathLike) -> None:
     """Write the index folder atomically, ``meta`` included: a killed save leaves the previous index whole."""
     with index_writer(path, create=True):

@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from markguard.commands._realbench import register_data
 
     register_data(sub)  # devicon, photos, realbench: the real-photo benchmark
+    from markguard.commands._productbench import register_productbench
+
+    register_productbench(sub)  # productbench: catalogue photos and their edited copies
 
     gallery = subparsers.add_parser("gallery", help="check a brand gallery before indexing it", description="Check a brand gallery before indexing it.")
     gsub = gallery.add_subparsers(dest="gallery_command", metavar="{check}", required=True)

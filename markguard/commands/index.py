@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--recall", type=float, default=0.95, help="recall@10 target against exact search when tuning (default 0.95)")
     b.add_argument("--bank", type=int, default=0, metavar="N", help="embed N mark-free background pictures and score matches "
                    "normalised against them, so no reference is the best match of every photo (default 0: raw similarity)")
+    b.add_argument("--bank-photos", metavar="DIR", help="a folder of photographs that show none of the references (for a product "
+                   "index: other photos), added to the bank")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=run_build)
 
@@ -62,8 +62,16 @@ def run_build(args) -> int:
     if not (math.isfinite(args.recall) and 0 < args.recall <= 1):
         raise MarkguardError(f"--recall {args.recall} must lie in (0, 1]")
 
+    bank_photos = None
+    if getattr(args, "bank_photos", None):
+        from markguard.train.copydetect import list_photos
+
+        bank_photos = [str(p.resolve()) for p in list_photos([args.bank_photos])]
+        if not bank_photos:
+            raise MarkguardError(f"--bank-photos {args.bank_photos}: no photographs (.jpg, .png, .webp) in it")
     info = build_index(args.gallery, args.out, model=args.model, kind=args.kind, device=args.device,
-                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank, check=True)
+                       memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank, check=True,
+                       bank_photos=bank_photos)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -115,14 +123,10 @@ def run_ls(args) -> int:
         from markguard.infer.build import what_exists
 
         raise MarkguardError(f"{args.index}: no brand {excerpt(args.brand)}; {what_exists(index, None)}")
-    try:
-        if args.brand is None:
-            for brand in sorted(by_brand):
-                print(f"{brand}\t{', '.join(sorted({r.mark for r in by_brand[brand]}))}")
-        else:
-            for r in sorted(by_brand[args.brand], key=lambda r: (r.mark, r.id)):
-                print(f"{r.mark}\t{r.id}\t{r.source}")
-        sys.stdout.flush()
-    except BrokenPipeError:  # `index ls IDX | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if args.brand is None:  # `index ls IDX | head` closing the pipe is the CLI's to answer (markguard/cli.py)
+        for brand in sorted(by_brand):
+            print(f"{brand}\t{', '.join(sorted({r.mark for r in by_brand[brand]}))}")
+    else:
+        for r in sorted(by_brand[args.brand], key=lambda r: (r.mark, r.id)):
+            print(f"{r.mark}\t{r.id}\t{r.source}")
     return 0

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from markguard.errors import MarkguardError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an embedding model (recipe YAML + key=value overrides)",
                        description="Train with a recipe (train/recipes/*.yaml); settings: defaults < recipe < key=value overrides. "
                                    "Several processes: torchrun --nproc_per_node N -m markguard.cli train ...")
-    p.add_argument("--recipe", "-r", help="a YAML recipe, or the name of a shipped one (logo, product, demo)")
+    p.add_argument("--recipe", "-r", help="a YAML recipe, or the name of a shipped one (logo, product, copydetect, demo)")
     p.add_argument("--out", "-o", required=True, help="run folder: checkpoint, model card, config.yaml, metrics")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with the settings it "
                                                          "saved in config.yaml (KEY=VALUE may change steps, logging, device)")
@@ -22,11 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     import os
     import sys
-    from pathlib import Path
 
     from markguard.config import load_layered, parse_overrides
-    from markguard.errors import MarkguardError
-    from markguard.train.config import TrainConfig, fit_to_gallery, resolve_recipe, saved_config
+    from markguard.train.config import TrainConfig, resolve_recipe
     from markguard.train.loop import train
 
     def log(msg: str) -> None:
@@ -38,6 +39,11 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MarkguardError(f"{out}: is a file; --out names the run's folder (give a new path)")
+    from markguard.train.copydetect import is_copydetect, run_copydetect
+
+    recipe = resolve_recipe(args.recipe)
+    if is_copydetect(recipe, args.overrides, out if args.resume else None):  # task: copydetect (train/copydetect.py)
+        return run_copydetect(recipe, args)
     if args.resume and (out / "config.yaml").is_file():
         if args.recipe:
             log(f"train: --resume takes the run's settings from {out / 'config.yaml'}; the recipe is not read again")
@@ -58,3 +64,76 @@ def run(args) -> int:
     print(f"model: {args.out} (fingerprint {card.fingerprint})")
     print(f"thresholds: flag {card.thresholds.get('flag')}, review {card.thresholds.get('review')}")
     return 0
+
+
+def saved_config(run: str | Path, overrides: list[str] | None = None):
+    """The settings a run saved in ``RUN/config.yaml``, with ``key=value`` overrides a resume may change.
+
+    An override of a setting the run's checkpoint depends on (anything but how long, how often it logs or
+    checkpoints, and where it runs) is refused here, in one line, before anything loads.
+    """
+    import yaml
+
+    from markguard.config import apply, parse_overrides, yaml_error
+    from markguard.train.loop import RESUMABLE_CHANGES
+
+    path = Path(run) / "config.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise MarkguardError(yaml_error(path, e)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MarkguardError(f"{path}: cannot read the run's saved settings ({e}); resume with the recipe and overrides it was started with") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise MarkguardError(f"{path}: not a run's saved settings (no 'config' mapping); resume with the recipe and overrides it was started with")
+    from markguard.train.config import TrainConfig
+
+    cfg = apply(TrainConfig(), doc["config"], source=str(path))
+    pairs = parse_overrides(overrides)
+    resumed = apply(cfg, pairs, source="command line") if pairs else cfg
+    changed = [k for k in pairs if getattr(resumed, k) != getattr(cfg, k) and k not in RESUMABLE_CHANGES]
+    if changed:
+        shown = ", ".join(f"{k}={getattr(cfg, k)!r} (asked {getattr(resumed, k)!r})" for k in sorted(changed))
+        raise MarkguardError(f"{run} was trained with {shown}; a resume may change only {', '.join(RESUMABLE_CHANGES)} "
+                             "(start a new --out to train with other settings)")
+    return resumed
+
+
+def fit_to_gallery(cfg, explicit: set[str], log):
+    """Held-out brands and batch size scaled to a small gallery, unless given on the command line (``explicit``); each change logged.
+
+    A recipe sized for thousands of brands (the logo recipe holds 50 out and fills batches of 64) would
+    otherwise refuse a user's gallery of a few brands.
+    """
+    import dataclasses
+
+    from markguard.datasets.registry import load_gallery
+    from markguard.train.loop import fold_brand, read_brand_list
+
+    if not cfg.gallery or cfg.trainset:
+        return cfg
+    gallery = load_gallery(cfg.gallery)
+    brands = sorted(b for b, br in gallery.brands.items() if br.marks)
+    changes = {}
+    if cfg.exclude_brands:
+        excluded = read_brand_list(cfg.exclude_brands)
+        out = [b for b in brands if fold_brand(b) in excluded]
+        if out and len(out) == len(brands):
+            raise MarkguardError(f"{cfg.gallery}: all {len(brands)} brands are listed in exclude_brands={cfg.exclude_brands} (brands kept out "
+                                 "of training for the real-photo evaluation); to train on them add exclude_brands=null")
+        if out:
+            log(f"train: exclude_brands={cfg.exclude_brands} leaves out {len(out)} of the gallery's {len(brands)} brands "
+                f"({', '.join(out[:5])}{', ...' if len(out) > 5 else ''}); exclude_brands=null trains on them")
+    if "holdout_brands" not in explicit and cfg.holdout_brands > len(brands) // 20:
+        changes["holdout_brands"] = len(brands) // 20
+        log(f"train: the gallery has {len(brands)} brands: holdout_brands {cfg.holdout_brands} -> {changes['holdout_brands']} "
+            "(at most 1 brand in 20 is held out for the open-set check; holdout_brands=N chooses)")
+    held = set(brands[len(brands) - changes.get("holdout_brands", cfg.holdout_brands):]) if changes.get("holdout_brands", cfg.holdout_brands) else set()
+    excluded = read_brand_list(cfg.exclude_brands) if cfg.exclude_brands else set()
+    classes = sum(1 for m in gallery.marks if m.brand not in held and fold_brand(m.brand) not in excluded)  # one class a mark
+    fill = classes * cfg.m_per_class
+    if "batch_size" not in explicit and cfg.sampler == "m_per_class" and 2 <= classes and fill < cfg.batch_size:
+        changes["batch_size"] = fill
+        log(f"train: {classes} marks x m_per_class={cfg.m_per_class} fill a batch of {fill}: batch_size {cfg.batch_size} -> {fill} "
+            "(batch_size=N chooses)")
+    return dataclasses.replace(cfg, **changes) if changes else cfg

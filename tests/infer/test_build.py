@@ -218,3 +218,40 @@ def test_index_ls_lists_brands_and_marks_and_remove_names_what_exists(world, tmp
     err = capsys.readouterr().err
     assert "usage: markguard index remove" in err and "--brand brand000" in err
     assert {r.brand for r in MarkIndex.load(idx).records()} == {"brand000", "brand001", "brand002"}
+
+
+HOLD = ("import sys, time; from markguard.infer.index.store import index_writer; "
+        "cm = index_writer(sys.argv[1]); cm.__enter__(); print('held', flush=True); time.sleep(600)")
+
+
+def test_feedback_holds_the_index_writer_lock(world, tmp_path):
+    from markguard.infer.feedback import undo_feedback
+
+    idx = world_copy(world, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(idx)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MarkguardError, match=rf"another index writer \(pid {holder.pid}\) is writing here"):
+            undo_feedback(idx, "r-nope")
+        with pytest.raises(MarkguardError, match=rf"another index writer \(pid {holder.pid}\)"):
+            remove_from_index(idx, brand="brand000")
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(MarkguardError, match="no feedback round"):  # free once the holder is gone
+        undo_feedback(idx, "r-nope")
+
+
+def test_kept_embeddings_never_go_through_a_planted_link(tmp_path):
+    pytest.importorskip("pyarrow", reason="--keep-embeddings writes parquet")
+    from markguard.infer.rematch import EMBEDDINGS, EmbeddingStore
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "part-000000000005.parquet").write_bytes(b"someone's")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / EMBEDDINGS).symlink_to(elsewhere)
+    with pytest.raises(MarkguardError, match="is a link"):
+        EmbeddingStore(out, model="m", dim=8, skip=3)
+    assert [p.name for p in elsewhere.iterdir()] == ["part-000000000005.parquet"]

@@ -8,9 +8,10 @@ import json
 import pytest
 
 from markguard.cli import main
+from markguard.commands.train import fit_to_gallery, saved_config
 from markguard.config import load_layered, save_config
 from markguard.errors import MarkguardError
-from markguard.train.config import TrainConfig, fit_to_gallery, resolve_recipe, saved_config
+from markguard.train.config import TrainConfig, resolve_recipe
 
 
 def _logo(gallery, *overrides):

@@ -1,0 +1,125 @@
+"""Product indexes: whole catalogue photos as references (a product model's card), beside a logo index in one scan."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from markguard.checkpoint import NAMED_MODELS, ModelCard, create_model, load_card, model_kind, resolve_model_dir, save_checkpoint
+from markguard.errors import MarkguardError
+from markguard.infer.build import build_index, read_index_meta
+from markguard.infer.scan import ScanOptions, run_scan
+from markguard.infer.searchers import load_searchers
+
+
+def tiny_model(out: Path, *, product: bool, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    regions = {"mode": "grid", "scales": [1.0, 0.5], "overlap": 0.5}
+    if product:
+        regions["product"] = True
+    card = ModelCard(backbone="resnet10t", dim=16, input_size=48, scan_size=64, output_stride=32, regions=regions,
+                     thresholds={"flag": 0.9, "review": 0.8, "per_brand": {}})
+    save_checkpoint(create_model(card), card, out)
+    return out
+
+
+def write_photo(path: Path, seed: int, size=(120, 90)) -> Path:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 255, (size[1] // 15, size[0] // 15, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).resize(size, Image.BILINEAR).save(path, quality=95)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shop")
+    for i, brand in enumerate(["acme", "acme", "zeta"]):
+        write_photo(root / "catalogue" / brand / f"shot{i}.jpg", seed=i)
+    product = tiny_model(root / "product-model", product=True)
+    logo = tiny_model(root / "logo-model", product=False, seed=1)
+    build_index(root / "catalogue", root / "products", model=product, kind="flat", device="cpu")
+    (root / "marks" / "acme").mkdir(parents=True)
+    from PIL import ImageDraw
+
+    mark = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(mark).ellipse((8, 8, 56, 56), fill=(200, 30, 30, 255), outline=(20, 20, 120, 255), width=6)
+    mark.save(root / "marks" / "acme" / "logo.png")
+    build_index(root / "marks", root / "logos", model=logo, kind="flat", device="cpu")
+    return root
+
+
+def test_shipped_models_by_name():
+    assert resolve_model_dir("logo") == NAMED_MODELS["logo"]
+    card = load_card(resolve_model_dir("logo"))
+    assert model_kind(card) == "logo"
+    if not (NAMED_MODELS["product"] / "model.safetensors").exists():
+        pytest.skip("the product model is not shipped in this checkout (markguard/weights/product)")
+    from markguard.checkpoint import load_checkpoint
+
+    model, card = load_checkpoint("product")
+    assert model_kind(card) == "product" and card.training["task"] == "copydetect"
+    assert (NAMED_MODELS["product"] / "model.safetensors").stat().st_size <= 25 * 1024 * 1024
+
+
+def test_unknown_name_says_what_is_shipped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MarkguardError, match=r"no model.safetensors here; pass a checkpoint folder .* \(logo, product\)"):
+        resolve_model_dir("products")
+
+
+def test_product_index_holds_whole_catalogue_photos(shop):
+    meta = read_index_meta(shop / "products")
+    assert meta["model_kind"] == "product"
+    from markguard.infer.index import MarkIndex
+
+    recs = sorted((r.brand, r.mark) for r in MarkIndex.load(shop / "products").records())
+    assert recs == [("acme", "shot0"), ("acme", "shot1"), ("zeta", "shot2")]
+
+
+def test_undecodable_catalogue_photo_is_named(shop, tmp_path, capsys):
+    cat = tmp_path / "catalogue"
+    shutil.copytree(shop / "catalogue", cat)
+    (cat / "zeta" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(MarkguardError) as e:  # the gallery check refuses it before anything is embedded
+        build_index(cat, tmp_path / "idx", model=shop / "product-model", kind="flat", device="cpu")
+    assert "broken.jpg" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "idx" / "markguard.json").exists()
+    # a photo the check passes but decoding at the scan size refuses is named with its reason, never skipped silently
+    from markguard.datasets.registry import MarkRef
+    from markguard.infer.build import embed_catalogue
+    from markguard.checkpoint import load_checkpoint
+
+    net, card = load_checkpoint(shop / "product-model")
+    emb = embed_catalogue([MarkRef("zeta", "broken", cat / "zeta" / "broken.jpg"), MarkRef("zeta", "shot2", cat / "zeta" / "shot2.jpg")], net, card)
+    assert [r["mark"] for r in emb.records] == ["shot2"] and emb.errors[0][0].endswith("broken.jpg") and emb.errors[0][1]
+
+
+def test_index_and_model_of_different_kinds_refused(shop):
+    with pytest.raises(MarkguardError, match=r"a product index \(built with the .*product-model model\) cannot be searched with the logo model"):
+        load_searchers([shop / "products"], shop / "logo-model", "cpu")
+    with pytest.raises(MarkguardError, match=r"a logo index .* cannot be searched with the product model"):
+        load_searchers([shop / "logos"], shop / "product-model", "cpu")
+
+
+def test_mixed_scan_one_row_per_photo_naming_the_index(shop, tmp_path):
+    listings = tmp_path / "dump"
+    listings.mkdir()
+    shutil.copy(shop / "catalogue" / "zeta" / "shot2.jpg", listings / "copy.jpg")  # a reused catalogue photo
+    img = Image.open(shop / "catalogue" / "acme" / "shot0.jpg")
+    img.transpose(Image.FLIP_LEFT_RIGHT).save(listings / "mirrored.jpg")
+    write_photo(listings / "other.jpg", seed=99)
+    out = tmp_path / "out"
+    run_scan(listings, [shop / "logos", shop / "products"], out, opts=ScanOptions(batch_size=2, workers=1, device="cpu"), progress=False)
+    rows = {r["image"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert sorted(rows) == ["copy.jpg", "mirrored.jpg", "other.jpg"]
+    indexes = {m.get("index") for r in rows.values() for m in r["matches"]}
+    assert indexes <= {"logos", "products"} and "products" in indexes
+    best = rows["copy.jpg"]["matches"][0]
+    assert best["index"] == "products" and best["mark"] == "shot2" and best["score"] > 0.99  # the same photo, the same vector
