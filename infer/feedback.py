@@ -16,7 +16,6 @@ import numpy as np
 
 from markguard.errors import MarkguardError
 from markguard.infer.index.store import writes_index
-from markguard.infer.index.store import writes_index
 
 FORMAT = "markguard-decisions/1"
 DECISIONS = ("confirm", "reject", "other")
@@ -312,20 +311,22 @@ def _regions_by_embedding(dump: str, wanted: set[tuple[str, str | None]], index_
     from markguard.datasets.listings import open_dump
     from markguard.infer.decide import Policy
     from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader
-    from markguard.infer.pipeline import ScanOptions, StageTimes, hires_needed, process_batch
+    from markguard.infer.options import ScanOptions, StageTimes
+    from markguard.infer.pipeline import process_batch
+    from markguard.infer.plan import build_plan
     from markguard.infer.searchers import load_searchers
 
     items = [it for it in open_dump(dump) if (it.listing_id, it.image) in wanted or (it.listing_id, None) in wanted]
     searchers = load_searchers([index_path], model, device)
     s = searchers[0]
     opts = ScanOptions(device=device, verify=False, ocr=False, combiner=None, keep_embeddings="fp16", workers=0)
-    ds = DecodedBatches(lambda: iter(items), size=s.prep.scan_size, mean=s.prep.mean, std=s.prep.std, batch_size=8,
-                        hires=hires_needed(searchers, opts))
+    plan = build_plan(searchers, Policy(1.0, 1.0), opts)
+    ds = DecodedBatches(lambda: iter(items), size=plan.size, mean=plan.mean, std=plan.std, batch_size=8, hires=plan.hires)
     out = {}
     for batch in batch_loader(ds, 0):
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)
-        for row in process_batch(batch, searchers, Policy(1.0, 1.0), opts, StageTimes()):
+        for row in process_batch(batch, plan, StageTimes()):
             if row.kept:
                 k = row.kept[0]
                 out[(row.listing_id, row.image)] = out[(row.listing_id, None)] = (k.vectors, k.boxes)

@@ -149,7 +149,7 @@ def test_a_closed_pipe_ends_quietly(tiny_world):
 
 
 def test_a_resumed_scans_progress_counts_the_flags_its_summary_counts(tiny_world, tmp_path):
-    from markguard.infer.pipeline import ScanOptions
+    from markguard.infer.options import ScanOptions
     from markguard.infer.results import PARTIAL, RESULTS, SUMMARY
     from markguard.infer.scan import run_scan
 
