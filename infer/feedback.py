@@ -333,7 +333,6 @@ def _regions_by_embedding(dump: str, wanted: set[tuple[str, str | None]], index_
     return out
 
 
-@writes_index("index_path")  # the whole read-modify-write: an `index add` meanwhile must not be undone
 @writes_index("index_path")  # the whole load-change-save under the index's writer lock, as `index add|remove`
 def apply_feedback(decisions_path: str | Path, index_path: str | Path, *, scan: str | Path | None = None,
                    dump: str | None = None, skip_unknown: bool = False, model: str | Path | None = None,
@@ -431,7 +430,6 @@ def apply_feedback(decisions_path: str | Path, index_path: str | Path, *, scan: 
     return summary
 
 
-@writes_index("index_path")
 @writes_index("index_path")
 def undo_feedback(index_path: str | Path, round_id: str) -> dict:
     """Remove one round's negatives and labels, in one atomic save; returns what was removed."""
