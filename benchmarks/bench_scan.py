@@ -12,6 +12,13 @@ flat memory is about the pipeline, not the pixels. Target: the large within 10% 
 
     python benchmarks/bench_scan.py              # resnet18 at 320 px; memory for 1,000 vs 100,000 rows
     python benchmarks/bench_scan.py --quick      # tiny model and dumps, seconds (the test suite runs this)
+
+Against SIFT + RANSAC (issue 22's target: end to end >= 2x its img/s at default settings, verification included):
+every 4th listing of the real-photo bench, SIFT + RANSAC (train/baseline.py) and `markguard scan` at its defaults on
+the same photos, in one run, each stage's share from the scan's summary; ``--before PYTHON`` adds the scan of another
+checkout (its interpreter) to the same run, for a before/after table:
+
+    python benchmarks/bench_scan.py --vs-sift data/realbench --index INDEX [--before /path/to/other/.venv/bin/python]
 """
 
 from __future__ import annotations
@@ -145,6 +152,43 @@ def memory(setup: dict, rows: int, *, batch_size: int, workers: int) -> dict:
             "scan_img_s": summary["images_per_s"], "wall_s": round(wall, 1), "command": " ".join(cmd[3:])}
 
 
+def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, before: str | None = None, model: str | None = None) -> dict:
+    """img/s of SIFT + RANSAC and of `markguard scan` (defaults) on every ``every``-th listing of ``bench``, back to back."""
+    from markguard.train.baseline import sift_scan
+
+    rows = list(csv.DictReader((bench / "listings" / "manifest.csv").open()))[::every]
+    out: dict = {"photos": len(rows), "bench": str(bench), "every": every}
+    with tempfile.TemporaryDirectory(prefix="bench-vs-sift-") as tmp:
+        tmp = Path(tmp)
+        manifest = bench / "listings" / f".bench-scan-every{every}.csv"  # beside the photos: a manifest's paths are relative
+        with manifest.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        try:
+            t = time.perf_counter()
+            sift_scan(manifest, bench / "gallery", tmp / "sift")
+            out["sift_img_s"] = round(len(rows) / (time.perf_counter() - t), 2)
+            runs = [("after", sys.executable)] + ([("before", before)] if before else [])
+            for name, python in runs:
+                cmd = [python, "-m", "markguard.cli", "scan", str(manifest), "-i", str(index), "-o", str(tmp / name), "--workers", str(workers),
+                       "--quiet"] + (["-m", model] if model else [])
+                t = time.perf_counter()
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                wall = time.perf_counter() - t
+                summary = json.loads((tmp / name / "summary.json").read_text())
+                stages = summary["stage_seconds"]
+                total = sum(stages.values()) or 1.0
+                out[name] = {"img_s": summary["images_per_s"], "img_s_wall": round(len(rows) / wall, 2),
+                             "x_sift": round(summary["images_per_s"] / out["sift_img_s"], 2),
+                             "stage_seconds": stages, "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
+                             "options": {k: summary["options"].get(k) for k in ("verify", "ocr", "backend", "looks")},
+                             "command": " ".join(cmd[1:])}
+        finally:
+            manifest.unlink(missing_ok=True)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model and dumps, for the test suite")
@@ -154,7 +198,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--memory-rows", type=int, nargs=2, help="small and large dump for the memory check (default 1000 100000)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--vs-sift", metavar="BENCH", help="a real-photo bench folder: the scan at its defaults against SIFT + RANSAC")
+    ap.add_argument("--index", help="with --vs-sift: the index of the bench's gallery (built by the model scanned with)")
+    ap.add_argument("--before", metavar="PYTHON", help="with --vs-sift: also scan with this interpreter (another checkout)")
+    ap.add_argument("--every", type=int, default=4, help="with --vs-sift: every N-th listing (default 4)")
     args = ap.parse_args(argv)
+    if args.vs_sift:
+        if not args.index:
+            raise SystemExit("--vs-sift needs --index INDEX (markguard index build BENCH/gallery -o INDEX)")
+        result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
+                  "load_before": os.getloadavg()[0],
+                  "command": " ".join(["python", "benchmarks/bench_scan.py", *(argv if argv is not None else sys.argv[1:])])}
+        result["vs_sift"] = vs_sift(Path(args.vs_sift), Path(args.index), every=args.every, workers=args.workers, before=args.before)
+        result["load_after"] = os.getloadavg()[0]
+        print(json.dumps(result, indent=2))
+        return result
 
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
               "command": " ".join(["python", "benchmarks/bench_scan.py", *(argv if argv is not None else sys.argv[1:])])}

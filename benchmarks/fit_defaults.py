@@ -74,7 +74,7 @@ def subset(bench: Path, every: int, out: Path) -> tuple[dict, list[list[str]]]:
 def evidence_scan(manifest: Path, index: Path, model, verify_from: float, out: Path) -> tuple[dict, dict]:
     """Every candidate of every listing with all its evidence (thresholds and evidence rules off); listing id -> matches."""
     from markguard.infer.decide import Policy
-    from markguard.infer.pipeline import StageTimes
+    from markguard.infer.options import StageTimes
     from markguard.infer.scan import ScanOptions, load_searchers, scan_rows
 
     from markguard.infer.results import read_results

@@ -63,8 +63,11 @@ class ListingItem:
     seller_id: str | None = None
     title: str | None = None
     path: Path | None = None  # resolved file inside the root, or None for in-memory data
-    data: bytes | None = None  # raw bytes when the image comes from a tar shard
+    data: bytes | None = None  # raw bytes when the image comes from a (compressed) tar shard
     error: str | None = None
+    # an uncompressed tar shard's member, read only when its photo is decoded (by the worker that decodes it):
+    # (shard file, offset of its data, its size)
+    member: tuple[str, int, int] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -77,6 +80,8 @@ class ListingItem:
             raise DecodeError(self.error, self.image)
         if self.data is not None:
             return self.data
+        if self.member is not None:
+            return read_member(*self.member, image=self.image)
         try:
             return self.path.read_bytes()
         except OSError as e:
@@ -91,7 +96,7 @@ class ListingItem:
 
         if self.error is not None:
             raise DecodeError(self.error, self.image)
-        return decode_image(self.data if self.data is not None else self.path, **kwargs)
+        return decode_image(self.data if self.data is not None else self.read_bytes() if self.member else self.path, **kwargs)
 
 
 def _regular_file_error(path: str) -> str | None:
@@ -289,6 +294,29 @@ def _count_manifest(path: Path) -> int:
 # --- tar shards --------------------------------------------------------------------------------------
 
 
+def read_member(shard: str, offset: int, size: int, *, image: str = "") -> bytes:
+    """One member's bytes from an uncompressed tar shard, by the offset its header gave."""
+    try:
+        with open(shard, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    except OSError as e:
+        raise DecodeError(f"cannot read tar shard ({e.strerror})", image) from None
+    if len(data) != size:
+        raise DecodeError("member data cut short (corrupt tar shard)", image)
+    return data
+
+
+def _uncompressed(path: Path) -> bool:
+    """A plain tar (seekable members) rather than a compressed stream: its first bytes are no gzip/bz2/xz magic."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return False
+    return not (head.startswith(b"\x1f\x8b") or head.startswith(b"BZh") or head.startswith(b"\xfd7zXZ"))
+
+
 def _split_member(name: str) -> tuple[str, str]:
     """webdataset's (key, extension): the extension is everything after the basename's first dot."""
     name = name.removeprefix("./")
@@ -337,7 +365,11 @@ def _tar_members(path: Path, read: bool, max_bytes: int) -> Iterator[tuple[str, 
     Reading streams ('r|*', any compression). Counting opens with random access instead so
     an uncompressed shard's data is seeked over rather than read.
     """
-    with tarfile.open(path, mode="r|*" if read else "r:*", tarinfo=_WatchedTarInfo) as tf:
+    # an uncompressed shard is opened for random access: its photos' bytes are left where they are (a ListingItem.member),
+    # for the decoding worker to read; only the samples' small JSON is read here
+    lazy = read and _uncompressed(path)
+    end = path.stat().st_size if lazy else 0
+    with tarfile.open(path, mode="r|*" if read and not lazy else "r:*", tarinfo=_WatchedTarInfo) as tf:
         while True:
             m = tf.next()
             if m is None:
@@ -358,6 +390,8 @@ def _tar_members(path: Path, read: bool, max_bytes: int) -> Iterator[tuple[str, 
             if read and refusal is None:
                 if ext == TAR_META_EXT and m.size > MAX_META_BYTES:
                     refusal = f"metadata too large ({m.size} bytes > {MAX_META_BYTES})"
+                elif lazy and ext in TAR_IMAGE_EXTS and m.offset_data + m.size <= end:
+                    data = (str(path), m.offset_data, m.size)
                 elif ext in TAR_IMAGE_EXTS or ext == TAR_META_EXT:
                     try:
                         data = tf.extractfile(m).read()
@@ -394,7 +428,9 @@ def _sample_items(shard_name: str, key: str, members: list, read: bool) -> Itera
             yield ListingItem(-1, listing_id, f"{shard_name}/{name}", seller_id, title, error=refusal)
         elif ext in TAR_IMAGE_EXTS:
             rows += 1
-            yield ListingItem(-1, listing_id, f"{shard_name}/{name}", seller_id, title, data=data, error=meta_error)
+            lazy = isinstance(data, tuple)
+            yield ListingItem(-1, listing_id, f"{shard_name}/{name}", seller_id, title, data=None if lazy else data, error=meta_error,
+                              member=data if lazy else None)
     if not rows and any(_split_member(n)[1] == TAR_META_EXT for n, _, _ in members):
         error = meta_error or f"no image in sample {key} (expected {key}.jpg, .png or .webp)"
         yield ListingItem(-1, listing_id, f"{shard_name}/{key}", seller_id, title, error=error)

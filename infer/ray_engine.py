@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from markguard.errors import MarkguardError
+from markguard.errors import DecodeError, MarkguardError
 from markguard.infer.results import ScanRow
 
 ITEM_FIELDS = ("index", "listing_id", "image", "seller_id", "title", "path", "data", "error")
@@ -44,8 +44,14 @@ def _item_rows(source: str, shard_spec, start: int, stop: int) -> Iterator[dict]
     else:
         items = open_dump_range(source, start, stop)
     for item in items:
+        if item.member is not None and item.error is None:  # a tar member is read here, by the read task that holds its range
+            try:
+                item.data = item.read_bytes()
+            except DecodeError as e:
+                item.error = e.reason
         yield {"index": item.index, "listing_id": item.listing_id, "image": item.image, "seller_id": item.seller_id,
-               "title": item.title, "path": None if item.path is None else str(item.path), "data": item.data, "error": item.error}
+               "title": item.title, "path": None if item.path is None else str(item.path),
+               "data": item.data, "error": item.error}
 
 
 def _datasource(source: str, shard_spec, skip: int, total: int):

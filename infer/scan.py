@@ -70,6 +70,7 @@ class Progress:
     """A progress bar on a terminal, a log line every few seconds elsewhere: done, images/s, ETA, flagged."""
 
     def __init__(self, total: int | None, done: int, stream=None, every_s: float = 10.0, enabled: bool = True, flagged: int = 0):
+        self.times: StageTimes | None = None  # the scan's stage times, for each stage's share on the line
         self.total, self.done, self.flagged = total, done, flagged  # a resume starts from the rows already written
         self.start_done = done
         self.t0 = time.monotonic()
@@ -105,7 +106,11 @@ class Progress:
         rate = (self.done - self.start_done) / max(1e-9, time.monotonic() - self.t0)
         eta = f", ETA {(self.total - self.done) / rate:.0f}s" if self.total and rate > 0 else ""
         of = f"/{self.total}" if self.total else ""
-        return f"scan: {self.done}{of} images, {rate:.1f} img/s{eta}, flagged {self.flagged}"
+        line = f"scan: {self.done}{of} images, {rate:.1f} img/s{eta}, flagged {self.flagged}"
+        if self.times is not None and sum(self.times.seconds.values()) > 0:  # where the time goes, largest first
+            shares = sorted(((v, k) for k, v in self.times.shares().items() if v >= 0.01), reverse=True)
+            line += " (" + ", ".join(f"{k} {v:.0%}" for v, k in shares) + ")"
+        return line
 
     def close(self) -> None:
         if self.bar is not None:
@@ -206,6 +211,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     total = _total(source, opts.shard)
     bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress, flagged=counts["flag"])
     times = StageTimes()
+    bar.times = times
     t_start = time.perf_counter()
     done = 0
     bg = BackgroundWriter(writer)
@@ -258,6 +264,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         "seconds": round(elapsed, 3),
         "images_per_s": round(done / elapsed, 2) if elapsed > 0 else None,
         "stage_seconds": {k: round(v, 3) for k, v in times.seconds.items()},
+        "stage_share": times.shares(),
         "model": {"fingerprint": card.fingerprint, "backbone": card.backbone, "scan_size": card.scan_size},
         "indexes": [{"path": str(s.path.resolve()), "name": s.name or None, "fingerprint": s.card.fingerprint,
                      "model": str(s.model_dir.resolve()) if s.model_dir else None, "vectors": len(s.index), "bank": s.bank}

@@ -45,7 +45,8 @@ def test_the_plan_is_resolved_once_however_many_batches_follow(world, tmp_path, 
     for batch_size in (2, 16):  # 8 batches, then 1
         calls[0] = 0
         out = tmp_path / f"b{batch_size}"
-        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=batch_size, workers=0, verify=verify), progress=False)
+        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=batch_size, workers=0, verify=verify, ocr=verify),
+                 progress=False)
         counts[batch_size] = calls[0]
         assert json.loads((out / "summary.json").read_text())["images"] == world.n_rows
     # the searcher resolves its card when it is loaded; no batch resolves anything again
@@ -110,10 +111,10 @@ def test_a_new_signal_is_one_registry_entry(world, tmp_path):
                     producer=BrightnessStage, opt_in=True))
     try:
         assert "brightness" in feature_names()
-        plain = run_scan(world.dump, [world.index], tmp_path / "plain", opts=ScanOptions(workers=0, verify=False, flag=-1, review=-1),
+        plain = run_scan(world.dump, [world.index], tmp_path / "plain", opts=ScanOptions(workers=0, verify=False, ocr=False, flag=-1, review=-1),
                          progress=False)
         summary = run_scan(world.dump, [world.index], tmp_path / "with", progress=False,
-                           opts=ScanOptions(workers=0, verify=False, flag=-1, review=-1, signals=["brightness"]))
+                           opts=ScanOptions(workers=0, verify=False, ocr=False, flag=-1, review=-1, signals=["brightness"]))
         assert "brightness" not in plain["stage_seconds"] and summary["stage_seconds"]["brightness"] >= 0
         rows = list(read_results(tmp_path / "with" / "results.jsonl"))
         with_ev = [m.evidence for r in rows for m in r.matches]
@@ -162,10 +163,10 @@ def test_verification_decodes_the_high_resolution_copy_only_for_photos_near_the_
     copies = []
     original = decode.hires_copy
     monkeypatch.setattr(decode, "hires_copy", lambda img, cap: copies.append(cap) or original(img, cap))
-    run_scan(world.dump, [world.index], tmp_path / "none", opts=ScanOptions(workers=0, verify=True, verify_from=1.0),
+    run_scan(world.dump, [world.index], tmp_path / "none", opts=ScanOptions(workers=0, verify=True, ocr=False, verify_from=1.0),
              progress=False)
     assert copies == []  # no candidate near the review threshold: no photo is decoded a second time
-    run_scan(world.dump, [world.index], tmp_path / "all", opts=ScanOptions(workers=0, verify=True, flag=-1, review=-1), progress=False)
+    run_scan(world.dump, [world.index], tmp_path / "all", opts=ScanOptions(workers=0, verify=True, ocr=False, flag=-1, review=-1), progress=False)
     assert copies and set(copies) == {1280} and len(copies) <= world.n_rows - 4  # the photos checked, once each
 
 
@@ -176,3 +177,51 @@ def test_a_decoding_worker_killed_by_the_system_is_one_line():
     assert "pid 4242" in line and "out of memory" in line and "--resume" in line and "\n" not in line
     assert worker_death(RuntimeError("DataLoader worker (pid(s) 7, 8) exited unexpectedly")).startswith("decoding worker (pid 7, 8)")
     assert worker_death(RuntimeError("shape mismatch")) is None
+
+
+def test_each_decoding_worker_reads_a_disjoint_share_of_a_tar_input_once(tmp_path, monkeypatch):
+    """Every worker walks the shard's headers, but a member's bytes are read by the worker that decodes it, once."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from markguard.datasets import listings
+    from markguard.infer import decode
+    from markguard.infer.read import item_source
+
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for k in range(10):
+            buf = io.BytesIO()
+            Image.new("RGB", (40, 30), (k * 20, 0, 0)).save(buf, "JPEG")
+            info = tarfile.TarInfo(f"{k:03d}.jpg")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    reads = []
+    original = listings.read_member
+    monkeypatch.setattr(listings, "read_member", lambda shard, offset, size, image="": reads.append(image) or original(shard, offset, size, image=image))
+    ds = decode.DecodedBatches(item_source(shard, None), size=32, mean=(0, 0, 0), std=(1, 1, 1), batch_size=2)
+    shares = {}
+    for wid in range(3):  # as DataLoader's worker `wid` of 3 runs it
+        monkeypatch.setattr(decode, "get_worker_info", lambda wid=wid: type("Info", (), {"id": wid, "num_workers": 3})())
+        before = len(reads)
+        batches = list(ds)
+        shares[wid] = reads[before:]
+        assert all(not b.errors for b in batches) and sum(len(b.ok) for b in batches) == len(shares[wid])
+    images = [i for s in shares.values() for i in s]
+    assert sorted(images) == [f"shard-000.tar/{k:03d}.jpg" for k in range(10)]  # each member read once, by one worker
+    assert [len(s) for s in shares.values()] == [4, 4, 2]  # batches 0 and 3, 1 and 4, 2
+
+
+def test_the_progress_line_shows_each_stages_share():
+    import io
+
+    from markguard.infer.options import StageTimes
+    from markguard.infer.scan import Progress
+
+    p = Progress(total=10, done=0, stream=io.StringIO(), every_s=1e9)
+    p.times = StageTimes()
+    p.times.merge({"decode": 1.0, "embed": 3.0})
+    assert p.line().endswith("(embed 75%, decode 25%)")
+    assert p.times.shares()["embed"] == 0.75

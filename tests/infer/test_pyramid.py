@@ -118,8 +118,8 @@ def test_one_level_is_the_single_pass_and_gains_scale_only_their_level():
     mode = RegionMode.named("grid")
     first = first_look(model, card, prep, mode, inp)
     fmap = feature_maps(model, inp.x)
-    regions = find_regions(mode, model, card, inp, fmap)
-    plain = region_vectors(mode.value, model, card, inp.x, regions.boxes, fmap)
+    regions = find_regions(mode, model, prep.regions, inp, fmap)
+    plain = region_vectors(mode.value, model, prep.input_size, inp.x, regions.boxes, fmap)
     assert first.emb.counts == plain.counts and torch.allclose(first.emb.vectors, plain.vectors)
     assert all(np.array_equal(a, b) for a, b in zip(first.photo_boxes, regions.photo_boxes)) and set(first.levels) == {0}
 
