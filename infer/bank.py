@@ -32,6 +32,7 @@ from markguard.datasets.synth import find_fonts, paste_mark, procedural_backgrou
 from markguard.datasets.transforms import letterbox
 from markguard.infer.embed import embed_regions
 from markguard.infer.regions import grid_boxes
+from markguard.preprocess import resolve_preprocessing
 
 BANK_K = 10  # the bias is the mean of a reference's k best similarities to the bank
 
@@ -55,12 +56,12 @@ def bank_images(n: int, size: int, *, seed: int = 0, photos: list[Path] | None =
 @torch.no_grad()
 def background_bank(model, card: ModelCard, images: list[Image.Image], *, device: str = "cpu", batch_size: int = 16) -> np.ndarray:
     """(N, dim) embeddings of every grid region of ``images``, letterboxed and pooled as a scan pools them."""
-    regions = card.regions
+    prep = resolve_preprocessing(card)  # the grid's defaults live in markguard/preprocess.py only
     out = []
     for i in range(0, len(images), batch_size):
-        lbs = [letterbox(im, card.scan_size, card.mean, card.std) for im in images[i : i + batch_size]]
+        lbs = [letterbox(im, prep.scan_size, prep.mean, prep.std) for im in images[i : i + batch_size]]
         x = torch.stack([lb.tensor for lb in lbs])
-        boxes = [grid_boxes(*lb.valid, scales=regions.get("scales", (1.0, 0.6, 0.4, 0.25)), overlap=regions.get("overlap", 0.5)) for lb in lbs]
+        boxes = [grid_boxes(*lb.valid, scales=prep.regions.scales, overlap=prep.regions.overlap) for lb in lbs]
         out.append(embed_regions(model, card, x, boxes, device=device).vectors.cpu().numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, card.dim), np.float32)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -125,14 +125,15 @@ class Combiner:
     def unchecked(self, candidates: list[Candidate]) -> np.ndarray:
         """Each candidate's probability as if no check (verification, OCR) had been made of it: what a failed check
         must score below (``infer/decide.py``)."""
-        return self.probabilities([Candidate(c.brand, c.mark, c.box, {k: v for k, v in c.evidence.items() if k not in CHECKS})
+        return self.probabilities([replace(c, evidence={k: v for k, v in c.evidence.items() if k not in CHECKS})
                                    for c in candidates])
 
     def score_matches(self, matches: list) -> list[float]:
-        """Set each ``results.Match``'s probability from its evidence, read as results.jsonl holds it (so a combiner
-        fitted on a scan's results sees at scan time exactly the numbers it was fitted on); returns each one's
-        probability had it never been checked (:meth:`unchecked`)."""
-        cands = [candidate_from_json(m.to_json()) for m in matches]
+        """Set each match's probability from its evidence: a scan's ``Candidate`` as it is (each signal's encoder rounds its
+        numbers as results.jsonl holds them, so a combiner fitted on a scan's results sees at scan time exactly the numbers
+        it was fitted on), a ``results.Match`` read back as results.jsonl holds it; returns each one's probability had it
+        never been checked (:meth:`unchecked`)."""
+        cands = [m if isinstance(m, Candidate) else candidate_from_json(m.to_json()) for m in matches]
         for m, p in zip(matches, self.probabilities(cands)):
             m.probability = float(p)
         return self.unchecked(cands).tolist() if cands else []

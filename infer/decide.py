@@ -54,7 +54,7 @@ class Policy:
         it: the card's and brands.yaml's thresholds are raw similarities, so an index with a bank is judged as one without."""
         if self.combiner is not None:
             return m.probability if m.probability is not None else 0.0
-        ev = getattr(m, "evidence", None) or {}
+        ev = _evidence(m)
         sim, norm = ev.get("similarity"), ev.get("similarity_norm")
         if m.mark is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (sim, norm)) or norm >= 1:
             return m.score
@@ -71,7 +71,7 @@ class Policy:
         v = self.base(m)
         if not self.evidence_rules:
             return v
-        ev = getattr(m, "evidence", None) or {}
+        ev = _evidence(m)
         flag, review = self.thresholds(m.brand, getattr(m, "index", None))
         text_brand = ev.get("text_brand")
         if text_brand is not None and text_brand == m.brand:
@@ -167,6 +167,13 @@ def index_thresholds(searcher) -> dict:
                              "recalibrate with `markguard calibrate` on a scan by this model, or remove it")
     return {"flag": float(doc["flag"]), "review": float(doc["review"]), "per_brand": dict(doc.get("per_brand") or {}),
             "source": str(path)}
+
+
+def _evidence(m) -> dict:
+    """A match's evidence as results.jsonl holds it (the numbers the rules were written for): a scan's candidate's typed
+    records in their JSON form, a ``results.Match``'s as read."""
+    to_json = getattr(m, "evidence_json", None)
+    return to_json() if to_json is not None else (getattr(m, "evidence", None) or {})
 
 
 def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: float | None = None,

@@ -99,6 +99,25 @@ def hires_copy(img, cap: int):
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), 1.0 / f
 
 
+def hires_photos(batch: Batch, photos: list[int], *, size: int, hires: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Fill in ``batch.hires`` for the decoded photos ``photos`` (positions among ``batch.ok``) that lack their copy, decoded
+    from the item again exactly as :func:`decode_items` decodes it with ``hires`` (the same pixels): a scan whose only use
+    for the copy is verification decodes it for the photos with a candidate near the gate, not for every photo.
+    A photo that cannot be read again keeps None (verification then uses the letterboxed batch)."""
+    if batch.hires is None:
+        batch.hires, batch.hires_to_orig = [None] * len(batch.ok), [None] * len(batch.ok)
+    for i in photos:
+        if batch.hires[i] is not None:
+            continue
+        try:
+            dec = decode_image(batch.items[batch.ok[i]].read_bytes(), target_size=max(size, hires // 2), max_pixels=max_pixels)
+        except (DecodeError, OSError):
+            continue
+        img, f = hires_copy(dec.image, hires)
+        sx, sy = dec.scale
+        batch.hires[i], batch.hires_to_orig[i] = img, (sx * f, sy * f)
+
+
 def decode_items(chunk: list[ListingItem], *, size: int, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS,
                  device_jpeg: bool = False, hires: int = 0) -> Batch:
     """Decode and letterbox one batch of items; a photo that cannot be used becomes an error with its reason.
@@ -291,3 +310,18 @@ def batch_loader(dataset: DecodedBatches, workers: int) -> DataLoader:
 
 def _identity(batch):
     return batch
+
+
+def worker_death(e: BaseException) -> str | None:
+    """One line for a decoding worker the system killed (the loader's RuntimeError), None for any other error."""
+    import re
+
+    text = str(e)
+    m = re.search(r"DataLoader worker \(pid\(?s?\)? ?([\d, ]+)\)", text)
+    if m is None or not ("killed by signal" in text or "exited unexpectedly" in text):
+        return None
+    signal = re.search(r"killed by signal: ([\w ]+)", text)
+    how = f"was killed ({signal.group(1).strip()})" if signal else "exited unexpectedly"
+    return (f"decoding worker (pid {m.group(1).strip()}) {how}: most likely the system ran out of memory (very large photos, "
+            "or too many --workers for this machine's memory); rerun with fewer --workers or a smaller --batch-size, and --resume "
+            "to continue from the rows already written")

@@ -59,24 +59,24 @@ CROP_BATCH = 64  # crops a backbone call, for the tiles baseline
 
 
 @torch.no_grad()
-def embed_crops(model: EmbeddingModel, card: ModelCard, x: torch.Tensor, boxes: list[torch.Tensor], *, device: str = "cpu",
+def embed_crops(model: EmbeddingModel, input_size: int, x: torch.Tensor, boxes: list[torch.Tensor], *, device: str = "cpu",
                 precision: str = "auto") -> RegionEmbeddings:
-    """The slow baseline: crop every region, resize it to the training input and run the backbone on each."""
+    """The slow baseline: crop every region, resize it to the training input (``input_size``) and run the backbone on each."""
     from torchvision.ops import roi_align
 
-    size = resolve_preprocessing(card).input_size
+    size = input_size
     crops = roi_align(x, [b.to(x.device, x.dtype) for b in boxes], output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     out = []
     for i in range(0, len(crops), CROP_BATCH):
         part = crops[i : i + CROP_BATCH]
         whole = [torch.tensor([[0.0, 0.0, size, size]])] * len(part)
-        out.append(embed_regions(model, card, part, whole, device=device, precision=precision).vectors)
-    return RegionEmbeddings(torch.cat(out) if out else torch.zeros(0, card.dim), [len(b) for b in boxes])
+        out.append(embed_regions(model, None, part, whole, device=device, precision=precision).vectors)
+    return RegionEmbeddings(torch.cat(out) if out else torch.zeros(0, model.dim), [len(b) for b in boxes])
 
 
-def region_vectors(method, model: EmbeddingModel, card: ModelCard, x: torch.Tensor, boxes: list[torch.Tensor], fmap, *,
+def region_vectors(method, model: EmbeddingModel, input_size: int, x: torch.Tensor, boxes: list[torch.Tensor], fmap, *,
                    device: str = "cpu", precision: str = "auto") -> RegionEmbeddings:
-    """The embed stage after regions: pooled from the feature map, or cropped, as the region method says."""
+    """The embed stage after regions: pooled from the feature map, or cropped (at ``input_size``), as the region method says."""
     if method.embed == "crops":
-        return embed_crops(model, card, x, boxes, device=device, precision=precision)
-    return embed_regions(model, card, x, boxes, fmap=fmap, device=device, precision=precision)
+        return embed_crops(model, input_size, x, boxes, device=device, precision=precision)
+    return embed_regions(model, None, x, boxes, fmap=fmap, device=device, precision=precision)

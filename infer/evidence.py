@@ -1,21 +1,34 @@
 """Evidence: what each signal says about one candidate (a brand's mark in a region of a photo), by name, for the combiner.
 
-A signal is one typed record and one :class:`Signal` entry in ``SIGNALS``: how the record is
-written into a match's ``evidence`` in results.jsonl, and which numbers it gives the combiner.
+A signal is one typed record and one :class:`Signal` entry in ``SIGNALS``: the stage that produces it
+in a scan (infer/plan.py puts the producers of the signals a scan collects in its stage list), how
+the record is written into a match's ``evidence`` in results.jsonl, and which numbers it gives the
+combiner. A new signal is one module (its record, its producer) and one ``register`` call.
 A signal that did not run for a candidate gives its features as 0 with ``<name>_seen`` = 0, so
 the combiner learns what "not checked" means apart from "checked and failed".
+
+The scan's stages carry the records themselves on each :class:`Candidate`; the JSON form is made
+once, when a row is written. The combiner's numbers are rounded as results.jsonl rounds them, in
+each signal's ``encode`` (and only there), so a combiner fitted on a scan's results sees at scan time
+exactly the numbers it was fitted on.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from markguard.errors import MarkguardError
 from markguard.infer.ocr import OcrRequest
+
+DIGITS = 4  # results.jsonl's precision for evidence numbers, and so the precision the combiner reads them at
+
+
+def _r(v: float) -> float:
+    return round(float(v), DIGITS)
 
 
 @dataclass(frozen=True)
@@ -62,20 +75,49 @@ class Text:
 
 @dataclass
 class Candidate:
-    """One (brand, mark, region) of a photo and the evidence collected for it, keyed by signal name."""
+    """One (brand, mark, region) of a photo and the evidence collected for it, keyed by signal name: a scan's match
+    as the stages carry it (``to_json`` is its form in results.jsonl, as ``results.Match`` reads it back)."""
 
     brand: str
     mark: str | None  # None for a candidate only the text proposed (no region of the photo matched a mark of it)
-    box: list[int] | None
+    box: list[int] | None  # photo pixels
     evidence: dict[str, object] = field(default_factory=dict)
     probability: float | None = None  # set by a combiner
     index: str | None = None  # which index it came from, when a scan searches several
+    score: float = 0.0  # what the thresholds apply to without a combiner: the similarity (normalised, verified)
+
+    def record(self, name: str):
+        """The signal's record; a matched candidate without a similarity record has its score as the similarity
+        (a scan that measured nothing beyond it), one only the text found has none."""
+        ev = self.evidence.get(name)
+        if ev is None and name == "similarity" and self.mark is not None:
+            return Similarity(float(self.score))
+        return ev
+
+    def with_similarity(self) -> Candidate:
+        """This candidate with its similarity as a record of its own (before something changes the score)."""
+        if "similarity" in self.evidence or self.mark is None:
+            return self
+        return replace(self, evidence={"similarity": Similarity(float(self.score)), **self.evidence})
 
     def evidence_json(self) -> dict:
         out: dict = {}
-        for name, ev in self.evidence.items():
-            out.update(SIGNALS[name].to_json(ev))
+        for name, sig in SIGNALS.items():  # the registry's order, whatever order the stages added them in
+            ev = self.evidence.get(name)
+            if ev is not None:
+                out.update(sig.to_json(ev))
         return out
+
+    def to_json(self) -> dict:
+        """The match as results.jsonl holds it (docs/contracts.md)."""
+        d = {"brand": self.brand, "mark": self.mark, "score": _r(self.score), "box": self.box}
+        if self.index is not None:
+            d["index"] = self.index
+        if self.evidence:
+            d["evidence"] = self.evidence_json()
+        if self.probability is not None:
+            d["probability"] = _r(self.probability)
+        return d
 
 
 @dataclass(frozen=True)
@@ -91,6 +133,12 @@ class Signal:
     # whether a scan with these ``ScanOptions`` and searchers collects it at all (a combiner treats a signal
     # no candidate can have apart from one a candidate merely lacks)
     collected: Callable[[object, list], bool] = lambda opts, searchers: True
+    # its producer stage, "module:Class" (imported when a scan plans it, as an entry point is) or the class itself, whose
+    # ``plan(scan_plan, searcher_plan)`` builds it (infer/plan.py): run after each index's search when ``per_index``, else
+    # once a batch after every index; None for the signals the search stage itself gives (similarity)
+    producer: str | type | None = None
+    per_index: bool = False
+    opt_in: bool = False  # collected only when named with ``--signal`` (ScanOptions.signals): its flag
 
 
 SIGNALS: dict[str, Signal] = {}
@@ -112,7 +160,7 @@ def encode(candidate: Candidate, signals: list[str] | None = None) -> np.ndarray
     out: list[float] = []
     for name in signals or list(SIGNALS):
         sig = SIGNALS[name]
-        ev = candidate.evidence.get(name)
+        ev = candidate.record(name)
         if ev is None:
             out += [0.0] * len(sig.features)
         else:
@@ -148,15 +196,15 @@ def _num(raw: dict, key: str, kind=float):
 
 register(Signal(
     "similarity", Similarity, ("similarity_seen", "similarity"),
-    encode=lambda ev, c: (ev.value,),
-    to_json=lambda ev: {"similarity": round(float(ev.value), 4)},
+    encode=lambda ev, c: (_r(ev.value),),
+    to_json=lambda ev: {"similarity": _r(ev.value)},
     from_json=lambda raw: None if _num(raw, "similarity") is None else Similarity(_num(raw, "similarity")),
 ))
 
 register(Signal(
     "similarity_norm", SimilarityNorm, ("similarity_norm_seen", "similarity_norm"),
-    encode=lambda ev, c: (ev.value,),
-    to_json=lambda ev: {"similarity_norm": round(float(ev.value), 4), "background": round(float(ev.background), 4)},
+    encode=lambda ev, c: (_r(ev.value),),
+    to_json=lambda ev: {"similarity_norm": _r(ev.value), "background": _r(ev.background)},
     from_json=lambda raw: None if _num(raw, "similarity_norm") is None
     else SimilarityNorm(_num(raw, "similarity_norm"), _num(raw, "background") or 0.0),
     collected=lambda opts, searchers: any(s.bias for s in searchers),  # an index built with a background bank
@@ -165,14 +213,15 @@ register(Signal(
 register(Signal(
     "geometry", Geometry, ("geometry_seen", "log_inliers", "coverage", "verified"),
     # inliers grow with the mark's detail: their logarithm keeps a 200-inlier copy from swamping every other signal
-    encode=lambda ev, c: (math.log1p(ev.inliers), ev.coverage, float(ev.verified)),
-    to_json=lambda ev: {"inliers": int(ev.inliers), "coverage": round(float(ev.coverage), 4), "verified": bool(ev.verified)}
+    encode=lambda ev, c: (math.log1p(int(ev.inliers)), _r(ev.coverage), float(ev.verified)),
+    to_json=lambda ev: {"inliers": int(ev.inliers), "coverage": _r(ev.coverage), "verified": bool(ev.verified)}
     | ({} if ev.outline is None else {"outline": [[round(float(x), 1), round(float(y), 1)] for x, y in ev.outline]})
     | ({"mirrored": True} if ev.mirrored else {}),
     from_json=lambda raw: None if _num(raw, "inliers", int) is None
     else Geometry(_num(raw, "inliers", int), _num(raw, "coverage") or 0.0, bool(raw.get("verified", False)), _outline(raw.get("outline")),
                   raw.get("mirrored") is True),
     collected=lambda opts, searchers: bool(opts.verify),
+    producer="markguard.infer.verify:VerifyStage", per_index=True,
 ))
 
 
@@ -213,7 +262,8 @@ def _text_from_json(raw: dict) -> Text | None:
 
 register(Signal("text", Text, ("text_seen", "text_read", "text_same_brand", "text_other_brand"),
                 encode=_text_encode, to_json=_text_json, from_json=_text_from_json,
-                collected=lambda opts, searchers: bool(opts.ocr)))
+                collected=lambda opts, searchers: bool(opts.ocr),
+                producer="markguard.infer.stages:TextStage"))
 
 
 # --------------------------------------------------------------------------- producing evidence
@@ -249,7 +299,7 @@ def text_evidence(read, lexicon) -> Text:
 def add_text_candidates(candidates: list[Candidate], text: Text, box: list[int] | None) -> list[Candidate]:
     """Give every candidate the photo's text evidence, and add a candidate for a brand the text names that no region matched:
     text can find a wordmark the embedding missed."""
-    out = [Candidate(c.brand, c.mark, c.box, {**c.evidence, "text": text}, c.probability) for c in candidates]
+    out = [replace(c, evidence={**c.evidence, "text": text}) for c in candidates]
     if text.brand is not None and all(c.brand != text.brand for c in out):
         out.append(Candidate(text.brand, None, box, {"text": text}))
     return out
@@ -259,13 +309,23 @@ def add_text_candidates(candidates: list[Candidate], text: Text, box: list[int] 
 
 def _priority(c: Candidate) -> float:
     """What orders a candidate's region for reading: its similarity (-1 for one only text found)."""
-    sim = c.evidence.get("similarity")
+    sim = c.record("similarity")
     return sim.value if sim is not None else -1.0
+
+
+def as_candidate(m) -> Candidate:
+    """A scan's candidate as it is, or a ``results.Match`` (read back from results.jsonl) with its evidence typed."""
+    if isinstance(m, Candidate):
+        return m
+    raw = m.evidence or {}
+    evidence = {name: ev for name, sig in SIGNALS.items() if (ev := sig.from_json(raw)) is not None}
+    return Candidate(m.brand, m.mark, m.box, evidence, m.probability, m.index, float(m.score))
 
 
 def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, combiner=None,
             verified: list[list[Geometry | None]] | None = None, read_unmatched: bool = True) -> list[list[Candidate]]:
-    """Each photo's matches (``decide.Match``, boxes in the pixels of ``photos[i]``) as candidates with their evidence.
+    """Each photo's matches (``Candidate``s of a scan, or ``results.Match``es read back; boxes in the pixels of
+    ``photos[i]``) as candidates with their evidence, each with its similarity as a record of its own.
 
     With an OCR ``reader`` and a ``lexicon``: with ``where="text"`` (the default) every photo is read
     where its text detector finds text (:func:`read_photos`), whatever its matches; with
@@ -280,12 +340,11 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
     for i, found in enumerate(matches):
         cands = []
         for j, m in enumerate(found):
-            # the evidence the scan's stages already gave the match (search, verify), else its score as the similarity
-            ev = candidate_from_json({"brand": m.brand, "mark": m.mark, "score": m.score, "evidence": m.evidence}).evidence
+            c = as_candidate(m).with_similarity()
             g = verified[i][j] if verified is not None else None
             if g is not None:
-                ev["geometry"] = g
-            cands.append(Candidate(m.brand, m.mark, m.box, ev))
+                c = replace(c, evidence={**c.evidence, "geometry": g})
+            cands.append(c)
         out.append(cands)
     if reader is not None and lexicon is not None and reader.config.where == "text":
         from markguard.infer.textmatch import read_photos, with_text

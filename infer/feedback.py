@@ -129,7 +129,7 @@ FEEDBACK_KEY = "feedback"  # in the index's markguard.json (MarkIndex.meta): sav
 # the rule: a candidate whose region is at least (similarity - MARGIN) close to one of its reference's negatives is
 # lowered by STRENGTH x (that excess); measured on the real-photo bench (benchmarks/results/feedback.md)
 MARGIN = 0.02
-STRENGTH = 2.0
+STRENGTH = 5.0
 IOU_SAME_REGION = 0.5
 
 
@@ -311,20 +311,22 @@ def _regions_by_embedding(dump: str, wanted: set[tuple[str, str | None]], index_
     from markguard.datasets.listings import open_dump
     from markguard.infer.decide import Policy
     from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader
-    from markguard.infer.pipeline import ScanOptions, StageTimes, hires_needed, process_batch
+    from markguard.infer.options import ScanOptions, StageTimes
+    from markguard.infer.pipeline import process_batch
+    from markguard.infer.plan import build_plan
     from markguard.infer.searchers import load_searchers
 
     items = [it for it in open_dump(dump) if (it.listing_id, it.image) in wanted or (it.listing_id, None) in wanted]
     searchers = load_searchers([index_path], model, device)
     s = searchers[0]
-    opts = ScanOptions(device=device, verify=False, combiner=None, keep_embeddings="fp16", workers=0)
-    ds = DecodedBatches(lambda: iter(items), size=s.prep.scan_size, mean=s.prep.mean, std=s.prep.std, batch_size=8,
-                        hires=hires_needed(searchers, opts))
+    opts = ScanOptions(device=device, verify=False, ocr=False, combiner=None, keep_embeddings="fp16", workers=0)
+    plan = build_plan(searchers, Policy(1.0, 1.0), opts)
+    ds = DecodedBatches(lambda: iter(items), size=plan.size, mean=plan.mean, std=plan.std, batch_size=8, hires=plan.hires)
     out = {}
     for batch in batch_loader(ds, 0):
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)
-        for row in process_batch(batch, searchers, Policy(1.0, 1.0), opts, StageTimes()):
+        for row in process_batch(batch, plan, StageTimes()):
             if row.kept:
                 k = row.kept[0]
                 out[(row.listing_id, row.image)] = out[(row.listing_id, None)] = (k.vectors, k.boxes)
@@ -332,6 +334,7 @@ def _regions_by_embedding(dump: str, wanted: set[tuple[str, str | None]], index_
 
 
 @writes_index("index_path")  # the whole read-modify-write: an `index add` meanwhile must not be undone
+@writes_index("index_path")  # the whole load-change-save under the index's writer lock, as `index add|remove`
 def apply_feedback(decisions_path: str | Path, index_path: str | Path, *, scan: str | Path | None = None,
                    dump: str | None = None, skip_unknown: bool = False, model: str | Path | None = None,
                    device: str = "cpu", rule: Rule | None = None) -> dict:
@@ -428,6 +431,7 @@ def apply_feedback(decisions_path: str | Path, index_path: str | Path, *, scan: 
     return summary
 
 
+@writes_index("index_path")
 @writes_index("index_path")
 def undo_feedback(index_path: str | Path, round_id: str) -> dict:
     """Remove one round's negatives and labels, in one atomic save; returns what was removed."""

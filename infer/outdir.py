@@ -157,7 +157,7 @@ def index_save_id(index, path: Path) -> str:
 
 def pins(source, searchers, policy, opts) -> dict:
     """``scan.json``: everything that decides what the rows say; a resume must find the same."""
-    from markguard.infer.pipeline import region_mode
+    from markguard.infer.plan import region_mode
 
     options = {k: v for k, v in dataclasses.asdict(opts).items() if k not in OPERATIONAL and k != "regions"}
     return {

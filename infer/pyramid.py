@@ -98,12 +98,12 @@ def first_look(model, card, prep, mode: RegionMode, inp: ModelInput, *, device: 
         if mode.value.embed == "pool":
             fmap = feature_maps(model, li.x, device=device, precision=precision)
             t = tick("embed", t)
-        regions = find_regions(mode, model, card, li, fmap)
+        regions = find_regions(mode, model, prep.regions, li, fmap)
         keep = [keep_sizes(b, lv.size, lo, hi) for b in regions.boxes]
         boxes = [b[k] for b, k in zip(regions.boxes, keep)]
         photo_boxes = [pb[k.numpy()] for pb, k in zip(regions.photo_boxes, keep)]
         t = tick("regions", t)
-        emb = region_vectors(mode.value, model, card, li.x, boxes, fmap, device=device, precision=precision)
+        emb = region_vectors(mode.value, model, prep.input_size, li.x, boxes, fmap, device=device, precision=precision)
         vec = emb.vectors.float() * lv.gain  # float: levels join in one tensor whatever the precision
         t = tick("embed", t)
         start = 0

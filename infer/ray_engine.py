@@ -88,15 +88,15 @@ class ScanActor:
             s = load_searchers([path], model_dir, opts.device, opts.backend)[0]
             s.name = name
             self.searchers.append(s)
-        self.policy, self.opts = policy, opts
-        # decoded once as the local engine does: the largest scan size, the first model's normalisation
-        self.size = max(s.prep.scan_size for s in self.searchers)
-        self.mean, self.std = self.searchers[0].prep.norm
+        from markguard.infer.plan import build_plan
+
+        self.plan = build_plan(self.searchers, policy, opts)  # resolved once an actor, as the local engine does once a scan
 
     def __call__(self, batch: dict) -> dict:
         from markguard.datasets.listings import ListingItem
         from markguard.infer.decode import decode_items
-        from markguard.infer.pipeline import StageTimes, hires_needed, process_batch
+        from markguard.infer.options import StageTimes
+        from markguard.infer.pipeline import process_batch
 
         items = []
         for i in range(len(batch["index"])):
@@ -106,9 +106,10 @@ class ScanActor:
                                      None if path is None else Path(path), f["data"], f["error"]))
         times = StageTimes()
         t = time.perf_counter()
-        decoded = decode_items(items, size=self.size, mean=self.mean, std=self.std, hires=hires_needed(self.searchers, self.opts))
+        plan = self.plan
+        decoded = decode_items(items, size=plan.size, mean=plan.mean, std=plan.std, hires=plan.hires)
         times.add("decode", t)
-        rows = process_batch(decoded, self.searchers, self.policy, self.opts, times)
+        rows = process_batch(decoded, plan, times)
         return {"index": np.array([it.index for it in items], dtype=np.int64),
                 "row": np.array([json.dumps(r.to_json()) for r in rows], dtype=object),
                 # the batch's stage times ride on its first row, so the driver adds each batch once

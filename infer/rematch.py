@@ -10,7 +10,8 @@ model like an index is: ``rematch`` refuses an index another model built.
 ``rematch`` searches the stored regions with the scan's own search (``infer/search.py``), keeps the
 matches to marks the index did not hold when the photo was scanned (the scan's ``references``), adds
 them to the row's own matches (which keep their evidence) and decides again with the scan's policy;
-the rows whose status, brand or mark changed are written, in results.jsonl's form, to
+a scan decided by a combiner decides the new matches with it too, their verification and text "not seen" (the
+photo is not read again); the rows whose status, brand or mark changed are written, in results.jsonl's form, to
 ``OUT/rematch.jsonl`` with ``OUT/rematch.json`` saying against what and how fast.
 """
 
@@ -271,10 +272,15 @@ def rematch(out_dir: str | Path, index_paths: list[str | Path], *, model: str | 
     opts_doc = summary.get("options") or {}
     opts = ScanOptions(k=int(opts_doc.get("k", 3)), max_matches=int(opts_doc.get("max_matches", 5)),
                        flag=opts_doc.get("flag"), review=opts_doc.get("review"))
-    policy = _policy(searchers, opts)  # similarity thresholds: new matches carry no combiner evidence
-    if (summary.get("policy") or {}).get("on") == "probability":
-        raise MarkguardError(f"{out}: scanned with a combiner, whose evidence (verification, text) a stored embedding cannot "
-                             "give a new match; rescan, or scan with --no-combiner --keep-embeddings")
+    combiner = None
+    if (summary.get("policy") or {}).get("on") == "probability":  # decided on the scan's combiner: so are the new matches
+        from markguard.infer.combine import load_for_scan
+
+        path = opts_doc.get("combiner")
+        if not path or not Path(path).is_file():
+            raise MarkguardError(f"{out}: scanned with the combiner {path}, which is no longer there; restore it, or rescan")
+        combiner, _ = load_for_scan(path, searchers, opts)
+    policy = _policy(searchers, opts, combiner)
     rows = read_results(out / RESULTS, fix=f"re-run `markguard scan DUMP -o {out}`")
     changed, n_photos, n_regions, new_matches = [], 0, 0, 0
     t_search = 0.0
@@ -294,6 +300,8 @@ def rematch(out_dir: str | Path, index_paths: list[str | Path], *, model: str | 
                 new_matches += len(fresh)
                 if not fresh:
                     continue
+                if combiner is not None:  # no verification or text for a photo not read again: those signals "not seen"
+                    combiner.score_matches(fresh)
                 merged = sorted(row.matches + fresh, key=lambda m: -policy.value(m))
                 status, decider = policy.decide(merged, row.seller_id)
                 if status != row.status or (status != "pass" and (decider.brand, decider.mark) != (row.brand, row.mark)):

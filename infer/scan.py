@@ -20,10 +20,11 @@ from markguard.device import resolve_device
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
 from markguard.infer.decide import Policy, resolve_policy
-from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader
-from markguard.infer.pipeline import (STAGES, ScanOptions, StageTimes, hires_needed, process_batch, region_mode,  # noqa: F401
-                                      resolve_decode)
+from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader, worker_death
+from markguard.infer.options import STAGES, ScanOptions, StageTimes, resolve_decode  # noqa: F401  (the scan's public names)
 from markguard.infer.outdir import holds_output_folder, open_output, pins
+from markguard.infer.pipeline import process_batch
+from markguard.infer.plan import ScanPlan, build_plan, region_mode
 from markguard.infer.read import item_source
 from markguard.infer.results import PARQUET, PARTIAL, RESULTS, STATE, SUMMARY, ScanRow, read_results, read_summary
 from markguard.infer.searchers import Searcher, load_searchers  # noqa: F401  (the scan's public names)
@@ -31,28 +32,38 @@ from markguard.infer.writer import BackgroundWriter, ResultsWriter, require_pyar
 
 
 def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opts: ScanOptions, *, skip: int = 0,
-              times: StageTimes | None = None, full_matches: bool = False) -> Iterator[ScanRow]:
-    """The pipeline as a generator of rows, in input order, after skipping ``skip`` inputs."""
+              times: StageTimes | None = None, full_matches: bool = False, plan: ScanPlan | None = None) -> Iterator[ScanRow]:
+    """The pipeline as a generator of rows, in input order, after skipping ``skip`` inputs; ``plan``: the scan
+    resolved once (built here from ``searchers``, ``policy`` and ``opts`` when not given)."""
     times = times or StageTimes()
-    for s in searchers:
-        region_mode(s, opts)  # a bad mode fails here, in the main process, not in the first batch
     if opts.engine == "ray":
         from markguard.infer.ray_engine import ray_rows
 
+        for s in searchers:
+            region_mode(s, opts)  # a bad mode fails here, in the main process, not in an actor
         yield from ray_rows(source, searchers, policy, opts, skip=skip, times=times)
         return
     if opts.engine != "local":
         raise MarkguardError(f"unknown engine {opts.engine!r}; choose local or ray")
+    plan = plan or build_plan(searchers, policy, opts)  # a bad mode or look setting fails here, not in the first batch
     # decoded once, at the largest scan size, normalised as the first model wants; model_input() adapts it for each
-    first = searchers[0].prep
-    ds = DecodedBatches(item_source(source, opts.shard), size=max(s.prep.scan_size for s in searchers), mean=first.mean,
-                        std=first.std, batch_size=opts.batch_size, skip=skip,
-                        device_jpeg=resolve_decode(opts.decode, opts.device) == "device", hires=hires_needed(searchers, opts))
-    for batch in batch_loader(ds, opts.workers):
+    ds = DecodedBatches(item_source(source, opts.shard), size=plan.size, mean=plan.mean, std=plan.std, batch_size=opts.batch_size,
+                        skip=skip, device_jpeg=resolve_decode(opts.decode, opts.device) == "device", hires=plan.hires)
+    batches = iter(batch_loader(ds, opts.workers))
+    while True:
+        try:
+            batch = next(batches, None)
+        except RuntimeError as e:  # a decoding worker killed by the system: one line, not the loader's traceback
+            line = worker_death(e)
+            if line is None:
+                raise
+            raise MarkguardError(line) from None
+        if batch is None:
+            return
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)
         times.merge({"decode": batch.decode_s})
-        yield from process_batch(batch, searchers, policy, opts, times)
+        yield from process_batch(batch, plan, times)
 
 
 class Progress:

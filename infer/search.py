@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from markguard.infer.evidence import Similarity, SimilarityNorm, attach
-from markguard.infer.results import Match
+from markguard.infer.evidence import Candidate, Similarity, SimilarityNorm
 
 
 def search_batch(index, vectors: np.ndarray, counts: list[int], boxes_orig: list[np.ndarray], *, k: int = 3,
-                 max_matches: int = 5, index_name: str | None = None, bias: dict[int, float] | None = None) -> list[list[Match]]:
+                 max_matches: int = 5, index_name: str | None = None, bias: dict[int, float] | None = None) -> list[list[Candidate]]:
     """For each photo, its best region per matched mark, best first; ``boxes_orig[i]`` are its regions in original pixels.
 
     With ``bias`` (record id → the reference's background level, from the index's bank), scores are
     normalised against the background (infer/bank.py) before the best region and mark are chosen.
-    With ``bias``, each match's evidence holds its raw similarity, the normalised one and the level (without,
-    the score is the similarity and no evidence is written).
+    With ``bias``, each candidate's evidence holds its raw similarity, the normalised one and the level (without,
+    the score is the similarity and carries no record of its own).
     """
     if len(vectors) == 0:
         return [[] for _ in counts]
@@ -39,18 +38,19 @@ def search_batch(index, vectors: np.ndarray, counts: list[int], boxes_orig: list
                 if rid not in best or score > best[rid][0]:
                     best[int(rid)] = (float(score), r, col)
         # one match per mark (a mark may have several reference images): keep its best
-        per_mark: dict[tuple[str, str], Match] = {}
+        per_mark: dict[tuple[str, str], Candidate] = {}
         for rid, (score, r, col) in best.items():
             rec = records.get(rid)
             if rec is None:
                 continue
             key = (rec.brand, rec.mark)
             if key not in per_mark or score > per_mark[key].score:
-                m = Match(rec.brand, rec.mark, score, [int(round(v)) for v in boxes[r]], index_name)
+                evidence = {}
                 if level is not None:  # the score is no longer the similarity: keep both
-                    attach(m, "similarity", Similarity(float(raw[start + r, col])))
-                    attach(m, "similarity_norm", SimilarityNorm(score, float(level[start + r, col])))
-                per_mark[key] = m
+                    evidence = {"similarity": Similarity(float(raw[start + r, col])),
+                                "similarity_norm": SimilarityNorm(score, float(level[start + r, col]))}
+                per_mark[key] = Candidate(rec.brand, rec.mark, [int(round(v)) for v in boxes[r]], evidence, index=index_name,
+                                          score=score)
         out.append(sorted(per_mark.values(), key=lambda m: -m.score)[:max_matches])
         start += n
     return out

@@ -68,8 +68,10 @@ def load_searchers(index_paths: list[str | Path], model_path: str | Path | None,
         model, card = models[key]
         built = meta.get("model_kind", "logo")
         if built != model_kind(card):
+            name, kind = model_name(mpath), model_kind(card)
+            given = f"{kind} model" if name == kind else f"{kind} model {name}"
             raise MarkguardError(f"{p}: a {built} index (built with the {model_name(named_model(meta.get('model')))} model) cannot be searched "
-                                 f"with the {model_kind(card)} model {model_name(mpath)}; leave out -m, or rebuild the index with --model {model_name(mpath)}")
+                                 f"with the {given}; leave out -m, or rebuild the index with --model {model_name(mpath)}")
         try:
             index.require_fingerprint(card.fingerprint)
         except MarkguardError as e:

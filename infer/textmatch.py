@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 # Multi-letter look-alikes, applied before case folding because they hold in one case only:
@@ -256,7 +256,7 @@ def with_text(cands: list, reads: list[tuple]) -> list:
 
     failed = [r.reason for r, _ in reads if r.reason is not None]
     why = failed[0] if failed else None
-    out = [Candidate(c.brand, c.mark, c.box, {**c.evidence, "text": text_for(c, reads, why)}, c.probability, c.index) for c in cands]
+    out = [replace(c, evidence={**c.evidence, "text": text_for(c, reads, why)}) for c in cands]  # score, index kept
     for r, t in sorted(reads, key=lambda rt: (rt[1].distance or 0)):
         if t.brand is not None and all(c.brand != t.brand for c in out):
             out.append(Candidate(t.brand, None, list(r.box) if r.box is not None else None, {"text": t}))

@@ -16,9 +16,7 @@ import numpy as np
 import torch
 
 from markguard.errors import DecodeError, MarkguardError
-from markguard.infer.evidence import Similarity, attach, geometry
-from markguard.infer.results import Match
-from markguard.preprocess import resolve_preprocessing
+from markguard.infer.evidence import Candidate, as_candidate, geometry
 
 METHODS = ("sift", "orb")
 REF_PAD = 16  # white border around a reference: detectors skip a band near the image edge
@@ -291,37 +289,38 @@ def to_uint8(x: torch.Tensor, mean, std) -> np.ndarray:
     return img.permute(1, 2, 0).contiguous().numpy()
 
 
-def verify_matches(x: torch.Tensor, found: list[list[Match]], searcher, to_orig: list[tuple[float, float]], factor: float,
+def verify_matches(x: torch.Tensor, found: list[list], searcher, to_orig: list[tuple[float, float]], factor: float,
                    cfg: VerifyConfig | None = None, *, orig_size: list[tuple[int, int]] | None = None,
                    checks: list[set[int]] | None = None, hires: list[torch.Tensor] | None = None,
-                   hires_to_orig: list[tuple[float, float]] | None = None) -> list[list[Match]]:
+                   hires_to_orig: list[tuple[float, float]] | None = None) -> list[list[Candidate]]:
     """Check each photo's chosen matches against their reference marks: a verified match gets a higher score and
     the projected reference's box; every checked match gets its geometric evidence (inliers, the share of the
-    reference's keypoints they cover, the projected outline); the rest pass through unchanged. Returns ``found``'s shape.
+    reference's keypoints they cover, the projected outline); the rest pass through unchanged. Returns ``found``'s
+    shape, as candidates (``found`` may hold ``results.Match``es read back; they are typed first).
 
     ``checks[i]`` holds the positions of photo i's matches to check (the gate, :func:`plan`); None: its best
     ``cfg.candidates``. Keypoints come from ``hires[i]`` (the photo as decoded, uint8 CHW, before it was shrunk to
     the scan size; ``hires_to_orig[i]`` its pixel → photo pixel factors) when given, else from the letterboxed
-    batch ``x`` the boxes were found in (a box in photo pixels maps to it by dividing by ``to_orig[i]`` and
-    multiplying by ``factor``). With ``orig_size``, a tightened box is clipped to its photo.
+    batch ``x`` the boxes were found in (normalised as ``searcher.prep`` says; a box in photo pixels maps to it by
+    dividing by ``to_orig[i]`` and multiplying by ``factor``). With ``orig_size``, a tightened box is clipped to its photo.
     """
     cfg = cfg or VerifyConfig()
     sources = _sources(searcher.index)
-    prep = resolve_preprocessing(searcher.card)
     out = []
     for i, matches in enumerate(found):
+        matches = [as_candidate(m) for m in matches]
         todo = set(range(min(cfg.candidates, len(matches)))) if checks is None else checks[i]
         if not matches or not todo:
             out.append(matches)
             continue
-        if hires is not None:
+        if hires is not None and hires[i] is not None:
             fx, fy = hires_to_orig[i]
             scale = np.array([fx, fy, fx, fy], dtype=np.float64)  # copy pixels → photo pixels
             image = np.ascontiguousarray(hires[i].detach().cpu().permute(1, 2, 0).numpy())
         else:
             fx, fy = to_orig[i]
             scale = np.array([fx, fy, fx, fy], dtype=np.float64) / factor  # letterbox → photo pixels
-            image = to_uint8(x[i], prep.mean, prep.std)
+            image = to_uint8(x[i], searcher.prep.mean, searcher.prep.std)
         checked = []
         for rank, m in enumerate(matches):
             if rank not in todo or m.box is None:
@@ -332,7 +331,7 @@ def verify_matches(x: torch.Tensor, found: list[list[Match]], searcher, to_orig:
     return out
 
 
-def _verify_one(m: Match, image: np.ndarray, scale: np.ndarray, sources, cfg: VerifyConfig, size) -> Match:
+def _verify_one(m: Candidate, image: np.ndarray, scale: np.ndarray, sources, cfg: VerifyConfig, size) -> Candidate:
     """One match checked against each of its mark's reference files; the best verification decides."""
     box = np.asarray(m.box, dtype=np.float64) / scale
     best, best_ref = Verification(0, 0, None, None), None
@@ -347,9 +346,7 @@ def _verify_one(m: Match, image: np.ndarray, scale: np.ndarray, sources, cfg: Ve
             best, best_ref = v, v.ref
     if best_ref is None:  # no reference could be read: not checked, so no geometric evidence
         return m
-    if "similarity" not in (m.evidence or {}):  # the score is about to change: keep the embedding's own
-        m = dataclasses.replace(m)
-        attach(m, "similarity", Similarity(float(m.score)))
+    m = m.with_similarity()  # the score is about to change: keep the embedding's own (a copy: ``found`` stays as the search gave it)
     outline = None
     if best.verified:
         outline = _cv2().perspectiveTransform(best_ref.corners[None], best.homography)[0] * scale[:2]
@@ -358,7 +355,73 @@ def _verify_one(m: Match, image: np.ndarray, scale: np.ndarray, sources, cfg: Ve
             w, h = size
             new_box = [min(max(0, v), lim) for v, lim in zip(new_box, (w, h, w, h))]
         m = dataclasses.replace(m, score=rescore(m.score, best, cfg), box=new_box)
+    record = geometry(best, len(best_ref.points), outline, mirrored=best.verified and best_ref.mirrored)
+    return dataclasses.replace(m, evidence={**m.evidence, "geometry": record})
+
+
+# --------------------------------------------------------------------------- the geometry signal's producer
+
+@dataclass
+class VerifyStage:
+    """The geometry signal's producer in a scan: the gate (:func:`plan`) on each candidate's value before verification,
+    then :func:`verify_matches` on the photo's high-resolution copy."""
+
+    sp: object  # plan.SearcherPlan
+    cfg: VerifyConfig
+    policy: object  # decide.Policy
+    before: object | None  # the combiner as it scores a candidate before verification (geometry absent); None: similarity
+    verify_from: float | None
+    size: int = 0  # the batch's decode size, and the copy's long side, for photos whose copy is decoded here (lazy_hires)
+    hires: int = 0
+    lazy_hires: bool = False  # the decode workers kept no copy: decode it here, for the photos the gate lets through
+    name: str = "verify"
+    per_index: bool = True
+
+    @classmethod
+    def plan(cls, plan, sp) -> VerifyStage:
+        return cls(sp, plan.verify, plan.policy, before_verification(plan.policy.combiner), plan.opts.verify_from, plan.size,
+                   plan.verify_hires, plan.hires == 0)
+
+    def checks(self, found: list[list[Candidate]]) -> list[set[int]]:
+        return gate_checks(found, self.policy, self.cfg, self.before, self.verify_from)
+
+    def __call__(self, work) -> None:
+        import time
+
+        from markguard.infer.decode import hires_photos
+
+        iw, batch = work.index[self.sp.pos], work.batch
+        inp = iw.inp
+        checks = self.checks(iw.found)
+        if self.lazy_hires:
+            t = time.perf_counter()
+            hires_photos(batch, [i for i, c in enumerate(checks) if c], size=self.size, hires=self.hires)
+            work.times.add("decode", t)
+        iw.found = verify_matches(inp.x, iw.found, self.sp.searcher, inp.to_orig, inp.factor, self.cfg, orig_size=inp.orig_size,
+                                  checks=checks, hires=batch.hires, hires_to_orig=batch.hires_to_orig)
+
+
+def before_verification(combiner):
+    """The combiner as it scores a candidate before verification: geometry absent (it enters at its fitted mean)."""
+    return None if combiner is None else dataclasses.replace(combiner, absent=tuple({*combiner.absent, "geometry"}))
+
+
+def gate_checks(found: list[list[Candidate]], policy, cfg: VerifyConfig, before=None, verify_from: float | None = None) -> list[set[int]]:
+    """The gate (:func:`plan`) for one index's candidates: each one's value before verification — ``before``'s
+    probability (:func:`before_verification`), or the similarity — against its review threshold, or ``verify_from``."""
+    if before is not None:
+        values = [before.probabilities(cs).tolist() for cs in found]
     else:
-        m = dataclasses.replace(m)  # the evidence is added to a copy: ``found`` stays as the search gave it
-    attach(m, "geometry", geometry(best, len(best_ref.points), outline, mirrored=best.verified and best_ref.mirrored))
-    return m
+        values = [[float(c.score) for c in cs] for cs in found]
+    if verify_from is not None:
+        floors = [[verify_from + cfg.near] * len(cs) for cs in found]
+    else:
+        floors = [[policy.thresholds(c.brand, c.index)[1] for c in cs] for cs in found]
+    return plan(values, floors, cfg, [[c.box is not None for c in cs] for cs in found])
+
+
+def verify_gate(found: list[list], policy, opts) -> tuple[VerifyConfig, list[set[int]]]:
+    """The gate for matches outside a scan plan (``results.Match``es or candidates) with ``ScanOptions`` ``opts``."""
+    cfg = VerifyConfig()
+    found = [[as_candidate(m) for m in ms] for ms in found]
+    return cfg, gate_checks(found, policy, cfg, before_verification(policy.combiner), opts.verify_from)

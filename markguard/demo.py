@@ -125,7 +125,7 @@ def run_demo(out: str | Path, *, train: bool = False, steps: int | None = None, 
              overrides: list[str] | None = None, log=None) -> dict:
     """Index, scan, report and score the embedded demo (after a short fine-tune with ``train``); returns what demo.json holds."""
     from markguard.infer.build import build_index
-    from markguard.infer.pipeline import ScanOptions
+    from markguard.infer.options import ScanOptions
     from markguard.infer.report import write_report
     from markguard.infer.scan import run_scan
 

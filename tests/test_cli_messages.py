@@ -52,11 +52,13 @@ def test_a_resume_refusal_names_the_threshold_options_that_exist():
 
 
 def test_a_subcommand_mistake_shows_the_subcommands_usage(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["index", "remove", str(tmp_path), "nike"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("usage: markguard index remove") and "unrecognized arguments: nike" in err
+    for argv, usage in ((["report", str(tmp_path), "--bogus"], "usage: markguard report"),
+                        (["index", "build", str(tmp_path), "-o", str(tmp_path / "i"), "--bogus"], "usage: markguard index build")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(usage) and "unrecognized arguments: --bogus" in err, err
 
 
 def test_invalid_brands_yaml_and_recipe_are_one_bounded_line(tmp_path, capsys):
@@ -147,7 +149,7 @@ def test_a_closed_pipe_ends_quietly(tiny_world):
 
 
 def test_a_resumed_scans_progress_counts_the_flags_its_summary_counts(tiny_world, tmp_path):
-    from markguard.infer.pipeline import ScanOptions
+    from markguard.infer.options import ScanOptions
     from markguard.infer.results import PARTIAL, RESULTS, SUMMARY
     from markguard.infer.scan import run_scan
 

@@ -161,12 +161,26 @@ def _save_index(self, path: Path) -> None:
             for name in files:
                 os.chmod(tmp / name, file_mode())
                 fsync_path(tmp / name)
+            _carry_over(path, tmp, {*files, META_FILE})
             fsync_path(tmp)
             swap_in_folder(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._path, self.save_id = path, save_id
+
+def _carry_over(path: Path, tmp: Path, ours: set[str]) -> None:
+    """Copy into the new save the files others keep in the index folder (``markguard calibrate``'s thresholds.json
+    and combiner.json): the swap replaces the whole folder, and a save must not silently drop them.
+    Only regular files at the top level; links and folders are left out (nothing is read through a link)."""
+    if not path.is_dir():
+        return
+    for entry in os.scandir(path):
+        if entry.name in ours or entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+            continue
+        shutil.copy2(entry.path, tmp / entry.name, follow_symlinks=False)
+        fsync_path(tmp / entry.name)
+
 
 def _write_db(self, file: Path) -> None:
     with self._db:

@@ -24,7 +24,7 @@ from markguard.infer.regions.whole import whole_photo
 from markguard.preprocess import resolve_preprocessing
 
 __all__ = ["NO_HEAD", "Proposals", "RegionMethod", "RegionMode", "Regions", "decode_proposals", "find_regions", "grid_boxes",
-           "learned_proposals", "select_regions"]
+           "learned_proposals", "region_boxes", "select_regions"]
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,17 @@ class RegionMode(Enum):
 
 
 def select_regions(mode, model, card, fmap, valid: list[tuple[int, int]], input_size: int) -> list[torch.Tensor]:
-    """Boxes (in the model input's pixels) per photo of a batch; ``valid`` is each photo's content size.
-    Chosen after the backbone pass, so that a learned head on ``fmap`` can propose them."""
+    """:func:`region_boxes` with the region settings of ``card`` (a ModelCard), for callers outside a scan."""
+    return region_boxes(mode, model, resolve_preprocessing(card).regions, fmap, valid, input_size)
+
+
+def region_boxes(mode, model, settings, fmap, valid: list[tuple[int, int]], input_size: int) -> list[torch.Tensor]:
+    """Boxes (in the model input's pixels) per photo of a batch; ``settings``: the model's resolved RegionSettings;
+    ``valid`` is each photo's content size. Chosen after the backbone pass, so that a learned head on ``fmap`` can propose them."""
     method = RegionMode.named(mode).value
     if method.needs_fmap and fmap is None:
         raise MarkguardError(f"--regions {method.name} needs the backbone's feature map; it cannot be combined with tiles")
-    return method.select(model, resolve_preprocessing(card).regions, fmap, valid, input_size)
+    return method.select(model, settings, fmap, valid, input_size)
 
 
 @dataclass
@@ -85,7 +90,7 @@ class Regions:
         return [len(b) for b in self.boxes]
 
 
-def find_regions(mode: RegionMode, model, card, inp, fmap) -> Regions:
-    """The regions stage: boxes for a ModelInput (infer/decode.py), mapped back to photo pixels."""
-    boxes = select_regions(mode, model, card, fmap, inp.valid, inp.x.shape[-1])
+def find_regions(mode: RegionMode, model, settings, inp, fmap) -> Regions:
+    """The regions stage: boxes for a ModelInput (infer/decode.py), mapped back to photo pixels (``settings``: RegionSettings)."""
+    boxes = region_boxes(mode, model, settings, fmap, inp.valid, inp.x.shape[-1])
     return Regions(boxes, inp.to_photo(boxes))

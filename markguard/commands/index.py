@@ -34,10 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = isub.add_parser("remove", help="remove a brand, or one mark, without a rebuild")
     r.add_argument("index", help="index folder")
-    r.add_argument("stray", nargs="*", help=argparse.SUPPRESS)  # `index remove IDX nike`: answered with this usage
     r.add_argument("--brand", help="brand id to remove (`markguard index ls IDX` lists them)")
     r.add_argument("--mark", help="mark id to remove (with --brand: only that brand's)")
-    r.set_defaults(func=run_remove, parser=r)
+    r.set_defaults(func=run_remove)
 
     i = isub.add_parser("info", help="print what an index holds and how it searches")
     i.add_argument("index", help="index folder")
@@ -85,10 +84,6 @@ def run_add(args) -> int:
 
 def run_remove(args) -> int:
     from markguard.infer.build import remove_from_index
-
-    if args.stray:
-        what = args.stray[0]
-        args.parser.error(f"unexpected argument {what!r}: name what to remove with --brand {what} (or --mark {what})")
 
     print(json.dumps(remove_from_index(args.index, brand=args.brand, mark=args.mark), indent=2))
     return 0

@@ -16,13 +16,18 @@ def check_compile_backend(name: str) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # the choices come from the registries: a new region method, backend or optional signal shows up here by itself
+    from markguard.infer.backends import BACKENDS
+    from markguard.infer.evidence import SIGNALS
+    from markguard.infer.regions import RegionMode
+
     p = sub.add_parser("scan", help="scan a listing dump against one or more brand indexes",
                        description="Writes OUT/results.jsonl (one row per photo, input order) and OUT/summary.json.")
     p.add_argument("input", help="a folder of images, a manifest (.csv/.jsonl/.parquet) or tar shards")
     p.add_argument("--index", "-i", action="append", required=True, help="index folder; repeat to search several in one pass")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--model", "-m", help="checkpoint folder (default: the model each index was built with)")
-    p.add_argument("--regions", choices=["none", "grid", "learned", "learned+grid", "tiles"],
+    p.add_argument("--regions", choices=[m.label for m in RegionMode],
                    help="where to look in a photo: the whole photo, a pooled grid, the model's proposals (alone or with a coarse grid), "
                         "or cropped tiles (the slow baseline); default: the model card's")
     p.add_argument("--looks", type=int, metavar="N",
@@ -40,8 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-from", type=float, metavar="VALUE",
                    help="verify the candidates scoring at least VALUE (a similarity, or with a combiner a probability); "
                         "default: those at most 0.05 below the review threshold")
-    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8", "torchscript"], default="torch",
+    p.add_argument("--backend", choices=list(BACKENDS), default="torch",
                    help="run the backbone in PyTorch, or the file `markguard export` wrote beside the weights")
+    optional = [name for name, sig in SIGNALS.items() if sig.opt_in]
+    p.add_argument("--signal", action="append", choices=optional or None, metavar="NAME", default=[],
+                   help="collect an optional evidence signal by name" + (f" ({', '.join(optional)})" if optional else " (none is installed)"))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -110,7 +118,8 @@ def run(args) -> int:
                        engine=args.engine, address=args.address, actors=args.actors, verify=args.verify, verify_from=args.verify_from, ocr=args.ocr, ocr_budget=args.ocr_budget, backend=args.backend,
                        decode=args.decode, compile=args.compile, looks=args.looks, looks_per_batch=args.looks_per_batch,
                        combiner=args.combiner, keep_embeddings=args.keep_embeddings,
-                       flood_share=args.flood_share, flood_min=args.flood_min, flood_history=list(args.flood_history))
+                       flood_share=args.flood_share, flood_min=args.flood_min, flood_history=list(args.flood_history),
+                       signals=list(dict.fromkeys(args.signal)))
     formats = tuple(dict.fromkeys(["jsonl", *(args.format or [])]))
     summary = run_scan(args.input, args.index, args.out, model=args.model, opts=opts, resume=args.resume, progress=not args.quiet,
                        formats=formats, progress_every_s=args.log_every)

@@ -216,7 +216,7 @@ def test_index_ls_lists_brands_and_marks_and_remove_names_what_exists(world, tmp
         main(["index", "remove", str(idx), "brand000"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: markguard index remove" in err and "--brand brand000" in err
+    assert err.startswith("usage: markguard index remove") and "unrecognized arguments: brand000" in err
     assert {r.brand for r in MarkIndex.load(idx).records()} == {"brand000", "brand001", "brand002"}
 
 

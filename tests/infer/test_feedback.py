@@ -20,7 +20,7 @@ from test_scan import make_model, make_world, read_rows  # sibling module: pytes
 
 pytest.importorskip("pyarrow", reason="the scan keeps its embeddings in parquet (pip install 'markguard[parquet]')")
 
-OPTS = ScanOptions(batch_size=4, workers=1, device="cpu", verify=False, combiner=None)
+OPTS = ScanOptions(batch_size=4, workers=1, device="cpu", verify=False, ocr=False, combiner=None)
 
 
 def unit(v):
@@ -240,3 +240,25 @@ def test_cli_feedback_one_line_errors_and_info(scanned, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)["feedback"]
     assert [r["id"] for r in info["rounds"]] == [rid] and info["negatives"] == 2
     assert main(["feedback", "--undo", rid, "-i", str(index)]) == 0
+
+
+def test_feedback_waits_for_no_other_writer(scanned, tmp_path):
+    """Feedback is a read-modify-write of the index: it takes the writer lock `index add|remove` take, and is refused
+    in one line while another process holds it."""
+    import subprocess
+    import sys
+
+    w, index, out, rows, fp = scanned
+    reject, _ = pick(rows)
+    dec = decisions_file(tmp_path / "d.jsonl", rows, {reject["listing_id"]: "reject"}, fp, index)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom markguard.infer.index.store import index_writer\n"
+                               f"with index_writer({str(index)!r}):\n    print('held', flush=True)\n    time.sleep(60)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(MarkguardError, match="another index writer"):
+            apply_feedback(dec, index, scan=out)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert feedback_info(MarkIndex.load(index).meta)["rounds"] == []

@@ -110,7 +110,7 @@ def test_scan_holds_a_flood_and_names_it_in_the_summary(tmp_path):
     from markguard.infer.scan import ScanOptions, run_scan
 
     w = make_world(tmp_path / "world", listings=16, hostile=False, seed=2)
-    opts = ScanOptions(batch_size=4, workers=1, device="cpu", verify=False, combiner=None, flag=-1.0, review=-1.0, flood_share=0.0)
+    opts = ScanOptions(batch_size=4, workers=1, device="cpu", verify=False, ocr=False, combiner=None, flag=-1.0, review=-1.0, flood_share=0.0)
     free = tmp_path / "free"
     run_scan(w.dump, [w.index], free, opts=opts, progress=False)  # every photo flags: the guard off
     base = read_rows(free)

@@ -499,3 +499,17 @@ def test_hostile_index_metadata_is_one_bounded_line(tmp_path, text):
     (path / "index.json").write_text(text)
     msg = _load_error(path)
     assert "\n" not in msg and "index.json" in msg and "markguard index build" in msg and len(msg) < len(str(path)) + 400, msg[:500]
+
+
+def test_a_save_keeps_the_files_calibrate_puts_in_the_index_folder(tmp_path):
+    path = _saved(tmp_path)
+    (path / "thresholds.json").write_text('{"flag": 0.7}')
+    (path / "combiner.json").write_text("{}")
+    (tmp_path / "secret").write_text("not the index's")
+    (path / "linked.json").symlink_to(tmp_path / "secret")
+    index = MarkIndex.load(path)
+    index.remove(ids=[next(index.records()).id])
+    index.save(path)
+    assert (path / "thresholds.json").read_text() == '{"flag": 0.7}' and (path / "combiner.json").exists()
+    assert not (path / "linked.json").exists()  # links are not carried: nothing is read through one
+    assert len(MarkIndex.load(path)) == len(index)

@@ -200,14 +200,14 @@ def test_where_photo_reads_the_whole_photo_and_unknown_places_are_refused():
 def test_a_scan_with_ocr_puts_each_matchs_evidence_in_its_row(tmp_path, monkeypatch):
     import json
 
-    from markguard.infer import pipeline
+    from markguard.infer import stages
     from markguard.infer.scan import ScanOptions, run_scan
     from test_scan import make_world
 
     world = make_world(tmp_path / "world", listings=6)
     # the synthetic gallery's display names are "Brand000", ...; the detector finds this line in every photo
     engine = FakeEngine([[(0, 0, 40, 12), "BRAND0O1", 0.9]])
-    monkeypatch.setitem(pipeline._READERS, 3, OcrReader(OcrConfig(lines=3, min_line_px=1), engine=engine))
+    monkeypatch.setattr(stages, "make_reader", lambda config: OcrReader(OcrConfig(lines=3, min_line_px=1), engine=engine))
     # one mark a region: many photos' matches lack brand001, which the text then names on its own
     opts = ScanOptions(batch_size=4, workers=0, device="cpu", flag=-1.0, review=-1.0, ocr=True, ocr_budget=3, k=1, max_matches=10,
                        verify=False, combiner=None)  # the score stays the similarity

@@ -87,10 +87,13 @@ def test_undecodable_catalogue_photo_is_named(shop, tmp_path, capsys):
     cat = tmp_path / "catalogue"
     shutil.copytree(shop / "catalogue", cat)
     (cat / "zeta" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(MarkguardError) as e:  # the gallery check refuses it before anything is embedded
-        build_index(cat, tmp_path / "idx", model=shop / "product-model", kind="flat", device="cpu")
+    with pytest.raises(MarkguardError) as e:  # `markguard index build` checks the gallery: refused, the file named
+        build_index(cat, tmp_path / "idx", model=shop / "product-model", kind="flat", device="cpu", check=True)
     assert "broken.jpg" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "idx" / "markguard.json").exists()
+    # without the check (a library caller's choice) it is skipped and named with its reason, never silently
+    info = build_index(cat, tmp_path / "idx2", model=shop / "product-model", kind="flat", device="cpu")
+    assert info["skipped"] == 1 and f"skipped catalogue photo {cat / 'zeta' / 'broken.jpg'}:" in capsys.readouterr().err
     # a photo the check passes but decoding at the scan size refuses is named with its reason, never skipped silently
     from markguard.datasets.registry import MarkRef
     from markguard.infer.build import embed_catalogue

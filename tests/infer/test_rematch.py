@@ -19,7 +19,7 @@ from test_scan import make_model, make_world, read_rows  # sibling module: pytes
 
 pytest.importorskip("pyarrow", reason="--keep-embeddings writes parquet (pip install 'markguard[parquet]')")
 
-OPTS = ScanOptions(batch_size=4, workers=1, device="cpu", verify=False, combiner=None)
+OPTS = ScanOptions(batch_size=4, workers=1, device="cpu", verify=False, ocr=False, combiner=None)
 
 
 @pytest.fixture(scope="module")

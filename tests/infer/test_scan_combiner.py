@@ -203,7 +203,7 @@ def test_verification_is_gated_to_candidates_near_the_review_threshold(world, tm
 
 def test_the_gate_reads_the_probability_before_verification_or_the_similarity(world):
     from markguard.infer.decide import Policy
-    from markguard.infer.pipeline import verify_gate
+    from markguard.infer.verify import verify_gate
     from markguard.infer.results import Match
 
     found = [[Match("acme", "m", 0.94, [0, 0, 10, 10]), Match("acme", "n", 0.80, [0, 0, 10, 10])], [Match("beta", "m", 0.70, [0, 0, 5, 5])]]

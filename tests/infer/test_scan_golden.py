@@ -1,6 +1,7 @@
 """The scan's rows, byte for byte, as the scan wrote them before it was restructured (issue 22: one plan resolved once,
 typed evidence serialised once): similarity only, verification, a background bank with a combiner on every signal and
-OCR. The golden files come from ``golden/make_golden.py`` run on the code before the change."""
+OCR. The golden files come from ``golden/make_golden.py`` run on the code before the change (main as of the merge of
+the OCR-per-photo and pyramid work, before the scan plan)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ CONFIGS = ("similarity", "verify", "thresholds", "everything")
 
 
 class TextEngine:
-    """Stands in for RapidOCR: names a brand that depends on the crop, so reads differ from photo to photo."""
+    """Stands in for RapidOCR's detector and recogniser: one line a photo, naming a brand that depends on the pixels,
+    so reads differ from photo to photo."""
 
-    def __call__(self, array, **kwargs):
+    def text_det(self, bgr):
+        return [[[2, 2], [62, 2], [62, 22], [2, 22]]], 0.0
+
+    def text_rec(self, crops):
         words = ["BRAND0O1", "Brand002", "nothing here"]
-        return [[None, words[int(array.mean()) % 3], 0.9]], [0.0]
+        return [(words[int(c.mean()) % 3], 0.9) for c in crops], 0.0
 
 
 def golden_world(root: Path):
@@ -37,7 +42,7 @@ def scan_config(world, name: str, out: Path) -> Path:
     from markguard.infer.ocr import OcrReader
     from markguard.infer.scan import ScanOptions, run_scan
 
-    base = dict(batch_size=4, workers=0, device="cpu")
+    base = dict(batch_size=4, workers=0, device="cpu", ocr=name == "everything")
     index = world.index
     if name == "similarity":
         opts = ScanOptions(**base, flag=-1.0, review=-1.0, verify=False)
@@ -52,7 +57,7 @@ def scan_config(world, name: str, out: Path) -> Path:
         n = 2 + 2 + 4 + 4
         weights = [0.0, 3.0, 0.0, 2.0, 0.0, 0.5, 1.0, 0.7, 0.0, 0.2, 1.5, -1.5]
         path = Combiner(["similarity", "similarity_norm", "geometry", "text"], weights, -0.3, [0.5] * n, [0.25] * n, fp).save(out.parent / f"{name}-combiner.json")
-        opts = ScanOptions(**base, verify=True, ocr=True, ocr_budget=0.5, combiner=str(path), k=1, max_matches=6, flag=0.7, review=0.0)
+        opts = ScanOptions(**base, verify=True, ocr_budget=1, combiner=str(path), k=1, max_matches=6, flag=0.7, review=0.0)
     engine = OcrReader.engine
     OcrReader.engine = lambda self: TextEngine()  # noqa: E731  (restored below)
     try:

@@ -103,7 +103,8 @@ def test_symmetric_mark_gets_no_wrong_box(scene):
     x, to_orig = _batch([photos[SYMMETRIC]])
     loose = _loose(box, img)
     got = verify_matches(x, [[Match(m.brand, m.mark, 0.5, loose)]], searcher, to_orig, 1.0)[0][0]
-    assert got == Match(m.brand, m.mark, 0.5, loose) or _iou(got.box, box) >= 0.7
+    assert (got.score, got.box, got.evidence.get("geometry") is None or not got.evidence["geometry"].verified) == (0.5, loose, True) \
+        or _iou(got.box, box) >= 0.7
 
 
 def test_unverified_match_keeps_score_and_box(scene):
@@ -115,8 +116,9 @@ def test_unverified_match_keeps_score_and_box(scene):
     out = verify_matches(x, [[Match(wrong.brand, wrong.mark, 0.42, loose)], []], searcher, to_orig + [(1.0, 1.0)], 1.0)
     (got,) = out[0]
     assert (got.brand, got.mark, got.score, got.box) == (wrong.brand, wrong.mark, 0.42, loose)
-    # checked and failed is evidence too: its inliers, no outline
-    assert got.evidence["verified"] is False and got.evidence["inliers"] < VerifyConfig().min_inliers and "outline" not in got.evidence
+    # checked and failed is evidence too: its inliers, no outline (the typed record, as results.jsonl will hold it)
+    ev = got.evidence_json()
+    assert ev["verified"] is False and ev["inliers"] < VerifyConfig().min_inliers and "outline" not in ev
     assert out[1] == []
 
 
@@ -126,7 +128,7 @@ def test_a_verified_match_carries_its_inliers_coverage_and_outline(scene):
     img, box, m = photos[1]
     start = Match(m.brand, m.mark, 0.5, _loose(box, img), evidence={"similarity": 0.5})
     (got,) = verify_matches(x, [[start]], searcher, to_orig, 1.0)[0]
-    ev = got.evidence
+    ev = got.evidence_json()
     assert ev["similarity"] == 0.5  # the embedding's own similarity stays, beside the re-scored score
     assert ev["verified"] is True and ev["inliers"] >= VerifyConfig().min_inliers and 0 < ev["coverage"] <= 1
     outline = np.asarray(ev["outline"])
@@ -187,9 +189,10 @@ def test_checks_pick_the_matches_and_keypoints_come_from_the_full_resolution_cop
                          orig_size=[img.size])[0]
     checked = next(g for g in out if g.evidence)
     unchecked = next(g for g in out if not g.evidence)
-    assert checked.evidence["verified"] is True and checked.score > 0.4 and _iou(checked.box, box) >= 0.7  # photo pixels
+    assert checked.evidence["geometry"].verified is True and checked.score > 0.4 and _iou(checked.box, box) >= 0.7  # photo pixels
     assert (unchecked.score, unchecked.box) == (0.5, loose)
-    assert verify_matches(x, [matches], searcher, to_orig, 1.0, checks=[set()]) == [matches]
+    same = verify_matches(x, [matches], searcher, to_orig, 1.0, checks=[set()])
+    assert [[c.to_json() for c in cs] for cs in same] == [[m.to_json() for m in matches]]
 
 
 def test_a_mirrored_copy_verifies_against_the_mirror_image_and_says_so(scene):
@@ -205,12 +208,12 @@ def test_a_mirrored_copy_verifies_against_the_mirror_image_and_says_so(scene):
     box = paste_mark(img, m.image.transpose(Image.FLIP_LEFT_RIGHT), rng, scale=0.45, strength=0.4)
     x, to_orig = _batch([(img, box, m)])
     (got,) = verify_matches(x, [[Match(m.brand, m.mark, 0.5, _loose(box, img))]], searcher, to_orig, 1.0)[0]
-    assert got.evidence["verified"] is True and got.evidence["mirrored"] is True and _iou(got.box, box) >= 0.7
+    assert got.evidence["geometry"].verified is True and got.evidence["geometry"].mirrored is True and _iou(got.box, box) >= 0.7
     # the same mark unflipped verifies as itself: no "mirrored"
     img0, box0, _ = photos[1]
     x0, to_orig0 = _batch(photos[1:2])
     (plain,) = verify_matches(x0, [[Match(m.brand, m.mark, 0.5, _loose(box0, img0))]], searcher, to_orig0, 1.0)[0]
-    assert plain.evidence["verified"] is True and "mirrored" not in plain.evidence
+    assert plain.evidence["geometry"].verified is True and "mirrored" not in plain.evidence_json()
 
 
 def test_a_mark_printed_light_on_dark_verifies_against_the_inverted_reference(scene):

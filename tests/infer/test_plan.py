@@ -1,0 +1,178 @@
+"""The scan plan (infer/plan.py): resolved once however many batches follow, a new evidence signal added through the
+registry alone, the stage list it chooses, and the command line's choices taken from the registries."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from markguard.errors import MarkguardError
+from markguard.infer.options import ScanOptions
+from test_scan import make_world  # sibling module: pytest puts tests/infer on sys.path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("plan-world"), listings=12)
+
+
+def _count_resolutions(monkeypatch) -> list[int]:
+    """Counts every call of resolve_preprocessing, under whichever name a module imported it."""
+    import markguard.preprocess as pp
+
+    original, calls = pp.resolve_preprocessing, [0]
+
+    def counting(*a, **kw):
+        calls[0] += 1
+        return original(*a, **kw)
+
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("markguard") and getattr(mod, "resolve_preprocessing", None) is original:
+            monkeypatch.setattr(mod, "resolve_preprocessing", counting)
+    return calls
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_plan_is_resolved_once_however_many_batches_follow(world, tmp_path, monkeypatch, verify):
+    from markguard.infer.scan import run_scan
+
+    pytest.importorskip("cv2") if verify else None
+    calls = _count_resolutions(monkeypatch)
+    counts = {}
+    for batch_size in (2, 16):  # 8 batches, then 1
+        calls[0] = 0
+        out = tmp_path / f"b{batch_size}"
+        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=batch_size, workers=0, verify=verify), progress=False)
+        counts[batch_size] = calls[0]
+        assert json.loads((out / "summary.json").read_text())["images"] == world.n_rows
+    # the searcher resolves its card when it is loaded; no batch resolves anything again
+    assert counts[2] == counts[16] == 1, counts
+
+
+def test_build_plan_lists_the_stages_and_refuses_bad_settings_before_any_batch(world):
+    from markguard.infer.decide import Policy
+    from markguard.infer.plan import build_plan
+    from markguard.infer.searchers import load_searchers
+
+    (s,) = load_searchers([world.index], None, "cpu")
+    names = lambda plan: [type(st).__name__ for st in plan.stages]  # noqa: E731
+    plan = build_plan([s], Policy(0.6, 0.5), ScanOptions(verify=False))
+    assert names(plan) == ["FirstLook", "Search", "Decide"] and plan.hires == 0 and plan.signals == ()
+    plan = build_plan([s], Policy(0.6, 0.5), ScanOptions(verify=True))
+    assert names(plan) == ["FirstLook", "Search", "VerifyStage", "Decide"] and plan.hires == 0 and plan.stages[2].lazy_hires and plan.signals == ("geometry",)
+    assert plan.searchers[0].regions.scales == (1.0, 0.5)  # the card's grid, resolved once
+    with pytest.raises(MarkguardError, match="unknown region mode"):
+        build_plan([s], Policy(0.6, 0.5), ScanOptions(regions="everywhere"))
+    with pytest.raises(MarkguardError, match="no proposal head"):
+        build_plan([s], Policy(0.6, 0.5), ScanOptions(looks=2))
+    with pytest.raises(MarkguardError, match="--signal nope: unknown"):
+        build_plan([s], Policy(0.6, 0.5), ScanOptions(signals=["nope"]))
+
+
+@dataclass(frozen=True)
+class Brightness:
+    """A dummy signal's record: the photo's mean grey level, 0-1."""
+
+    value: float
+
+
+@dataclass
+class BrightnessStage:
+    """Its producer: puts the record on every candidate of each photo."""
+
+    name: str = "brightness"
+    per_index: bool = False
+
+    @classmethod
+    def plan(cls, plan, sp):
+        return cls()
+
+    def __call__(self, work) -> None:
+        from dataclasses import replace
+
+        for i, cands in enumerate(work.photos()):
+            level = float(work.batch.x[i].mean()) if len(work.batch.x) else 0.0
+            cands[:] = [replace(c, evidence={**c.evidence, "brightness": Brightness(level)}) for c in cands]
+
+
+def test_a_new_signal_is_one_registry_entry(world, tmp_path):
+    """A signal registered from outside the scan's modules is collected, written and encoded, with --signal."""
+    from markguard.infer.evidence import SIGNALS, Signal, feature_names, register
+    from markguard.infer.scan import run_scan
+    from markguard.infer.results import read_results
+
+    register(Signal("brightness", Brightness, ("brightness_seen", "brightness"), encode=lambda ev, c: (round(ev.value, 4),),
+                    to_json=lambda ev: {"brightness": round(ev.value, 4)},
+                    from_json=lambda raw: None if raw.get("brightness") is None else Brightness(raw["brightness"]),
+                    producer=BrightnessStage, opt_in=True))
+    try:
+        assert "brightness" in feature_names()
+        plain = run_scan(world.dump, [world.index], tmp_path / "plain", opts=ScanOptions(workers=0, verify=False, flag=-1, review=-1),
+                         progress=False)
+        summary = run_scan(world.dump, [world.index], tmp_path / "with", progress=False,
+                           opts=ScanOptions(workers=0, verify=False, flag=-1, review=-1, signals=["brightness"]))
+        assert "brightness" not in plain["stage_seconds"] and summary["stage_seconds"]["brightness"] >= 0
+        rows = list(read_results(tmp_path / "with" / "results.jsonl"))
+        with_ev = [m.evidence for r in rows for m in r.matches]
+        assert with_ev and all(set(ev) == {"brightness"} for ev in with_ev)
+        assert all(not m.evidence for r in read_results(tmp_path / "plain" / "results.jsonl") for m in r.matches)
+        # the command line offers it by the registry
+        from markguard.cli import build_parser
+
+        args = build_parser().parse_args(["scan", "d", "-i", "i", "-o", "o", "--signal", "brightness"])
+        assert args.signal == ["brightness"]
+    finally:
+        del SIGNALS["brightness"]
+
+
+def test_the_command_lines_choices_come_from_the_registries():
+    from markguard.cli import build_parser
+    from markguard.infer.backends import BACKENDS
+    from markguard.infer.regions import RegionMode
+
+    parser = build_parser()
+    scan = next(a for a in parser._subparsers._group_actions[0].choices["scan"]._actions if a.dest == "regions")
+    assert list(scan.choices) == [m.label for m in RegionMode]
+    backend = next(a for a in parser._subparsers._group_actions[0].choices["scan"]._actions if a.dest == "backend")
+    assert list(backend.choices) == list(BACKENDS)
+
+
+def test_the_orchestrator_is_small_and_nothing_imports_it_for_options():
+    from pathlib import Path
+
+    import markguard.infer.pipeline as pipeline
+
+    src = Path(pipeline.__file__).read_text()
+    assert len(src.splitlines()) < 100
+    root = Path(pipeline.__file__).parents[1]
+    for f in list((root / "infer").rglob("*.py")) + list((root / "markguard").rglob("*.py")):
+        for line in f.read_text().splitlines():
+            if "infer.pipeline import" in line:  # the engines run batches through it; nothing takes options or helpers from it
+                assert line.strip().endswith("import process_batch"), (f, line)
+
+
+def test_verification_decodes_the_high_resolution_copy_only_for_photos_near_the_gate(world, tmp_path, monkeypatch):
+    pytest.importorskip("cv2")
+    from markguard.infer import decode
+    from markguard.infer.scan import run_scan
+
+    copies = []
+    original = decode.hires_copy
+    monkeypatch.setattr(decode, "hires_copy", lambda img, cap: copies.append(cap) or original(img, cap))
+    run_scan(world.dump, [world.index], tmp_path / "none", opts=ScanOptions(workers=0, verify=True, verify_from=1.0),
+             progress=False)
+    assert copies == []  # no candidate near the review threshold: no photo is decoded a second time
+    run_scan(world.dump, [world.index], tmp_path / "all", opts=ScanOptions(workers=0, verify=True, flag=-1, review=-1), progress=False)
+    assert copies and set(copies) == {1280} and len(copies) <= world.n_rows - 4  # the photos checked, once each
+
+
+def test_a_decoding_worker_killed_by_the_system_is_one_line():
+    from markguard.infer.decode import worker_death
+
+    line = worker_death(RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "))
+    assert "pid 4242" in line and "out of memory" in line and "--resume" in line and "\n" not in line
+    assert worker_death(RuntimeError("DataLoader worker (pid(s) 7, 8) exited unexpectedly")).startswith("decoding worker (pid 7, 8)")
+    assert worker_death(RuntimeError("shape mismatch")) is None
