@@ -75,18 +75,20 @@ def small_marks(tmp_path_factory):
     from markguard.infer.build import build_index
 
     root = tmp_path_factory.mktemp("small_marks")
-    marks = make_marks(8, 1, seed=5)
+    marks = make_marks(8, 1, seed=6)
     for m in marks:
         (root / "gallery" / m.brand).mkdir(parents=True)
         m.image.save(root / "gallery" / m.brand / f"{m.mark}.png")
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(2)
     (root / "photos").mkdir()
     truth = {}
     for i, m in enumerate(marks):
         bg = procedural_background(1600, 1200, rng)
         box = paste_mark(bg, m.image, rng, scale=0.08, strength=0.2)
-        if i in (0, 2):  # photos whose mark the first look alone names wrongly and a second look rightly (checked below;
-            # with the shipped model 9e417e721a175d94, 2 of the 8 photos are named rightly at once, 5 with four looks)
+        if i in (1,):  # a photo whose mark the first look alone names wrongly and a second look rightly (checked below;
+            # with the shipped model 4097dba0c2e45f38, 2 of these 8 photos are named rightly at once, 3 with four looks; over
+            # four such fixtures of 8, 10 of 32 at once and 11 with four looks, against 12 and 14 for 9e417e721a175d94:
+            # benchmarks/results/model.md)
             bg.save(root / "photos" / f"{m.brand}.jpg", quality=92)
             truth[m.brand] = box
     build_index(root / "gallery", root / "index", model=None, kind="flat", device="cpu")
