@@ -343,6 +343,12 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     truth, halves = subset(args.bench, args.every, args.work)
     index = args.work / "index"
+    from markguard.checkpoint import load_card
+
+    if index.exists():  # an index another model built (the default model was retrained since): built again
+        meta = json.loads((index / "markguard.json").read_text()) if (index / "markguard.json").is_file() else {}
+        if meta.get("model_fingerprint") != load_card(model_dir).fingerprint:
+            shutil.rmtree(index)
     if not index.exists():
         build_index(args.bench / "gallery", index, model=model_dir, kind="flat", device="cpu")
     cache = args.work / "evidence"
