@@ -241,3 +241,16 @@ def decide_rows(batch, per_photo: list[list[Match]], policy: Policy, max_matches
             rows.append(ScanRow(item.listing_id, item.image, item.seller_id, status, decider.score, decider.brand,
                                 decider.mark, decider.box, shown))
     return rows
+
+
+def policy_for(searchers: list, opts, combiner=None) -> Policy:
+    """The policy a scan of these searchers decides by: the first index's thresholds (each its own with several models),
+    the brands' settings, the command line's ``--flag-threshold``/``--review-threshold`` and the combiner."""
+    brands: dict[str, dict] = {}
+    for s in searchers:
+        brands.update(s.brands)
+    per_index = None
+    if len({s.card.fingerprint for s in searchers}) > 1:  # several models: each index is judged by its own calibration
+        per_index = {s.name: index_thresholds(s) for s in searchers}
+    return resolve_policy(index_thresholds(searchers[0]), brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
+                          combiner=combiner)

@@ -347,8 +347,6 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
             cands.append(c)
         out.append(cands)
     if reader is not None and lexicon is not None and reader.config.where == "text":
-        from markguard.infer.textmatch import read_photos, with_text
-
         for i, reads in enumerate(read_photos(photos, reader, lexicon, len(out))):
             out[i] = with_text(out[i], reads)
     elif reader is not None and lexicon is not None:
@@ -373,4 +371,66 @@ def collect(photos: list, matches: list[list], *, lexicon=None, reader=None, com
             out[i] = add_text_candidates(out[i], text, [int(round(v)) for v in box] if box is not None else None)
     if combiner is not None:
         out = [combiner.apply(c) for c in out]
+    return out
+
+
+# --------------------------------------------------------------------------- a photo's reads as evidence of its candidates
+
+def _overlap(a, b) -> float:
+    """Share of box ``b`` (a read's) inside box ``a`` (a candidate's); 0 when either is None."""
+    if a is None or b is None:
+        return 0.0
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    area = max(1e-9, (b[2] - b[0]) * (b[3] - b[1]))
+    return max(0.0, w) * max(0.0, h) / area
+
+
+AT = 0.3  # a read is "at" a candidate's region when this share of its box lies inside the region
+
+
+def text_for(candidate, reads: list[tuple], why: str | None = None):
+    """The text evidence of one candidate from a photo's reads (``infer.ocr.OcrRead`` and its :func:`text_evidence`):
+    a read anywhere in the photo naming the candidate's brand; else one at its region naming another brand (a veto);
+    else text read at its region naming nothing; else "read, no text here" (``text`` None, no reason)."""
+    named = [t for _, t in reads if t.brand == candidate.brand]
+    if named:
+        return min(named, key=lambda t: t.distance or 0)
+    at = [(r, t) for r, t in reads if t.text is not None and (candidate.box is None or _overlap(candidate.box, r.box) >= AT)]
+    other = [t for _, t in at if t.brand is not None]
+    if other:
+        return min(other, key=lambda t: t.distance or 0)
+    if at:
+        return Text(" ".join(t.text for _, t in at))
+    return Text(None, reason=why)
+
+
+def read_photos(photos, reader, lexicon, n: int) -> list[list[tuple]]:
+    """Each of the first ``n`` photos read where its text is (``OcrReader.read_text``): its reads and their evidence; one
+    read with a reason when the photo could not be read."""
+    from markguard.errors import DecodeError
+    from markguard.infer.ocr import OcrRead
+
+    out = []
+    for i in range(n):
+        try:
+            image = photos[i]
+        except DecodeError as e:
+            out.append([(OcrRead(None, None, reason=f"not read: {e.reason}"), Text(None, reason=f"not read: {e.reason}"))])
+            continue
+        factor = photos.factor(i) if hasattr(photos, "factor") else (1.0, 1.0)
+        reads = reader.read_text(image, factor)
+        out.append([(r, text_evidence(r, lexicon)) for r in reads])
+    return out
+
+
+def with_text(cands: list, reads: list[tuple]) -> list:
+    """A photo's candidates with their text evidence (:func:`text_for`), and a candidate of its own for each brand a read
+    names that no candidate is of: text finds a wordmark the embedding missed (mark None, the read's box)."""
+    failed = [r.reason for r, _ in reads if r.reason is not None]
+    why = failed[0] if failed else None
+    out = [replace(c, evidence={**c.evidence, "text": text_for(c, reads, why)}) for c in cands]  # score, index kept
+    for r, t in sorted(reads, key=lambda rt: (rt[1].distance or 0)):
+        if t.brand is not None and all(c.brand != t.brand for c in out):
+            out.append(Candidate(t.brand, None, list(r.box) if r.box is not None else None, {"text": t}))
     return out

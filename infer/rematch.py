@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +250,9 @@ def rematch(out_dir: str | Path, index_paths: list[str | Path], *, model: str | 
             write: bool = True) -> dict:
     """Search ``out_dir``'s stored regions against ``index_paths``; returns the summary and writes the changed rows."""
     from markguard.infer.results import RESULTS, ScanRow, read_results, read_summary
-    from markguard.infer.scan import ScanOptions, _policy, load_searchers
+    from markguard.infer.decide import policy_for as _policy
+    from markguard.infer.options import ScanOptions
+    from markguard.infer.searchers import load_searchers
     from markguard.infer.search import search_batch
 
     out = Path(out_dir)

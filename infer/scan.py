@@ -19,7 +19,8 @@ from markguard.datasets.listings import open_dump
 from markguard.device import resolve_device
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
-from markguard.infer.decide import Policy, resolve_policy
+from markguard.infer.decide import Policy, resolve_policy  # noqa: F401  (tests and callers take it from the scan)
+from markguard.infer.decide import policy_for as _policy
 from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader, worker_death
 from markguard.infer.options import STAGES, ScanOptions, StageTimes, resolve_decode  # noqa: F401  (the scan's public names)
 from markguard.infer.outdir import holds_output_folder, open_output, pins
@@ -134,19 +135,6 @@ def _total(source, shard_spec) -> int | None:
         i, n = shard_spec
         total = len(range(i, total, n))
     return total
-
-
-def _policy(searchers: list[Searcher], opts: ScanOptions, combiner=None) -> Policy:
-    brands: dict[str, dict] = {}
-    for s in searchers:
-        brands.update(s.brands)
-    per_index = None
-    from markguard.infer.decide import index_thresholds
-
-    if len({s.card.fingerprint for s in searchers}) > 1:  # several models: each index is judged by its own calibration
-        per_index = {s.name: index_thresholds(s) for s in searchers}
-    return resolve_policy(index_thresholds(searchers[0]), brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
-                          combiner=combiner)
 
 
 @holds_output_folder

@@ -12,7 +12,7 @@ from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkp
 from markguard.errors import MarkguardError
 from markguard.infer.backends import load_backend
 from markguard.infer.index import MarkIndex
-from markguard.infer.feedback import with_negatives
+from markguard.infer.negatives import with_negatives
 from markguard.infer.index_meta import check_index_meta
 from markguard.model import compile_backbone
 from markguard.preprocess import Preprocessing, resolve_preprocessing

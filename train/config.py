@@ -17,6 +17,9 @@ SAMPLERS = ("m_per_class", "random")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
+# a product model's regions (whole catalogue photos and large regions: a collage tile, a screenshot's frame)
+PRODUCT_REGIONS = {"mode": "grid", "scales": [1.0, 0.7, 0.5], "overlap": 0.5, "product": True}
+
 
 @dataclass
 class TrainConfig(ModelShape):

@@ -31,10 +31,9 @@ from markguard.datasets.edits import random_edit
 from markguard.datasets.transforms import to_tensor
 from markguard.errors import DecodeError, MarkguardError
 from markguard.fsio import atomic_write_text
+from markguard.train.config import PRODUCT_REGIONS  # the product card's regions (train/loop.py writes them too)
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-# the product index's regions: the whole photo plus large windows (a collage tile, a screenshot's inner frame)
-PRODUCT_REGIONS = {"mode": "grid", "scales": [1.0, 0.7, 0.5], "overlap": 0.5, "product": True}
 
 
 @dataclass

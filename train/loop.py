@@ -55,7 +55,7 @@ def card_from_config(cfg: TrainConfig, init=None) -> ModelCard:
         elif (start := init_card(init)) is not None:  # a markguard checkpoint: the preprocessing it was trained with
             card.mean, card.std = tuple(start["mean"]), tuple(start["std"])
     if cfg.product:  # whole product photos: index build embeds them whole; the scan pools the photo and its large regions
-        from markguard.train.copydetect import PRODUCT_REGIONS
+        from markguard.train.config import PRODUCT_REGIONS
 
         card.regions = dict(PRODUCT_REGIONS)
     if cfg.proposals:  # a model that can find marks scans with its own proposals plus a coarse grid by default
