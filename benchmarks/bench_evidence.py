@@ -244,10 +244,10 @@ def listings_part(n: int, seed: int, budgets: list[float], workdir: Path, swappe
 
     by_budget = {}
     for budget, where in [(b, w) for w in wheres for b in budgets]:
-        reader = OcrReader(OcrConfig(budget=budget, min_confidence=min_confidence, where=where))
+        reader = OcrReader(OcrConfig(lines=int(budget), min_confidence=min_confidence, where=where))
         reader.engine()
         cands, ocr_s = [], 0.0
-        for start in range(0, len(rows), 16):  # the scan's batch size: the OCR budget is per batch
+        for start in range(0, len(rows), 16):  # the scan's batch size (the OCR budget is per photo: it does not matter)
             batch = rows[start:start + 16]
             photos = [Image.open(data["listings"] / r.image).convert("RGB") for r in batch]
             t1 = time.perf_counter()
@@ -344,7 +344,7 @@ def real_subset(bench: Path, every: int, out: Path) -> tuple[Path, Path]:
 def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: float, model: str | None,
               review_fpr: float = 0.05) -> dict:
     """Scan the subset with every signal on; score each signal alone and the cross-fitted combination per tier."""
-    from markguard.datasets.realbench import NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, read_truth
+    from markguard.datasets.wordbench import ALL_NEGATIVE as NEGATIVE_TIERS, ALL_POSITIVE as POSITIVE_TIERS, ALL_TIERS as TIERS, read_truth
     from markguard.infer.build import build_index
     from markguard.infer.combine import fit_combiner
     from markguard.infer.evidence import candidate_from_json
@@ -369,7 +369,7 @@ def real_part(bench: Path, every: int, workdir: Path, *, bank: int, ocr_budget: 
     neg_best = [rows0[i].score if rows0[i].score is not None else -1.0 for i in truth if i in rows0 and truth[i].tier in NEGATIVE_TIERS]
     review = float(np.quantile(neg_best, 1.0 - review_fpr))
     verify_from = review - VerifyConfig().near
-    opts = ScanOptions(workers=1, verify=True, verify_from=verify_from, ocr=True, ocr_budget=ocr_budget, flag=-1.0, review=-1.0,
+    opts = ScanOptions(workers=1, verify=True, verify_from=verify_from, ocr=True, ocr_budget=int(ocr_budget), flag=-1.0, review=-1.0,
                        combiner=None, device="cpu")
     summary = run_scan(manifest, [workdir / "index"], workdir / "scan", model=model, opts=opts, progress=True, progress_every_s=60)
     rows = {r.listing_id: r for r in read_results(workdir / "scan" / "results.jsonl")}
@@ -422,7 +422,7 @@ def print_real(res: dict, args) -> None:
     print(f"\n## per signal on real photos: {res['listings']} listings of {args.real} (every {args.every}th of each tier), "
           f"{res['negatives']} negative; combiner cross-fitted on halves of {res['halves']} listings; review threshold "
           f"{res['review']:.4f} (reached by {res['review_fpr']:.0%} of the negatives without verification), candidates verified from "
-          f"{res['verify_from']:.4f}: {res['checked']} of {res['candidates']}; OCR on {res['ocr_budget']:.0%} of each batch's photos\n")
+          f"{res['verify_from']:.4f}: {res['checked']} of {res['candidates']}; OCR of {res['ocr_budget']} text lines a photo\n")
     print("TPR at FPR 1% (right brand) per tier; FPR on the negative tiers at that threshold\n")
     print("| signal | " + " | ".join(f"{t} ({res['table']['similarity']['tiers'][t]['n']})" for t in tiers) + " | all positive | FPR |")
     print("|---|" + "---:|" * (len(tiers) + 2))
@@ -448,8 +448,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ocr-crops", type=int, default=60, help="wordmark crops read by OCR (a third each variant)")
     ap.add_argument("--ocr-negatives", type=int, default=30, help="non-brand word crops read by OCR")
     ap.add_argument("--listings", type=int, default=400, help="synthetic listings for the per-signal table (0: skip)")
-    ap.add_argument("--ocr-budget", default=f"{OcrConfig.budget}", help="share(s) of each batch's photos OCR reads, comma-separated (listings part)")
-    ap.add_argument("--ocr-where", default="candidates", help="what OCR reads, comma-separated: candidates (the best matches' regions), photo")
+    ap.add_argument("--ocr-budget", default=f"{OcrConfig.lines}", help="text lines (or regions) OCR reads a photo, comma-separated (listings part)")
+    ap.add_argument("--ocr-where", default="text", help="what OCR reads, comma-separated: text (where the detector finds it), candidates "
+                                                        "(the best matches' regions), photo")
     ap.add_argument("--swapped", type=int, default=100, help="extra listings showing a letter-swapped registered wordmark")
     ap.add_argument("--min-confidence", type=float, default=OcrConfig.min_confidence, help="recognised lines below this are dropped")
     ap.add_argument("--seed", type=int, default=0)
@@ -517,7 +518,7 @@ def main(argv=None) -> int:
             res = listings_part(args.listings, args.seed, budgets, Path(tmp), args.swapped, args.min_confidence,
                                 args.ocr_where.split(","))
         for (budget, where), b in res["budgets"].items():
-            print(f"\n## per signal, OCR of the {where} on {budget:.0%} of each batch's photos: {res['listings']} synthetic listings "
+            print(f"\n## per signal, OCR of the {where}, {budget:g} lines a photo: {res['listings']} synthetic listings "
                   f"(fitted on every other one, scored on the {b['test']} others: {b['positives']} positive, {b['negatives']} "
                   f"negative, {b['letter_swapped']} with a letter-swapped wordmark; {b['photos_read']} read by OCR)\n")
             print("| signal | TPR at FPR 1% | FPR there | TPR, right brand | TPR on letter-swapped wordmarks |")

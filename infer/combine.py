@@ -267,7 +267,7 @@ def load_for_scan(spec: str | Path | None, searchers: list, opts) -> tuple[Combi
     path = Path(searchers[0].path) / COMBINER_FILE if spec == "auto" else Path(spec)
     default = None
     if spec == "auto" and not path.is_file():
-        model_dir = searchers[0].model_dir or DEFAULT_MODEL_DIR
+        model_dir = getattr(searchers[0], "model_dir", None) or DEFAULT_MODEL_DIR
         default = shipped(model_dir, searchers[0].card)
         if default is None:
             return None, None

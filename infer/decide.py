@@ -2,9 +2,9 @@
 
 Every check counts both ways, with or without a combiner (:meth:`Policy.value`): a candidate whose
 keypoint verification failed scores below what it would have scored unchecked (with a combiner,
-its probability had it never been checked; on similarity, one review band lower); one at whose
-region OCR read another registered brand's name is vetoed (below review: that brand's own
-candidate speaks instead); a read naming the candidate's brand flags it on its own.
+its probability had it never been checked; on similarity, one review band lower); one at whose region OCR read another registered brand's
+name is vetoed (below review: that brand's own candidate speaks instead); a read naming the
+candidate's brand flags it on its own, above a shape match that only the similarity supports.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from markguard.errors import MarkguardError
 from markguard.infer.results import Match, ScanRow
 
 VETO_MARGIN = 1e-4  # how far below a threshold (or below unchecked) a check that failed puts a candidate
+TEXT_STRENGTH = 0.5  # a candidate whose name was read scores at least this far from the flag threshold to 1
 
 
 @dataclass
@@ -74,13 +75,14 @@ class Policy:
         flag, review = self.thresholds(m.brand, getattr(m, "index", None))
         text_brand = ev.get("text_brand")
         if text_brand is not None and text_brand == m.brand:
-            return max(v, flag)  # its name read in the photo: flags on its own
+            # its name read in the photo: flags on its own, and outranks a shape match only the similarity supports
+            return max(v, flag + (1.0 - flag) * TEXT_STRENGTH)
         unchecked = getattr(m, "unchecked", None)
         unchecked = v if unchecked is None else unchecked
         if text_brand is not None and m.mark is not None:
             v = min(v, unchecked, review) - VETO_MARGIN  # another brand's name read at its region: vetoed
         if ev.get("inliers") is not None and ev.get("verified") is False:
-            # checked and not found: below the same candidate unchecked
+            # checked and not found: below the same candidate unchecked (a combiner's fit says how far; on similarity, a band)
             band = (flag - review) if self.combiner is None else 0.0
             v = min(v, unchecked) - max(band, VETO_MARGIN)
         return v

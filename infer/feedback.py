@@ -318,9 +318,8 @@ def _regions_by_embedding(dump: str, wanted: set[tuple[str, str | None]], index_
 
     items = [it for it in open_dump(dump) if (it.listing_id, it.image) in wanted or (it.listing_id, None) in wanted]
     searchers = load_searchers([index_path], model, device)
-    s = searchers[0]
     opts = ScanOptions(device=device, verify=False, ocr=False, combiner=None, keep_embeddings="fp16", workers=0)
-    plan = build_plan(searchers, Policy(1.0, 1.0), opts)
+    plan = build_plan(searchers, Policy(1.0, 1.0), opts)  # the scan's own regions, looks and embedding
     ds = DecodedBatches(lambda: iter(items), size=plan.size, mean=plan.mean, std=plan.std, batch_size=8, hires=plan.hires)
     out = {}
     for batch in batch_loader(ds, 0):
@@ -333,7 +332,6 @@ def _regions_by_embedding(dump: str, wanted: set[tuple[str, str | None]], index_
     return out
 
 
-@writes_index("index_path")  # the whole read-modify-write: an `index add` meanwhile must not be undone
 @writes_index("index_path")  # the whole load-change-save under the index's writer lock, as `index add|remove`
 def apply_feedback(decisions_path: str | Path, index_path: str | Path, *, scan: str | Path | None = None,
                    dump: str | None = None, skip_unknown: bool = False, model: str | Path | None = None,
@@ -431,7 +429,6 @@ def apply_feedback(decisions_path: str | Path, index_path: str | Path, *, scan: 
     return summary
 
 
-@writes_index("index_path")
 @writes_index("index_path")
 def undo_feedback(index_path: str | Path, round_id: str) -> dict:
     """Remove one round's negatives and labels, in one atomic save; returns what was removed."""

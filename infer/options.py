@@ -32,7 +32,7 @@ class ScanOptions:
     actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)
     decode: str = "auto"  # cpu (Pillow, in the loader workers) | device (JPEGs by torchvision.io on the model's device) | auto
     compile: str | None = None  # a torch.compile backend for the backbone ("inductor"); None: eager
-    ocr: bool | None = None  # read each photo's text where its detector finds it (infer/ocr.py) and match it to the brands' names; None: when RapidOCR is installed
+    ocr: bool = False  # read each photo's text where its detector finds it (infer/ocr.py) and match it to the brands' names; off by default: its cost (benchmarks/results/evidence.md)
     ocr_budget: int = 2  # text lines OCR reads in each photo, where its detector finds text (per photo: a row never depends on its batch)
     looks: int | None = None  # second looks per photo (infer/looks.py); None: the model card's regions.looks.per_photo
     looks_per_batch: int | None = None  # at most this many second looks a batch; None: the card's

@@ -172,13 +172,6 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         if not opts.verify and progress:
             (progress_stream or sys.stderr).write("scan: no geometric verification (OpenCV is not installed: "
                                                   "pip install 'markguard[verify]'); --no-verify silences this\n")
-    if opts.ocr is None:  # the default: text read where RapidOCR is installed, as verification where OpenCV is
-        import importlib.util
-
-        opts = dataclasses.replace(opts, ocr=importlib.util.find_spec("rapidocr_onnxruntime") is not None)
-        if not opts.ocr and progress:
-            (progress_stream or sys.stderr).write("scan: no text read (RapidOCR is not installed: pip install 'markguard[ocr]'); "
-                                                  "--no-ocr silences this\n")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise MarkguardError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")

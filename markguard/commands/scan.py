@@ -34,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="second looks a photo: its N best proposals cropped from the photo at its own resolution and embedded "
                         "again (finds small marks); 0: none; default: the model card's regions.looks.per_photo")
     p.add_argument("--looks-per-batch", type=int, metavar="N", help="at most N second looks a batch (bounds its cost); default: the card's")
-    p.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--ocr", action=argparse.BooleanOptionalAction, default=False,
                    help="read each photo's text where its text detector finds it and match it to the brands' names and aliases; "
-                        "each match carries the evidence (needs markguard[ocr]); default: on when RapidOCR is installed")
+                        "each match carries the evidence (needs markguard[ocr]; off by default: its cost, benchmarks/results/evidence.md)")
     p.add_argument("--ocr-budget", type=int, default=2, metavar="LINES",
                    help="with --ocr: text lines read in each photo, where its text detector finds text (default 2)")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,

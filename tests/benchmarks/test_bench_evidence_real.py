@@ -25,7 +25,7 @@ def test_real_mode_scores_each_signal_and_the_cross_fitted_combination_per_tier(
     bench = tmp_path / "bench"
     build_realbench(src["marks"], [src["photos"]], bench, cross_dir=src["cross"], cfg=BenchConfig(brands=6, listings=40))
     before = sorted(p.name for p in (bench / "listings").iterdir())
-    res = bench_evidence.real_part(bench, 2, tmp_path / "work", bank=4, ocr_budget=0.25, model=None)
+    res = bench_evidence.real_part(bench, 2, tmp_path / "work", bank=4, ocr_budget=2, model=None)
     assert sorted(p.name for p in (bench / "listings").iterdir()) == before  # the bench's own folder is left as it was
     assert set(res["table"]) == {*bench_evidence.REAL_SIGNALS, "combined probability"}
     assert sum(res["halves"]) == res["listings"] and abs(res["halves"][0] - res["halves"][1]) <= len(TIERS)

@@ -186,3 +186,69 @@ def test_gains_make_every_levels_mark_free_scores_comparable():
     assert np.array_equal(rid2, rid)  # a gain rescales a level's scores; it never changes which reference is nearest
     for j in range(3):
         assert np.quantile(best2[:, j], 0.9) == pytest.approx(q[0], abs=2e-4), (j, q)
+
+
+@pytest.fixture(scope="module")
+def sized_marks(tmp_path_factory):
+    """Eight generated marks pasted at 90% and at 10% of the short side of 1200 x 900 photos, and an index of them built
+    with the shipped model."""
+    from markguard.datasets.synth import make_marks, paste_mark, procedural_background
+    from markguard.infer.build import build_index
+
+    root = tmp_path_factory.mktemp("sized_marks")
+    marks = make_marks(8, 1, seed=5)
+    for m in marks:
+        (root / "gallery" / m.brand).mkdir(parents=True)
+        m.image.save(root / "gallery" / m.brand / f"{m.mark}.png")
+    rng = np.random.default_rng(1)
+    for scale in (0.9, 0.1):
+        (root / f"at{scale}").mkdir()
+        for m in marks:
+            bg = procedural_background(1200, 900, rng)
+            paste_mark(bg, m.image, rng, scale=scale, strength=0.2)
+            bg.save(root / f"at{scale}" / f"{m.brand}.jpg", quality=92)
+    (root / "tiny").mkdir()  # smaller than the smallest scale (128 px): letterboxed up like any photo, it still gets a row
+    procedural_background(40, 30, rng).save(root / "tiny" / "tiny.jpg", quality=92)
+    build_index(root / "gallery", root / "index", model=None, kind="flat", device="cpu")
+    return root
+
+
+def _named(root, folder, pyramid=None) -> int:
+    """How many photos of ``folder`` (named after the brand they show) the shipped model names rightly at its card's
+    default settings, with ``pyramid`` (levels) instead of the card's first look when given."""
+    from markguard.infer.scan import ScanOptions, load_searchers, resolve_policy, scan_rows
+
+    searchers = load_searchers([root / "index"], None, "cpu")
+    if pyramid is not None:
+        searchers[0].prep = dataclasses.replace(searchers[0].prep, pyramid=pyramid)
+    policy = resolve_policy(searchers[0].card.thresholds, {}, flag=-1.0, review=-1.0)
+    rows = list(scan_rows(root / folder, searchers, policy, ScanOptions(workers=0)))
+    assert len(rows) == 8 and all(r.status != "error" for r in rows)
+    return sum(r.brand == r.listing_id for r in rows)
+
+
+# the pyramid measured on the bench (benchmarks/results/model.md): the shipped card's own when it has one
+MEASURED = (PyramidLevel(320), PyramidLevel(128))
+
+
+@pytest.mark.slow
+def test_the_shipped_model_with_the_pyramid_names_marks_that_fill_the_photo_and_still_small_ones(sized_marks):
+    from markguard.checkpoint import load_card, resolve_model_dir
+    from markguard.preprocess import resolve_preprocessing
+
+    shipped = resolve_preprocessing(load_card(resolve_model_dir(None))).pyramid
+    pyramid = shipped if len(shipped) > 1 else MEASURED
+    one_pass = (PyramidLevel(320),)
+    # 90% of the short side: the one 320 px pass sees the mark ~3x larger than references; the pyramid sees it at ~115 px
+    big, big_one = _named(sized_marks, "at0.9", pyramid), _named(sized_marks, "at0.9", one_pass)
+    assert big >= 6 and big >= big_one + 2, (big, big_one)
+    # 10%: the pyramid costs the small marks nothing
+    small, small_one = _named(sized_marks, "at0.1", pyramid), _named(sized_marks, "at0.1", one_pass)
+    assert small >= 6 and small >= small_one, (small, small_one)
+    from markguard.infer.scan import ScanOptions, load_searchers, resolve_policy, scan_rows
+
+    searchers = load_searchers([sized_marks / "index"], None, "cpu")
+    searchers[0].prep = dataclasses.replace(searchers[0].prep, pyramid=pyramid)
+    policy = resolve_policy(searchers[0].card.thresholds, {}, flag=-1.0, review=-1.0)
+    rows = list(scan_rows(sized_marks / "tiny", searchers, policy, ScanOptions(workers=0)))
+    assert [(r.listing_id, r.status != "error", r.score is not None) for r in rows] == [("tiny", True, True)]

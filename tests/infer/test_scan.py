@@ -118,7 +118,9 @@ def test_rows_follow_the_contract_in_input_order(world, scanned):
         for m in r["matches"]:
             # no "index" key with one index; "evidence" for the candidates verification checked (the default where OpenCV is)
             assert {"brand", "mark", "score", "box"} <= set(m) <= {"brand", "mark", "score", "box", "evidence"}
-            assert set(m.get("evidence", {})) <= {"similarity", "inliers", "coverage", "verified", "outline"}
+            # verification's keys, and OCR's where RapidOCR is installed (text read by default)
+            assert set(m.get("evidence", {})) <= {"similarity", "inliers", "coverage", "verified", "outline",
+                                                  "text", "text_brand", "text_distance", "text_error"}
             x0, y0, x1, y1 = m["box"]
             assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h  # original pixels of the photo
         assert [m["score"] for m in r["matches"]] == sorted((m["score"] for m in r["matches"]), reverse=True)
@@ -145,15 +147,18 @@ def test_summary_counts_policy_and_stages(world, scanned):
     assert not list(scanned.glob("*.partial")) and not list(scanned.glob(".*tmp*"))
 
 
-def test_flag_threshold_override_changes_decisions(world, scanned, tmp_path):
+def test_flag_threshold_override_changes_decisions(world, tmp_path):
     def best(r):  # the best similarity in the photo (a row's own score is the deciding match's)
         return r["matches"][0]["score"] if r["matches"] else r["score"]
 
-    base = read_rows(scanned)
+    # the thresholds alone decide: no verification or text, whose evidence rules lower or raise a candidate
+    plain = dict(batch_size=4, workers=0, verify=False, ocr=False)
+    run_scan(world.dump, [world.index], tmp_path / "base", opts=ScanOptions(**plain), progress=False)
+    base = read_rows(tmp_path / "base")
     scores = sorted(best(r) for r in base if r["score"] is not None)
     cut = float(np.median(scores))
     out = tmp_path / "o"
-    run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=4, workers=0, flag=cut, review=cut - 0.01), progress=False)
+    run_scan(world.dump, [world.index], out, opts=ScanOptions(**plain, flag=cut, review=cut - 0.01), progress=False)
     statuses = set()
     for a, b in zip(base, read_rows(out)):
         assert b["status"] == "error" or best(a) == best(b)
