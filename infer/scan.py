@@ -100,6 +100,9 @@ class Progress:
             self._log()
 
     def _log(self) -> None:
+        shares = self.shares_line()
+        if shares:
+            self.stream.write(shares + "\n")
         self.stream.write(self.line() + "\n")
         self.stream.flush()
 
@@ -107,11 +110,14 @@ class Progress:
         rate = (self.done - self.start_done) / max(1e-9, time.monotonic() - self.t0)
         eta = f", ETA {(self.total - self.done) / rate:.0f}s" if self.total and rate > 0 else ""
         of = f"/{self.total}" if self.total else ""
-        line = f"scan: {self.done}{of} images, {rate:.1f} img/s{eta}, flagged {self.flagged}"
-        if self.times is not None and sum(self.times.seconds.values()) > 0:  # where the time goes, largest first
-            shares = sorted(((v, k) for k, v in self.times.shares().items() if v >= 0.01), reverse=True)
-            line += " (" + ", ".join(f"{k} {v:.0%}" for v, k in shares) + ")"
-        return line
+        return f"scan: {self.done}{of} images, {rate:.1f} img/s{eta}, flagged {self.flagged}"
+
+    def shares_line(self) -> str | None:
+        """Where the time goes, each stage's share, largest first (logged just before each progress line)."""
+        if self.times is None or sum(self.times.seconds.values()) <= 0:
+            return None
+        shares = sorted(((v, k) for k, v in self.times.shares().items() if v >= 0.01), reverse=True)
+        return "scan: time by stage: " + ", ".join(f"{k} {v:.0%}" for v, k in shares)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -223,5 +223,5 @@ def test_the_progress_line_shows_each_stages_share():
     p = Progress(total=10, done=0, stream=io.StringIO(), every_s=1e9)
     p.times = StageTimes()
     p.times.merge({"decode": 1.0, "embed": 3.0})
-    assert p.line().endswith("(embed 75%, decode 25%)")
+    assert p.shares_line() == "scan: time by stage: embed 75%, decode 25%"
     assert p.times.shares()["embed"] == 0.75
