@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -54,12 +55,13 @@ def crops_of(photo_dirs: list[Path], n: int, seed: int) -> list:
 
 
 def sample_gallery(src: Path, brands: int, out: Path, seed: int) -> Path:
-    """A gallery of ``brands`` brand folders of ``src`` drawn at random, linked into ``out``."""
+    """A gallery of ``brands`` brand folders of ``src`` drawn at random, copied into ``out`` (an index build refuses
+    marks that link out of their gallery)."""
     folders = sorted(p for p in src.iterdir() if p.is_dir())
     random.Random(seed).shuffle(folders)
     out.mkdir(parents=True, exist_ok=True)
     for f in folders[:brands]:
-        (out / f.name).symlink_to(f.resolve(), target_is_directory=True)
+        shutil.copytree(f, out / f.name)
     return out
 
 
@@ -82,7 +84,7 @@ def per_level_best(model, card, prep, index: MarkIndex, images: list, batch: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", nargs="+", required=True, help="folders of mark-free real photographs (never the reserved packages)")
+    ap.add_argument("--photos", nargs="+", help="folders of mark-free real photographs (never the reserved packages)")
     ap.add_argument("--pyramid", nargs="+", type=int, default=[320, 128], help="level sizes, largest first (gains are measured, not read)")
     ap.add_argument("--model", help="checkpoint folder (default: the shipped model)")
     ap.add_argument("--gallery", default="data/si-only", help="gallery for the mark-free photos (default data/si-only)")
@@ -93,7 +95,16 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=4, help="with --bench: every N-th listing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="folder for bench_pyramid.json (default: print only)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: a generated gallery and its synthetic listings as "
+                    "the photos, 12 crops (checks the script runs; the figures mean nothing)")
     args = ap.parse_args()
+    if args.quick:
+        from markguard.datasets.synth import synth_dataset
+
+        paths = synth_dataset(Path(tempfile.mkdtemp(prefix="markguard-pyramid-quick-")), brands=6, listings=8, seed=0)
+        args.gallery, args.photos, args.brands, args.crops, args.bench = str(paths["gallery"]), [str(paths["listings"])], 6, 12, None
+    elif not args.photos:
+        ap.error("--photos is required (or --quick)")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model_dir = resolve_model_dir(args.model)
     model, card = load_checkpoint(model_dir)

@@ -169,6 +169,9 @@ def _save_index(self, path: Path) -> None:
             raise
         self._path, self.save_id = path, save_id
 
+CALIBRATION_FILES = ("thresholds.json", "combiner.json")  # what `markguard calibrate` writes beside an index
+
+
 def _carry_over(path: Path, tmp: Path, ours: set[str]) -> None:
     """Copy into the new save the files others keep in the index folder (``markguard calibrate``'s thresholds.json
     and combiner.json): the swap replaces the whole folder, and a save must not silently drop them.
@@ -176,7 +179,8 @@ def _carry_over(path: Path, tmp: Path, ours: set[str]) -> None:
     if not path.is_dir():
         return
     for entry in os.scandir(path):
-        if entry.name in ours or entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+        # only the calibration files: an index's own metadata (markguard.json) left out of a save stays out
+        if entry.name in ours or entry.name not in CALIBRATION_FILES or not entry.is_file(follow_symlinks=False):
             continue
         shutil.copy2(entry.path, tmp / entry.name, follow_symlinks=False)
         fsync_path(tmp / entry.name)
