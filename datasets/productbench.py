@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from markguard.datasets.edits import EDITS, apply_edit
+from markguard.datasets.realbench import RESERVED_DEBIAN
 from markguard.errors import MarkguardError
 
 OPENCV_EXAMPLES = "usr/share/doc/opencv-doc/examples"
@@ -54,7 +55,7 @@ NEAR_DUPLICATES = [("Blender_Suzanne1", "Blender_Suzanne2"), ("aero1", "aero3"),
 COMPOSED = ["crop+text", "colour+mirror", "crop+collage", "text+screenshot", "resize+background", "colour+jpeg"]
 LICENCES = {"opencv-doc": "BSD-3-Clause (OpenCV samples; Debian opencv-doc)", LOMIRI: "CC-BY-SA / CC-BY, per photo (debian/copyright of the package)",
             "skimage": "BSD-3-Clause (scikit-image data; motorcycle from the Middlebury stereo set)"}
-RESERVED = {"mate-backgrounds", "ukui-wallpapers", "gnome-backgrounds", "plasma-workspace-wallpapers"}
+RESERVED = set(RESERVED_DEBIAN)  # the reserved photo packages: one list, datasets/realbench.py
 
 
 @dataclass
