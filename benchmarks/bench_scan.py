@@ -18,7 +18,7 @@ every 4th listing of the real-photo bench, SIFT + RANSAC (train/baseline.py) and
 the same photos, in one run, each stage's share from the scan's summary; ``--before PYTHON`` adds the scan of another
 checkout (its interpreter) to the same run, for a before/after table:
 
-    python benchmarks/bench_scan.py --vs-sift data/realbench --index INDEX [--before /path/to/other/.venv/bin/python]
+    python benchmarks/bench_scan.py --vs-sift data/realbench --index INDEX [--torch] [--before /other/.venv/bin/python --before-index IDX]
 """
 
 from __future__ import annotations
@@ -152,8 +152,36 @@ def memory(setup: dict, rows: int, *, batch_size: int, workers: int) -> dict:
             "scan_img_s": summary["images_per_s"], "wall_s": round(wall, 1), "command": " ".join(cmd[3:])}
 
 
-def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, before: str | None = None, model: str | None = None) -> dict:
-    """img/s of SIFT + RANSAC and of `markguard scan` (defaults) on every ``every``-th listing of ``bench``, back to back."""
+def _tier_decisions(results: Path, truth: Path) -> dict:
+    """What a user sees at the default thresholds, per tier of the bench: the share of listings flagged (for the right
+    brand, on tiers that show a registered mark) and the share flagged or sent to review."""
+    from markguard.datasets.realbench import read_truth
+    from markguard.infer.results import read_results
+
+    truth_rows = read_truth(truth)
+    rows = {r.listing_id: r for r in read_results(results)}
+    out: dict = {}
+    for lid, t in truth_rows.items():
+        r = rows.get(lid)
+        if r is None:
+            continue
+        d = out.setdefault(t.tier, {"listings": 0, "flagged": 0, "flagged_right": 0, "flag_or_review": 0})
+        d["listings"] += 1
+        d["flagged"] += r.status == "flag"
+        d["flagged_right"] += r.status == "flag" and t.brand is not None and r.brand == t.brand
+        d["flag_or_review"] += r.status in ("flag", "review")
+    return out
+
+
+def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, before: str | None = None, model: str | None = None,
+            before_index: Path | None = None, torch_too: bool = False) -> dict:
+    """img/s of SIFT + RANSAC and of `markguard scan` (defaults) on every ``every``-th listing of ``bench``, back to back.
+
+    The scan runs twice with its default backend: first with an empty markguard cache (the backbone's ONNX graph
+    exported and every reference's keypoints detected in the scan, as on the first scan against a new gallery), then
+    warm (every later scan: the gallery changes far less often than the dumps). ``torch_too`` adds a warm scan with
+    ``--backend torch``; ``before`` a scan by another checkout's interpreter (with its own ``before_index`` when its model
+    differs). Each run's decisions per tier at the default thresholds come from the bench's truth."""
     from markguard.train.baseline import sift_scan
 
     rows = list(csv.DictReader((bench / "listings" / "manifest.csv").open()))[::every]
@@ -169,12 +197,18 @@ def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, befor
             t = time.perf_counter()
             sift_scan(manifest, bench / "gallery", tmp / "sift")
             out["sift_img_s"] = round(len(rows) / (time.perf_counter() - t), 2)
-            runs = [("after", sys.executable)] + ([("before", before)] if before else [])
-            for name, python in runs:
-                cmd = [python, "-m", "markguard.cli", "scan", str(manifest), "-i", str(index), "-o", str(tmp / name), "--workers", str(workers),
-                       "--quiet"] + (["-m", model] if model else [])
+            cache = tmp / "cache"
+            runs = [("after_cold", sys.executable, index, []), ("after", sys.executable, index, [])]
+            if torch_too:
+                runs.append(("after_torch", sys.executable, index, ["--backend", "torch"]))
+            if before:
+                runs.append(("before", before, before_index or index, []))
+            for name, python, idx, extra in runs:
+                cmd = [python, "-m", "markguard.cli", "scan", str(manifest), "-i", str(idx), "-o", str(tmp / name), "--workers", str(workers),
+                       "--quiet"] + (["-m", model] if model else []) + extra
+                env = {**os.environ, "MARKGUARD_CACHE": str(cache)}
                 t = time.perf_counter()
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
                 wall = time.perf_counter() - t
                 summary = json.loads((tmp / name / "summary.json").read_text())
                 stages = summary["stage_seconds"]
@@ -182,8 +216,14 @@ def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, befor
                 out[name] = {"img_s": summary["images_per_s"], "img_s_wall": round(len(rows) / wall, 2),
                              "x_sift": round(summary["images_per_s"] / out["sift_img_s"], 2),
                              "stage_seconds": stages, "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
-                             "options": {k: summary["options"].get(k) for k in ("verify", "ocr", "backend", "looks")},
+                             "options": {k: summary.get("options", {}).get(k) for k in ("verify", "ocr", "backend", "looks")},
+                             "decisions": _tier_decisions(tmp / name / "results.jsonl", bench / "truth.csv"),
                              "command": " ".join(cmd[1:])}
+            base = (tmp / "after" / "results.jsonl").read_bytes().splitlines()
+            for name, *_ in runs:
+                if name != "after":
+                    other = (tmp / name / "results.jsonl").read_bytes().splitlines()
+                    out[name]["rows_identical_to_after"] = sum(a == b for a, b in zip(base, other))
         finally:
             manifest.unlink(missing_ok=True)
     return out
@@ -201,6 +241,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--vs-sift", metavar="BENCH", help="a real-photo bench folder: the scan at its defaults against SIFT + RANSAC")
     ap.add_argument("--index", help="with --vs-sift: the index of the bench's gallery (built by the model scanned with)")
     ap.add_argument("--before", metavar="PYTHON", help="with --vs-sift: also scan with this interpreter (another checkout)")
+    ap.add_argument("--before-index", help="with --before: the index that checkout's model built (default: --index)")
+    ap.add_argument("--torch", action="store_true", help="with --vs-sift: also scan with --backend torch (the same code and model)")
     ap.add_argument("--every", type=int, default=4, help="with --vs-sift: every N-th listing (default 4)")
     args = ap.parse_args(argv)
     if args.vs_sift:
@@ -209,7 +251,8 @@ def main(argv=None) -> dict:
         result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
                   "load_before": os.getloadavg()[0],
                   "command": " ".join(["python", "benchmarks/bench_scan.py", *(argv if argv is not None else sys.argv[1:])])}
-        result["vs_sift"] = vs_sift(Path(args.vs_sift), Path(args.index), every=args.every, workers=args.workers, before=args.before)
+        result["vs_sift"] = vs_sift(Path(args.vs_sift), Path(args.index), every=args.every, workers=args.workers, before=args.before,
+                                    before_index=Path(args.before_index) if args.before_index else None, torch_too=args.torch)
         result["load_after"] = os.getloadavg()[0]
         print(json.dumps(result, indent=2))
         return result

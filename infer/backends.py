@@ -8,6 +8,9 @@ regions are pooled the same way whatever runs the backbone.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -15,7 +18,11 @@ import torch
 from markguard.checkpoint import ModelCard, load_checkpoint, resolve_model_dir
 from markguard.errors import MarkguardError
 
-BACKENDS = ("torch", "onnx", "onnx-int8", "torchscript")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "torchscript")
+# "auto", the scan's default: the backbone in ONNX Runtime fp32 on a CPU (the same embeddings as PyTorch to 1e-6, 3.2x its
+# model-only rate on the 2-core bench machine: benchmarks/results/backends.md), exported once per model fingerprint into
+# the cache; PyTorch on a GPU, with --compile, or where ONNX Runtime is not installed (one line on stderr says so)
+DEFAULT_BACKEND = "auto"
 # default names beside the weights, where `markguard export` writes and `scan --backend` looks
 EXPORT_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "torchscript": "model.torchscript.pt"}
 ONNX_BACKENDS = ("onnx", "onnx-int8")
@@ -78,20 +85,100 @@ def _onnx_fingerprint(path: Path) -> str | None:
     return meta.get(FINGERPRINT_KEY)
 
 
+def cache_root() -> Path:
+    """Where markguard caches what it can rebuild (exported graphs): $MARKGUARD_CACHE, else $XDG_CACHE_HOME/markguard,
+    else ~/.cache/markguard."""
+    if os.environ.get("MARKGUARD_CACHE"):
+        return Path(os.environ["MARKGUARD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "markguard"
+
+
+def _say(stream, line: str) -> None:
+    (stream if stream is not None else sys.stderr).write(line + "\n")
+
+
+def onnx_installed() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fingerprint_or_none(path: Path) -> str | None:
+    """The fingerprint an exported graph records, or None when it cannot be read as an ONNX model."""
+    try:
+        return _onnx_fingerprint(path)
+    except Exception:  # protobuf's DecodeError and an unreadable file share no narrower base
+        return None
+
+
+def cached_onnx(model_dir: str | Path | None, card: ModelCard, *, stream=None) -> Path:
+    """The fp32 ONNX graph of this checkpoint's backbone: the one ``markguard export`` wrote beside the weights when it
+    was exported from this very checkpoint, else ``cache_root()/onnx/FINGERPRINT.onnx``, exported there the first time
+    (a few seconds; one line on stderr) and again whenever the cached file does not record this fingerprint."""
+    from markguard.fsio import own_folder
+
+    beside = resolve_model_dir(model_dir) / EXPORT_FILES["onnx"]
+    if beside.is_file() and _fingerprint_or_none(beside) == card.fingerprint:
+        return beside
+    folder = own_folder(cache_root(), "onnx")
+    path = folder / f"{card.fingerprint}.onnx"
+    if path.is_symlink() or path.exists():
+        found = _fingerprint_or_none(path) if path.is_file() and not path.is_symlink() else None
+        if found == card.fingerprint:
+            return path
+        _say(stream, f"backend: {path} is not model {card.fingerprint}'s graph ({'unreadable' if found is None else 'model ' + found}); exporting it again")
+    else:
+        _say(stream, f"backend: exporting model {card.fingerprint}'s backbone to ONNX once (cached at {path})")
+    from markguard.train.export import export_model
+
+    # written complete in a folder of its own, then renamed into place: a second scan exporting at the same time, or a
+    # link planted at the name, never gets half a file (the rename replaces the entry itself)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
+        export_model(model_dir, "onnx", Path(tmp) / path.name, check=False)
+        os.replace(Path(tmp) / path.name, path)
+    return path
+
+
+def resolve_backend(backend: str, device: str = "cpu", *, compile: str | None = None, stream=None) -> str:
+    """The backend a scan runs: ``auto`` is ONNX Runtime fp32 on a CPU without --compile, else PyTorch; a backend
+    whose library is not installed falls back to PyTorch with one line on ``stream`` (stderr) saying so."""
+    if backend not in BACKENDS:
+        raise MarkguardError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if device.startswith("cuda") or compile:
+            return "torch"
+        if not onnx_installed():
+            _say(stream, "backend: onnxruntime is not installed, so the backbone runs in PyTorch (about 3x slower on a CPU); "
+                         "pip install 'markguard[onnx]'")
+            return "torch"
+        return "onnx"
+    if backend in ONNX_BACKENDS and not onnx_installed():
+        _say(stream, f"backend: --backend {backend} needs onnx and onnxruntime, which are not installed; running the backbone "
+                     "in PyTorch instead (pip install 'markguard[onnx]')")
+        return "torch"
+    return backend
+
+
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def load_backend(model_dir: str | Path | None = None, backend: str = "torch", *, device: str = "cpu",
-                 path: str | Path | None = None) -> tuple[torch.nn.Module, ModelCard]:
+                 path: str | Path | None = None, stream=None) -> tuple[torch.nn.Module, ModelCard]:
     """The scan's model and card; ``backend`` onnx/onnx-int8/torchscript runs the backbone from ``path``
     (default: the file ``markguard export`` wrote beside the weights), refused unless it was exported
-    from this very checkpoint (same fingerprint)."""
-    if backend not in BACKENDS:
-        raise MarkguardError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    from this very checkpoint (same fingerprint). ``auto`` (call :func:`resolve_backend` first to choose
+    with --compile) and ``onnx`` without a file beside the weights use the graph cached by fingerprint."""
+    chosen = resolve_backend(backend, device, stream=stream)
     model, card = load_checkpoint(model_dir, device=device)
-    if backend == "torch":
+    if chosen == "torch":
         return model, card
+    if path is None and chosen == "onnx" and (backend == "auto" or not (resolve_model_dir(model_dir) / EXPORT_FILES["onnx"]).exists()):
+        path = cached_onnx(model_dir, card, stream=stream)
+    backend = chosen
     file = Path(path) if path is not None else resolve_model_dir(model_dir) / EXPORT_FILES[backend]
     if not file.exists():
         raise MarkguardError(f"{file}: no exported model; run `{export_command(backend)}` first")

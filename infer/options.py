@@ -26,7 +26,7 @@ class ScanOptions:
     # the gate (infer/verify.py plan): candidates are verified from this value on (the thresholds' units);
     # None: from the review threshold less VerifyConfig.near
     verify_from: float | None = None
-    backend: str = "torch"  # torch | onnx | onnx-int8 | torchscript (infer/backends.py)
+    backend: str = "auto"  # auto | torch | onnx | onnx-int8 | torchscript (infer/backends.py; auto: ONNX Runtime on a CPU)
     engine: str = "local"  # local | ray (infer/ray_engine.py)
     address: str | None = None  # Ray cluster address; None starts a local instance
     actors: int | None = None  # Ray: model-holding actors (default: one per GPU, or one per 2 CPUs)

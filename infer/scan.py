@@ -19,6 +19,7 @@ from markguard.datasets.listings import open_dump
 from markguard.device import resolve_device
 from markguard.errors import MarkguardError
 from markguard.fsio import atomic_write_text
+from markguard.infer.backends import resolve_backend
 from markguard.infer.decide import Policy, resolve_policy  # noqa: F401  (tests and callers take it from the scan)
 from markguard.infer.decide import policy_for as _policy
 from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader, worker_death
@@ -153,6 +154,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     opts = opts or ScanOptions()
     opts = dataclasses.replace(opts, device=resolve_device(opts.device))
     opts = dataclasses.replace(opts, decode=resolve_decode(opts.decode, opts.device))
+    # the backend that runs (auto: ONNX Runtime on a CPU where installed): scan.json pins it, summary.json says which
+    opts = dataclasses.replace(opts, backend=resolve_backend(opts.backend, opts.device, compile=opts.compile, stream=progress_stream))
     if opts.verify is None:  # the default: verification where OpenCV is installed (scan.json and summary.json say which)
         import importlib.util
 
@@ -172,8 +175,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     out_dir = Path(out_dir)
     if not index_paths:
         raise MarkguardError("no index given; pass -i INDEX (built with `markguard index build GALLERY -o INDEX`)")
+    open_dump(source)  # a dump that cannot be read is named before the models load (seconds)
     searchers = load_searchers(index_paths, model, opts.device, opts.backend, compile=opts.compile)
-    open_dump(source)
     card = searchers[0].card
     from markguard.infer.combine import load_for_scan
 

@@ -10,7 +10,7 @@ import torch
 
 from markguard.checkpoint import CARD, DEFAULT_MODEL_DIR, ModelCard, load_checkpoint, model_kind, model_name, named_model
 from markguard.errors import MarkguardError
-from markguard.infer.backends import load_backend
+from markguard.infer.backends import DEFAULT_BACKEND, load_backend, resolve_backend
 from markguard.infer.index import MarkIndex
 from markguard.infer.negatives import with_negatives
 from markguard.infer.index_meta import check_index_meta
@@ -38,12 +38,14 @@ class Searcher:
 
 
 
-def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = "torch",
+def load_searchers(index_paths: list[str | Path], model_path: str | Path | None, device: str, backend: str = DEFAULT_BACKEND,
                    *, compile: str | None = None) -> list[Searcher]:
     """Open each index with its model; the model's fingerprint must be the one the index was built with.
 
+    ``backend`` runs each model's backbone (infer/backends.py; ``auto``: ONNX Runtime on a CPU where installed);
     ``compile`` names a torch.compile backend for each model's backbone (PyTorch backend only).
     """
+    backend = resolve_backend(backend, device, compile=compile)
     searchers, models = [], {}
     names = [Path(p).name if len(index_paths) > 1 else "" for p in index_paths]
     for name in set(names):

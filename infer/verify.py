@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import weakref
 from dataclasses import dataclass
 
@@ -112,7 +113,9 @@ def _features(gray: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray | N
 @functools.lru_cache(maxsize=4096)
 def reference_features(source: str, method: str = "sift", ref_side: int = 256, mirrored: bool = False,
                        inverted: bool = False) -> RefFeatures | None:
-    """Keypoints of a reference mark flattened on white (as the index embeds it); cached per file.
+    """Keypoints of a reference mark flattened on white (as the index embeds it); cached per file in memory, and on
+    disk by the file's content (:func:`_stored_features`): detecting them is most of what verification costs in a
+    scan's first few hundred photos, and a gallery changes far less often than the dumps scanned against it.
 
     ``mirrored``: of the mark flipped left to right — a mirrored copy is still the mark, but no
     keypoint descriptor matches its mirror image. ``inverted``: of its grey levels inverted — a
@@ -121,6 +124,75 @@ def reference_features(source: str, method: str = "sift", ref_side: int = 256, m
     another keypoint detection. None when the file cannot be read any more (moved or corrupt):
     that mark cannot be verified.
     """
+    try:
+        data = open(source, "rb").read()
+    except OSError:
+        return None
+    key = hashlib.sha256(data + f"|{method}|{ref_side}|{int(mirrored)}|{int(inverted)}|{REF_CACHE_VERSION}".encode()).hexdigest()[:40]
+    stored = _stored_features(key)
+    if stored is not None:
+        return stored
+    feats = _reference_features(source, method, ref_side, mirrored, inverted)
+    if feats is not None:
+        _store_features(key, feats)
+    return feats
+
+
+REF_CACHE_VERSION = "1"  # bump when detection or rendering of references changes: older cached keypoints are then not found
+
+
+def _ref_cache_file(key: str):
+    from markguard.infer.backends import cache_root
+
+    return cache_root() / "verify" / key[:2] / f"{key}.npz"
+
+
+def _stored_features(key: str) -> RefFeatures | None:
+    """Keypoints cached on disk under ``key`` (a hash of the reference's bytes and the detection settings); None when
+    absent or unreadable (then they are detected again and the file replaced). Read without pickles."""
+    import io
+
+    from markguard.fsio import open_own_file
+
+    path = _ref_cache_file(key)
+    try:
+        with open_own_file(path, "rb") as f:
+            z = np.load(io.BytesIO(f.read()), allow_pickle=False)
+            points, corners = z["points"].astype(np.float32), z["corners"].astype(np.float32)
+            desc = z["descriptors"] if bool(z["has_descriptors"]) else None
+            mirrored = bool(z["mirrored"])
+    except (OSError, ValueError, KeyError, MarkguardError, EOFError):
+        return None
+    if points.ndim != 2 or points.shape[1:] != (2,) or corners.shape != (4, 2) or (desc is not None and len(desc) != len(points)):
+        return None
+    if desc is not None and z["descriptor_dtype"].item() == "float32":
+        desc = desc.astype(np.float32)  # SIFT's descriptors are whole numbers 0-255, stored as bytes
+    return RefFeatures(points, desc, corners, mirrored)
+
+
+def _store_features(key: str, feats: RefFeatures) -> None:
+    """Cache ``feats`` on disk (atomically; a folder that cannot be written only costs the detection next time)."""
+    import io
+
+    from markguard.fsio import atomic_write_bytes, own_folder
+
+    desc = feats.descriptors
+    dtype = "none" if desc is None else str(desc.dtype)
+    if desc is not None and desc.dtype == np.float32 and np.array_equal(desc, np.clip(np.round(desc), 0, 255)):
+        desc = desc.astype(np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, points=feats.points, corners=feats.corners, mirrored=np.array(feats.mirrored),
+             has_descriptors=np.array(desc is not None), descriptors=np.zeros((0, 0), np.uint8) if desc is None else desc,
+             descriptor_dtype=np.array(dtype))
+    path = _ref_cache_file(key)
+    try:
+        folder = own_folder(path.parent.parent.parent, path.parent.parent.name, path.parent.name)
+        atomic_write_bytes(folder / path.name, buf.getvalue())
+    except (OSError, MarkguardError):
+        pass
+
+
+def _reference_features(source: str, method: str, ref_side: int, mirrored: bool, inverted: bool) -> RefFeatures | None:
     from PIL import Image
 
     from markguard.datasets.decode import composite, load_mark
@@ -186,10 +258,14 @@ def _plausible(quad: np.ndarray, window: tuple[float, float, float, float]) -> b
     return x0 > wx0 - 0.25 * w and y0 > wy0 - 0.25 * h and x1 < wx1 + 0.25 * w and y1 < wy1 + 0.25 * h
 
 
-def verify_region(image: np.ndarray, box, ref: RefFeatures | list[RefFeatures], cfg: VerifyConfig = VerifyConfig()) -> Verification:
+def verify_region(image: np.ndarray, box, ref: RefFeatures | list[RefFeatures], cfg: VerifyConfig = VerifyConfig(),
+                  memo: dict | None = None) -> Verification:
     """Match ``ref`` against the region ``box`` (x0, y0, x1, y1, pixels) of ``image`` (H, W, 3 uint8 RGB); with a list
     of references (``reference_variants``: as registered, mirrored, inverted), the best of them, the region's keypoints
-    found once a view. The outcome's ``ref`` says which; None only when no reference had keypoints to match."""
+    found once a view. The outcome's ``ref`` says which; None only when no reference had keypoints to match.
+
+    ``memo`` (one dict per photo) keeps each crop's keypoints: a photo's candidates often share a region (the same
+    mark's other reference files, the next brands found there), and detection is most of a check's cost."""
     cv2 = _cv2()
     H, W = image.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -199,14 +275,23 @@ def verify_region(image: np.ndarray, box, ref: RefFeatures | list[RefFeatures], 
     refs = [r for r in (ref if isinstance(ref, list) else [ref]) if r is not None and r.descriptors is not None and len(r.points) >= 4]
     if cx1 - cx0 < 4 or cy1 - cy0 < 4 or not refs:
         return Verification(0, 0, None, None)
-    crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
-    long = max(crop.shape[:2])
+    long = max(cx1 - cx0, cy1 - cy0)
     up = max(1.0, cfg.crop_side / long) if long <= cfg.crop_max else cfg.crop_max / long
-    if up != 1.0:
-        crop = cv2.resize(crop, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC if up > 1.0 else cv2.INTER_AREA)
     best = Verification(0, 0, None, None)
-    for gray in _gray_views(crop):
-        pts, desc = _features(gray, cfg.method)
+    memo = {} if memo is None else memo
+    window = (cx0, cy0, cx1, cy1, cfg.method, cfg.crop_side, cfg.crop_max)
+    for k in range(2):
+        if (window, k) not in memo:
+            if (window, "views") not in memo:
+                crop = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
+                if up != 1.0:
+                    crop = cv2.resize(crop, None, fx=up, fy=up, interpolation=cv2.INTER_CUBIC if up > 1.0 else cv2.INTER_AREA)
+                memo[(window, "views")] = _gray_views(crop)
+            views = memo[(window, "views")]
+            memo[(window, k)] = _features(views[k], cfg.method) if k < len(views) else None
+        if memo[(window, k)] is None:
+            break
+        pts, desc = memo[(window, k)]
         for r in refs:
             v = _verify_view(pts, desc, up, (cx0, cy0, cx1, cy1), (W, H), r, cfg)
             if (v.verified, v.inliers) > (best.verified, best.inliers) or best.ref is None:
@@ -321,17 +406,17 @@ def verify_matches(x: torch.Tensor, found: list[list], searcher, to_orig: list[t
             fx, fy = to_orig[i]
             scale = np.array([fx, fy, fx, fy], dtype=np.float64) / factor  # letterbox → photo pixels
             image = to_uint8(x[i], searcher.prep.mean, searcher.prep.std)
-        checked = []
+        checked, memo = [], {}
         for rank, m in enumerate(matches):
             if rank not in todo or m.box is None:
                 checked.append(m)
                 continue
-            checked.append(_verify_one(m, image, scale, sources, cfg, None if orig_size is None else orig_size[i]))
+            checked.append(_verify_one(m, image, scale, sources, cfg, None if orig_size is None else orig_size[i], memo))
         out.append(sorted(checked, key=lambda mm: -mm.score))
     return out
 
 
-def _verify_one(m: Candidate, image: np.ndarray, scale: np.ndarray, sources, cfg: VerifyConfig, size) -> Candidate:
+def _verify_one(m: Candidate, image: np.ndarray, scale: np.ndarray, sources, cfg: VerifyConfig, size, memo: dict | None = None) -> Candidate:
     """One match checked against each of its mark's reference files; the best verification decides."""
     box = np.asarray(m.box, dtype=np.float64) / scale
     best, best_ref = Verification(0, 0, None, None), None
@@ -339,7 +424,7 @@ def _verify_one(m: Candidate, image: np.ndarray, scale: np.ndarray, sources, cfg
         ref = reference_features(src, cfg.method, cfg.ref_side)
         if ref is None:
             continue
-        v = verify_region(image, box, reference_variants(src, cfg), cfg)
+        v = verify_region(image, box, reference_variants(src, cfg), cfg, memo)
         if v.ref is None:
             v = dataclasses.replace(v, ref=ref)
         if best_ref is None or (v.inliers > best.inliers and (v.verified or not best.verified)):

@@ -10,6 +10,16 @@ import torch
 # Tests run two at a time (pytest -n 2) on 2 cores: one torch thread each keeps them from thrashing.
 torch.set_num_threads(int(os.environ.get("MARKGUARD_TEST_THREADS", "1")))
 
+# What markguard caches (the backbone's ONNX graph per model, references' keypoints) goes to a folder of this test
+# process's own, never the user's ~/.cache: a test sees the first-use export and detection as a new user would.
+if "MARKGUARD_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["MARKGUARD_CACHE"] = tempfile.mkdtemp(prefix="markguard-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MARKGUARD_CACHE"], True)
+
 TINY = ["backbone=resnet10t", "input_size=48", "scan_size=96", "dim=32", "batch_size=8", "m_per_class=2",
         "workers=0", "calib_listings=10", "log_every=1", "checkpoint_every=2", "warmup_steps=1"]
 

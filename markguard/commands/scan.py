@@ -45,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-from", type=float, metavar="VALUE",
                    help="verify the candidates scoring at least VALUE (a similarity, or with a combiner a probability); "
                         "default: those at most 0.05 below the review threshold")
-    p.add_argument("--backend", choices=list(BACKENDS), default="torch",
-                   help="run the backbone in PyTorch, or the file `markguard export` wrote beside the weights")
+    p.add_argument("--backend", choices=list(BACKENDS), default="auto",
+                   help="what runs the backbone: auto (default: ONNX Runtime fp32 on a CPU, exported once per model into "
+                        "~/.cache/markguard or $MARKGUARD_CACHE; PyTorch on a GPU), torch, or a file `markguard export` wrote beside the weights")
     optional = [name for name, sig in SIGNALS.items() if sig.opt_in]
     p.add_argument("--signal", action="append", choices=optional or None, metavar="NAME", default=[],
                    help="collect an optional evidence signal by name" + (f" ({', '.join(optional)})" if optional else " (none is installed)"))

@@ -42,7 +42,8 @@ def scan_config(world, name: str, out: Path) -> Path:
     from markguard.infer.ocr import OcrReader
     from markguard.infer.scan import ScanOptions, run_scan
 
-    base = dict(batch_size=4, workers=0, device="cpu", ocr=name == "everything")
+    # PyTorch runs the backbone, as when the golden rows were made (the default backend's rows: test_default_backend_*)
+    base = dict(batch_size=4, workers=0, device="cpu", ocr=name == "everything", backend="torch")
     index = world.index
     if name == "similarity":
         opts = ScanOptions(**base, flag=-1.0, review=-1.0, verify=False)
@@ -94,3 +95,27 @@ def test_the_rows_are_byte_identical_to_the_scan_before_the_plan(world, tmp_path
         ev = [m.get("evidence", {}) for r in rows for m in r["matches"]]
         assert any("inliers" in e for e in ev) and any("text" in e for e in ev) and any("similarity_norm" in e for e in ev)
         assert any(m["mark"] is None for r in rows for m in r["matches"])
+
+
+@pytest.mark.slow
+def test_default_backend_gives_pytorchs_rows(world, tmp_path, capsys):
+    """The default backend (ONNX Runtime fp32 on a CPU, exported on first use) embeds as PyTorch does: the same
+    decisions, brands and boxes on every row, each score within rounding; the export is announced once, then cached."""
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is a base dependency (the default backend)")
+    from markguard.infer.scan import ScanOptions, run_scan
+
+    rows = {}
+    for backend in ("torch", "auto", "auto"):
+        out = tmp_path / f"{backend}-{len(rows)}"
+        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=4, workers=0, device="cpu", verify=False,
+                                                                  flag=-1.0, review=-1.0, backend=backend), progress=False)
+        rows[out.name] = [json.loads(line) for line in (out / "results.jsonl").read_bytes().splitlines()]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["options"]["backend"] == ("torch" if backend == "torch" else "onnx")
+    torch_rows, first, again = rows.values()
+    assert first == again
+    for a, b in zip(torch_rows, first):
+        assert (a["status"], a["brand"], a["box"]) == (b["status"], b["brand"], b["box"])
+        assert a["score"] is None and b["score"] is None or abs(a["score"] - b["score"]) <= 2e-4
+    err = capsys.readouterr().err
+    assert err.count("exporting model") == 1 and "cached at" in err

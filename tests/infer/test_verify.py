@@ -232,3 +232,52 @@ def test_a_mark_printed_light_on_dark_verifies_against_the_inverted_reference(sc
     variants = reference_variants(src)
     assert verify_region(np.asarray(img), _loose(box, img), variants).verified
     assert not verify_region(np.asarray(img), _loose(box, img), variants[:2]).verified  # as registered or mirrored only: not
+
+
+def test_reference_keypoints_are_cached_on_disk_by_content(scene, tmp_path, monkeypatch):
+    """Detected once per reference file's content and settings, read back exactly (without pickles) by a later scan;
+    an unreadable cached file is detected again and replaced."""
+    from markguard.infer import verify
+
+    monkeypatch.setenv("MARKGUARD_CACHE", str(tmp_path / "cache"))
+    _, records, _, _ = scene
+    src = records[0]["source"]
+    verify.reference_features.cache_clear()
+    first = reference_variants(src)
+    files = sorted((tmp_path / "cache" / "verify").rglob("*.npz"))
+    assert len(files) == 4  # as registered, mirrored, inverted, both
+    verify.reference_features.cache_clear()
+    detected = []
+    monkeypatch.setattr(verify, "_reference_features", lambda *a: detected.append(a))
+    again = reference_variants(src)
+    assert not detected  # all four came from the disk
+    for a, b in zip(first, again):
+        assert np.array_equal(a.points, b.points) and np.array_equal(a.corners, b.corners) and a.mirrored == b.mirrored
+        assert a.descriptors.dtype == b.descriptors.dtype and np.array_equal(a.descriptors, b.descriptors)
+    monkeypatch.undo()
+    monkeypatch.setenv("MARKGUARD_CACHE", str(tmp_path / "cache"))
+    files[0].write_bytes(b"not an npz")
+    verify.reference_features.cache_clear()
+    assert all(v is not None for v in reference_variants(src))
+    assert files[0].read_bytes() != b"not an npz"
+    verify.reference_features.cache_clear()
+
+
+def test_a_photos_candidates_in_one_region_share_its_keypoints(scene, monkeypatch):
+    """Checking a second mark (or a mark's second reference file) in a region already checked detects nothing again,
+    and decides exactly as a fresh check does."""
+    from markguard.infer import verify
+
+    marks, records, searcher, photos = scene
+    img, box, m = photos[0]
+    image = np.asarray(img)
+    calls = []
+    real = verify._features
+    monkeypatch.setattr(verify, "_features", lambda gray, method: calls.append(gray.shape) or real(gray, method))
+    memo = {}
+    srcs = [r["source"] for r in records[:3]]
+    shared = [verify_region(image, _loose(box, img), reference_variants(s), memo=memo) for s in srcs]
+    with_memo = len(calls)
+    fresh = [verify_region(image, _loose(box, img), reference_variants(s)) for s in srcs]
+    assert with_memo <= 2 and len(calls) - with_memo >= 3  # one detection a view, against one a view per check
+    assert [(v.inliers, v.box) for v in shared] == [(v.inliers, v.box) for v in fresh]
