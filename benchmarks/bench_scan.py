@@ -204,7 +204,8 @@ def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, befor
             if before:
                 runs.append(("before", before, before_index or index, []))
             for name, python, idx, extra in runs:
-                cmd = [python, "-m", "markguard.cli", "scan", str(manifest), "-i", str(idx), "-o", str(tmp / name), "--workers", str(workers),
+                # -P: not the working folder first on the path, so another checkout's interpreter imports its own markguard
+                cmd = [python, "-P", "-m", "markguard.cli", "scan", str(manifest), "-i", str(idx), "-o", str(tmp / name), "--workers", str(workers),
                        "--quiet"] + (["-m", model] if model else []) + extra
                 env = {**os.environ, "MARKGUARD_CACHE": str(cache)}
                 t = time.perf_counter()
