@@ -130,12 +130,19 @@ class Progress:
 FORMATS = ("jsonl", "parquet")
 
 
-def _total(source, shard_spec) -> int | None:
-    """How many rows the scan will write (for the ETA), or None when the dump cannot be counted cheaply."""
-    from markguard.datasets.listings import count_dump
+def _total(source, shard_spec, digest: dict | None = None) -> int | None:
+    """How many rows the scan will write (for the ETA), or None when the dump cannot be counted cheaply: compressed tar
+    shards would be decompressed whole before the first photo. A folder's count is its digest's (one walk, not two)."""
+    from markguard.datasets.listings import _resolve_dump, _uncompressed, count_dump
 
     try:
-        total = count_dump(source)
+        if digest is not None and digest.get("kind") == "dir" and "files" in digest:
+            total = int(digest["files"])
+        else:
+            kind, target = _resolve_dump(source)
+            if kind == "tar" and not all(_uncompressed(Path(t)) for t in target):
+                return None
+            total = count_dump(source)
     except (ImportError, OSError, MarkguardError):
         return None
     if shard_spec:
@@ -183,7 +190,8 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
     combiner, combiner_path = load_for_scan(opts.combiner, searchers, opts)  # once: every batch and Ray actor gets this one
     opts = dataclasses.replace(opts, combiner=None if combiner_path is None else str(combiner_path.resolve()))
     policy = _policy(searchers, opts, combiner)
-    finished = open_output(out_dir, pins(source, searchers, policy, opts), resume=resume, formats=formats,
+    state = pins(source, searchers, policy, opts)
+    finished = open_output(out_dir, state, resume=resume, formats=formats,
                            items=item_source(source, opts.shard))
     if finished is not None:
         return finished
@@ -198,7 +206,7 @@ def run_scan(source: str | Path, index_paths: list[str | Path], out_dir: str | P
         for row in read_results(writer.path):
             counts[row.status] += 1
             flood.replay(row)
-    total = _total(source, opts.shard)
+    total = _total(source, opts.shard, state["input_digest"])
     bar = Progress(total, skipped, stream=progress_stream, every_s=progress_every_s, enabled=progress, flagged=counts["flag"])
     times = StageTimes()
     bar.times = times

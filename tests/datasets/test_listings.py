@@ -445,3 +445,24 @@ def test_names_that_are_not_utf8_become_error_rows(tmp_path):
     rows = list(iter_tar(shard))
     assert [r.image for r in rows] == ["s.tar/k1.jpg", "s.tar/k\\xe92.jpg", "s.tar/k3.jpg"]
     assert [r.error is None for r in rows] == [True, False, True] and "not valid UTF-8" in rows[1].error
+
+
+def test_the_scan_counts_a_folder_from_its_digest_and_leaves_compressed_shards_uncounted(hostile_dir, tmp_path, monkeypatch):
+    """The ETA's total: a folder walked once (the resume digest's walk gives the count), a compressed shard not counted
+    at all (that would decompress the whole dump before the first photo), a plain shard by its headers."""
+    import markguard.datasets.listings as listings
+    from markguard.infer.outdir import input_digest
+    from markguard.infer.scan import _total
+
+    digest = input_digest(hostile_dir)
+    monkeypatch.setattr(listings, "count_dump", lambda source: pytest.fail("walked again"))
+    assert _total(hostile_dir, None, digest) == len(list(open_dump(hostile_dir)))
+    assert _total(hostile_dir, (1, 2), digest) == len(range(1, len(list(open_dump(hostile_dir))), 2))
+    shard0 = tmp_path / "shards" / "hostile-000.tar"
+    gz = tmp_path / "hostile.tar.gz"
+    with tarfile.open(gz, "w:gz") as out, tarfile.open(shard0) as src:
+        for m in src.getmembers():
+            out.addfile(m, src.extractfile(m) if m.isreg() else None)
+    assert _total(gz, None, input_digest(gz)) is None
+    monkeypatch.undo()
+    assert _total(shard0, None, input_digest(shard0)) == 9
