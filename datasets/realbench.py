@@ -296,11 +296,12 @@ def size_band(size: float | None) -> str | None:
     return BANDS[min(max(i, 0), len(BANDS) - 1)]
 
 
-def read_truth(path: str | Path) -> dict[str, TruthRow]:
-    """``truth.csv`` by listing id, checked column by column."""
+def read_truth(path: str | Path, tiers: tuple[str, ...] = TIERS, *, build: str = "`markguard data realbench`") -> dict[str, TruthRow]:
+    """``truth.csv`` by listing id, checked column by column; ``tiers`` are those it may hold (a bench with the
+    wordmark tier: datasets/wordbench.py), ``build`` the command that makes it."""
     path = Path(path)
     if not path.is_file():
-        raise MarkguardError(f"{path}: not found; build the bench with `markguard data realbench`")
+        raise MarkguardError(f"{path}: not found; build the bench with {build}")
     out = {}
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -308,8 +309,8 @@ def read_truth(path: str | Path) -> dict[str, TruthRow]:
         if missing:
             raise MarkguardError(f"{path}: missing column(s) {', '.join(missing)}; rebuild the bench with `markguard data realbench`")
         for line, r in enumerate(reader, start=2):
-            if r["tier"] not in TIERS:
-                raise MarkguardError(f"{path}:{line}: tier {r['tier']!r} is not one of {', '.join(TIERS)}")
+            if r["tier"] not in tiers:
+                raise MarkguardError(f"{path}:{line}: tier {r['tier']!r} is not one of {', '.join(tiers)}")
             try:
                 box = tuple(int(r[k]) for k in ("x0", "y0", "x1", "y1")) if r["x0"] else None
             except ValueError:

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from markguard.datasets.realbench import (NEGATIVE_TIERS, POSITIVE_TIERS, REQUIRED_TRUTH_COLUMNS, TIERS, TRUTH_COLUMNS, TruthRow, _crop_photo,
+from markguard.datasets import realbench
+from markguard.datasets.realbench import (NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, TRUTH_COLUMNS, TruthRow, _crop_photo,
                                          _load_photos, _paste)
 from markguard.errors import MarkguardError
 
@@ -62,27 +63,7 @@ class WordConfig:
 
 def read_truth(path: str | Path) -> dict[str, TruthRow]:
     """``truth.csv`` of a bench with or without the wordmark tier, by listing id (a box is required except for tier none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MarkguardError(f"{path}: not found; build the bench with `markguard data realbench` (and `markguard data wordbench`)")
-    out = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_TRUTH_COLUMNS if c not in (reader.fieldnames or [])]  # size/band: benches since issue 20
-        if missing:
-            raise MarkguardError(f"{path}: missing column(s) {', '.join(missing)}; rebuild the bench with `markguard data realbench`")
-        for line, r in enumerate(reader, start=2):
-            if r["tier"] not in ALL_TIERS:
-                raise MarkguardError(f"{path}:{line}: tier {r['tier']!r} is not one of {', '.join(ALL_TIERS)}")
-            try:
-                box = tuple(int(r[k]) for k in ("x0", "y0", "x1", "y1")) if r["x0"] else None
-            except ValueError:
-                raise MarkguardError(f"{path}:{line}: box {[r[k] for k in ('x0', 'y0', 'x1', 'y1')]} is not four whole numbers") from None
-            if r["listing_id"] in out:
-                raise MarkguardError(f"{path}:{line}: listing {r['listing_id']!r} appears twice")
-            size = float(r["size"]) if r.get("size") else None
-            out[r["listing_id"]] = TruthRow(r["listing_id"], r["tier"], r["brand"], r["mark"], r["variant"], box, r["photo"], size)
-    return out
+    return realbench.read_truth(path, ALL_TIERS, build="`markguard data realbench` (and `markguard data wordbench`)")
 
 
 def shows(row: TruthRow) -> str | None:
