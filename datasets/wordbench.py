@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from markguard.datasets import realbench
 from markguard.datasets.realbench import (NEGATIVE_TIERS, POSITIVE_TIERS, TIERS, TRUTH_COLUMNS, TruthRow, _crop_photo,
