@@ -194,26 +194,33 @@ class OcrReader:
             array, crop_box = crop_for_reading(image, box, self.config.margin, self.config.det_side)
         except ValueError as e:
             return OcrRead(None, None, reason=f"not read: {e}")
+        text, seconds, failure = self._call(self._run, array)
+        if failure is not None:
+            return OcrRead(None, crop_box, seconds, failure)
+        return OcrRead(text, crop_box, seconds)
+
+    def _call(self, fn, array: np.ndarray):
+        """``fn(array)`` on the reader's thread, within the configured time: (its result, seconds, None), or (None,
+        seconds, why) when it timed out, failed, or an earlier read that timed out still holds the reader."""
         with self._lock:
             if self._pending is not None and not self._pending.done():
-                return OcrRead(None, crop_box, reason="not read: an earlier read timed out and still holds the reader")
+                return None, 0.0, "not read: an earlier read timed out and still holds the reader"
             self._pending = None
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="markguard-ocr")
             self.engine()  # loading the models is no read: it does not count against the read's time
             start = time.perf_counter()
-            future = self._pool.submit(self._run, array)
+            future = self._pool.submit(fn, array)
             try:
-                text = future.result(timeout=self.config.timeout_s)
+                return future.result(timeout=self.config.timeout_s), time.perf_counter() - start, None
             except concurrent.futures.TimeoutError:
                 # an ONNX Runtime session cannot be interrupted: let it finish, and read nothing until it has
                 self._pending = future
-                return OcrRead(None, crop_box, time.perf_counter() - start, f"timed out after {self.config.timeout_s:g} s")
+                return None, time.perf_counter() - start, f"timed out after {self.config.timeout_s:g} s"
             except MarkguardError:
                 raise
             except (RuntimeError, ValueError, TypeError, IndexError, OSError) as e:  # ONNX Runtime and OpenCV errors
-                return OcrRead(None, crop_box, time.perf_counter() - start, f"failed: {type(e).__name__}: {str(e)[:120]}")
-            return OcrRead(text, crop_box, time.perf_counter() - start)
+                return None, time.perf_counter() - start, f"failed: {type(e).__name__}: {str(e)[:120]}"
 
     def read_batch(self, images: list, requests: list[OcrRequest]) -> dict[OcrRequest, OcrRead]:
         """Read what :func:`gate` lets through for this batch; skipped requests get a read with the reason."""
@@ -263,25 +270,10 @@ class OcrReader:
         """Where the detector finds text in the PIL ``image``: one read a line (boxes in original pixels: ``image``'s times
         ``factor``), none when it finds none; one read with the reason when reading failed or timed out."""
         array = np.asarray(image.convert("RGB"))
-        with self._lock:
-            if self._pending is not None and not self._pending.done():
-                return [OcrRead(None, None, reason="not read: an earlier read timed out and still holds the reader")]
-            self._pending = None
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="markguard-ocr")
-            self.engine()  # loading the models is no read: it does not count against the read's time
-            start = time.perf_counter()
-            future = self._pool.submit(self._read_text, array)
-            try:
-                lines = future.result(timeout=self.config.timeout_s)
-            except concurrent.futures.TimeoutError:
-                self._pending = future
-                return [OcrRead(None, None, time.perf_counter() - start, f"timed out after {self.config.timeout_s:g} s")]
-            except MarkguardError:
-                raise
-            except (RuntimeError, ValueError, TypeError, IndexError, OSError) as e:  # ONNX Runtime and OpenCV errors
-                return [OcrRead(None, None, time.perf_counter() - start, f"failed: {type(e).__name__}: {str(e)[:120]}")]
-        seconds = (time.perf_counter() - start) / max(1, len(lines))
+        lines, seconds, failure = self._call(self._read_text, array)
+        if failure is not None:
+            return [OcrRead(None, None, seconds, failure)]
+        seconds /= max(1, len(lines))
         fx, fy = factor
         return [OcrRead(text, (int(b[0] * fx), int(b[1] * fy), int(math.ceil(b[2] * fx)), int(math.ceil(b[3] * fy))), seconds)
                 for text, b in lines]

@@ -98,12 +98,13 @@ def test_the_rows_are_byte_identical_to_the_scan_before_the_plan(world, tmp_path
 
 
 @pytest.mark.slow
-def test_default_backend_gives_pytorchs_rows(world, tmp_path, capsys):
+def test_default_backend_gives_pytorchs_rows(world, tmp_path, capsys, monkeypatch):
     """The default backend (ONNX Runtime fp32 on a CPU, exported on first use) embeds as PyTorch does: the same
     decisions, brands and boxes on every row, each score within rounding; the export is announced once, then cached."""
     pytest.importorskip("onnxruntime", reason="ONNX Runtime is a base dependency (the default backend)")
     from markguard.infer.scan import ScanOptions, run_scan
 
+    monkeypatch.setenv("MARKGUARD_CACHE", str(tmp_path / "cache"))  # a cache of its own: this model's first scan
     rows = {}
     for backend in ("torch", "auto", "auto"):
         out = tmp_path / f"{backend}-{len(rows)}"
