@@ -161,7 +161,7 @@ def test_results_that_hide_best_matches_or_miss_listings_are_refused(tmp_path):
 
 
 def test_cli_builds_a_bench_and_evaluates_a_model_on_it(tmp_path, tiny_world, capsys):
-    from markguard.checkpoint import load_card
+    from markguard.checkpoint import load_card, load_checkpoint
     from markguard.cli import main
     from markguard.datasets.realbench import write_sample_sources
 
@@ -173,6 +173,7 @@ def test_cli_builds_a_bench_and_evaluates_a_model_on_it(tmp_path, tiny_world, ca
     assert "4 registered brands" in capsys.readouterr().out
     model = tmp_path / "model"
     shutil.copytree(tiny_world["model"], model)
+    before = load_card(model).fingerprint
     assert main(["eval", "--bench", str(bench), "--model", str(model), "--out", str(tmp_path / "eval"), "--device", "cpu", "--write-card"]) == 0
     real = json.loads((tmp_path / "eval" / "real.json").read_text())
     assert set(real["tiers"]) == set(TIERS) and real["listings_per_tier"]["copy"] == 6
@@ -181,5 +182,7 @@ def test_cli_builds_a_bench_and_evaluates_a_model_on_it(tmp_path, tiny_world, ca
     assert sum(json.loads(line)["status"] != "error" for line in open(tmp_path / "eval" / "scan" / "results.jsonl")) == 33
     card = load_card(model)
     assert card.metrics["real"]["tiers"]["copy"] == {k: real["tiers"]["copy"][k] for k in ("flagged", "right_brand", "box_iou50")}
+    # metrics lie outside the fingerprint: the card still matches its weights, and indexes and combiners fitted for it still hold
+    assert card.fingerprint == before and load_checkpoint(model)[1].fingerprint == before
     assert "| copy |" in capsys.readouterr().out
     assert main(["eval", "--bench", str(tmp_path / "nowhere"), "--model", str(model), "--out", str(tmp_path / "e2")]) == 2
