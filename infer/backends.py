@@ -27,6 +27,25 @@ DEFAULT_BACKEND = "auto"
 EXPORT_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "torchscript": "model.torchscript.pt"}
 ONNX_BACKENDS = ("onnx", "onnx-int8")
 FINGERPRINT_KEY = "markguard_fingerprint"
+OPSET = 17
+
+
+class BackboneFeatures(torch.nn.Module):
+    """The part that is exported: photo batch → feature map (the scan pools regions from it in PyTorch)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)
+
+
+def export_onnx_graph(graph, example, path: Path) -> None:
+    """``graph`` (photo batch → feature map) as ONNX at ``path``, dynamic in batch, height and width."""
+    torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=["features"],
+                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "features": {0: "batch", 2: "fh", 3: "fw"}},
+                      opset_version=OPSET, dynamo=False)
 
 
 def export_command(backend: str) -> str:
@@ -135,14 +154,29 @@ def cached_onnx(model_dir: str | Path | None, card: ModelCard, *, stream=None) -
         _say(stream, f"backend: {path} is not model {card.fingerprint}'s graph ({'unreadable' if found is None else 'model ' + found}); exporting it again")
     else:
         _say(stream, f"backend: exporting model {card.fingerprint}'s backbone to ONNX once (cached at {path})")
-    from markguard.train.export import export_model
-
     # written complete in a folder of its own, then renamed into place: a second scan exporting at the same time, or a
     # link planted at the name, never gets half a file (the rename replaces the entry itself)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:
-        export_model(model_dir, "onnx", Path(tmp) / path.name, check=False)
+        write_onnx(model_dir, Path(tmp) / path.name)
         os.replace(Path(tmp) / path.name, path)
     return path
+
+
+def write_onnx(model_dir: str | Path | None, path: Path) -> None:
+    """The checkpoint's backbone as an fp32 ONNX graph at ``path``, stamped with the model's fingerprint
+    (`markguard export --format onnx` adds its parity check to this)."""
+    import warnings
+
+    import onnx
+
+    model, card = load_checkpoint(model_dir)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches: fixed per model
+        export_onnx_graph(BackboneFeatures(model).eval(), torch.zeros(1, 3, card.scan_size, card.scan_size), path)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = FINGERPRINT_KEY, card.fingerprint
+    onnx.save(proto, str(path))
 
 
 def resolve_backend(backend: str, device: str = "cpu", *, compile: str | None = None, stream=None) -> str:

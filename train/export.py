@@ -15,10 +15,11 @@ import torch
 from markguard.checkpoint import load_checkpoint, resolve_model_dir
 from markguard.errors import MarkguardError, check_out_folder
 from markguard.infer.backends import EXPORT_FILES, FINGERPRINT_KEY, load_backend
+from markguard.infer.backends import BackboneFeatures as _Features
+from markguard.infer.backends import export_onnx_graph as _export_onnx
 from markguard.preprocess import resolve_preprocessing
 
 FORMATS = tuple(EXPORT_FILES)
-OPSET = 17
 CALIB_COUNT = 64  # photos a static quantisation sees by default: ranges settle well before (ORT's examples use tens)
 CALIB_BATCH = 8
 PARITY_PHOTOS = 4
@@ -30,17 +31,6 @@ FP32_CONVS = 15
 # the embedding agreement `markguard export` asks of an int8 graph by default: the mean cosine similarity of
 # its region embeddings to PyTorch's (the shipped model gives 0.99-0.996; 8-bit padding arithmetic gave 0.95-0.976)
 INT8_MIN_COSINE = 0.98
-
-
-class _Features(torch.nn.Module):
-    """The part that is exported: photo batch → feature map (the scan pools regions from it in PyTorch)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model.forward_features(x)
 
 
 @dataclass
@@ -94,12 +84,6 @@ class _CalibrationReader:
     def get_next(self) -> dict | None:
         x = next(self._batches, None)
         return None if x is None else {self.input_name: x}
-
-
-def _export_onnx(graph, example, path: Path) -> None:
-    torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=["features"],
-                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "features": {0: "batch", 2: "fh", 3: "fw"}},
-                      opset_version=OPSET, dynamo=False)
 
 
 def shape_nodes(proto) -> list[str]:
