@@ -12,7 +12,8 @@ from markguard.checkpoint import load_checkpoint, model_kind
 from markguard.errors import MarkguardError
 
 TINY = ["backbone=resnet10t", "init=null", "freeze_stages=0", "dim=16", "input_size=48", "scan_size=64", "pairs=3",
-        "photo_side=96", "view_side=[48,96]", "log_every=1", "checkpoint_every=2", "warmup_steps=1", "ema=0.5"]
+        "photo_side=96", "view_side=[48,96]", "log_every=1", "checkpoint_every=2", "warmup_steps=1", "ema=0.5",
+        "whiten_pairs=32"]
 
 
 def write_photos(root, n=4, size=(120, 90)):
@@ -99,4 +100,4 @@ def test_whitened_head_and_distillation(tmp_path):
     steps = [json.loads(r) for r in rows[1:]]
     assert steps[0]["distill"] < 0.05  # step one starts from the teacher itself: only the first update moves it
     with pytest.raises(MarkguardError, match="whiten_pairs=8: whitening 16 dimensions needs at least 32 pairs"):
-        load_layered(CopyDetectConfig, None, [f"photos={photos}", "head_init=whiten", "whiten_pairs=8", *TINY]).validate()
+        load_layered(CopyDetectConfig, None, [*TINY, f"photos={photos}", "head_init=whiten", "whiten_pairs=8"]).validate()
