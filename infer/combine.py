@@ -259,16 +259,27 @@ def load_for_scan(spec: str | Path | None, searchers: list, opts) -> tuple[Combi
 
     ``spec``: None (none), ``"auto"`` (the first index's ``combiner.json`` when there is one, else the one shipped
     with the model, when its card names one) or a path.
+
+    In a scan of several models' indexes (a product index beside a logo one) the combiner serves the indexes of the
+    model it was fitted for (``infer/decide.py`` judges the others on their own similarity thresholds): ``"auto"``
+    takes the first index that has a combiner, its own or its model's, and only indexes of that model's kind
+    must have been built by that model.
     """
     if spec is None:
         return None, None
-    from markguard.checkpoint import DEFAULT_MODEL_DIR
+    from markguard.checkpoint import DEFAULT_MODEL_DIR, model_kind
 
-    path = Path(searchers[0].path) / COMBINER_FILE if spec == "auto" else Path(spec)
+    def model_dir(s):
+        return getattr(s, "model_dir", None) or DEFAULT_MODEL_DIR
+
+    lead = searchers[0]
+    if spec == "auto" and len({model_kind(s.card) for s in searchers}) > 1:
+        lead = next((s for s in searchers if (Path(s.path) / COMBINER_FILE).is_file() or shipped(model_dir(s), s.card) is not None),
+                    searchers[0])
+    path = Path(lead.path) / COMBINER_FILE if spec == "auto" else Path(spec)
     default = None
     if spec == "auto" and not path.is_file():
-        model_dir = getattr(searchers[0], "model_dir", None) or DEFAULT_MODEL_DIR
-        default = shipped(model_dir, searchers[0].card)
+        default = shipped(model_dir(lead), lead.card)
         if default is None:
             return None, None
         path, ref = default
@@ -282,17 +293,18 @@ def load_for_scan(spec: str | Path | None, searchers: list, opts) -> tuple[Combi
     refit = ("the model was retrained since: refit the defaults with `python benchmarks/fit_defaults.py` (or fit your own with "
              "`markguard calibrate --combiner`)" if default is not None else "refit it with `markguard calibrate --combiner` on a scan by this model")
     try:
-        combiner.check(searchers[0].card.fingerprint, [s.card.fingerprint for s in searchers],
+        combiner.check(lead.card.fingerprint, [s.card.fingerprint for s in searchers if model_kind(s.card) == model_kind(lead.card)],
                        source=f"{path} (the model's default combiner)" if default is not None else str(path), refit=refit)
     except MarkguardError as e:
         raise MarkguardError(f"{e}; or scan with --no-combiner") from None
     fitted_bank = combiner.fitted.get("bank")  # absent in a combiner fitted before scans recorded their bank: not checked
-    if "similarity_norm" in combiner.signals and "bank" in combiner.fitted and searchers[0].bias and fitted_bank != searchers[0].bank:
+    if "similarity_norm" in combiner.signals and "bank" in combiner.fitted and lead.bias and fitted_bank != lead.bank:
         # normalised similarities against another bank are other numbers: the fitted weights no longer hold
-        raise MarkguardError(f"{path}: fitted on scores normalised against a background bank {fitted_bank}, but {searchers[0].path} "
-                             f"now has the bank {searchers[0].bank} (rebuilt with another --bank?); refit it with `markguard calibrate "
+        raise MarkguardError(f"{path}: fitted on scores normalised against a background bank {fitted_bank}, but {lead.path} "
+                             f"now has the bank {lead.bank} (rebuilt with another --bank?); refit it with `markguard calibrate "
                              "--combiner` on a scan with this index, or scan with --no-combiner")
-    combiner.absent = tuple(s for s in combiner.signals if not SIGNALS[s].collected(opts, searchers))
+    served = [s for s in searchers if model_kind(s.card) == model_kind(lead.card)]  # the indexes whose matches it scores
+    combiner.absent = tuple(s for s in combiner.signals if not SIGNALS[s].collected(opts, served))
     return combiner, path
 
 

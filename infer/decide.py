@@ -24,7 +24,9 @@ class Policy:
     """``flag`` and ``review`` similarities; a brand's own flag threshold shifts its review one by the same band.
 
     With a ``combiner`` (infer/combine.py), ``flag`` and ``review`` are on its probability instead, the same
-    for every brand and index (a per-brand similarity means nothing on a probability).
+    for every brand and index it scores (a per-brand similarity means nothing on a probability). It scores the
+    matches of the indexes its model built (``combined``); another model's index in the same scan (a product index
+    beside a logo one) is judged on its own model's similarity thresholds (``per_index``), as without a combiner.
     """
 
     flag: float
@@ -37,22 +39,29 @@ class Policy:
     per_index: dict[str, dict[str, float]] = field(default_factory=dict)
     combiner: object | None = None  # an infer.combine.Combiner; loaded and checked once, before the scan
     evidence_rules: bool = True  # checks count both ways (module docstring); off only to measure a signal alone
+    combined: frozenset[str] | None = None  # the indexes whose matches the combiner scores; None: every index
 
     def __post_init__(self):
+        own = []
         if self.combiner is not None:
             if not 0.0 <= self.review <= self.flag <= 1.0:
                 raise MarkguardError(f"probability thresholds review {self.review} and flag {self.flag} must satisfy "
                                      "0 <= review <= flag <= 1 (with a combiner the thresholds are on its probability; scan with --no-combiner for similarities)")
-            return
-        for name, (flag, review) in [("", (self.flag, self.review))] + [(n, (t["flag"], t["review"])) for n, t in self.per_index.items()]:
+        else:
+            own = [("", (self.flag, self.review))]
+        for name, (flag, review) in own + [(n, (t["flag"], t["review"])) for n, t in self.per_index.items()]:
             if review > flag:
                 where = f" of index {name}" if name else ""
                 raise MarkguardError(f"review threshold {review}{where} is above the flag threshold {flag}; the review band lies below flag")
 
+    def combines(self, index: str | None) -> bool:
+        """Whether the combiner scores the matches of ``index``."""
+        return self.combiner is not None and (self.combined is None or index in self.combined)
+
     def base(self, m) -> float:
         """The match's probability with a combiner, else its similarity score — raw where a background bank normalised
         it: the card's and brands.yaml's thresholds are raw similarities, so an index with a bank is judged as one without."""
-        if self.combiner is not None:
+        if self.combines(getattr(m, "index", None)):
             return m.probability if m.probability is not None else 0.0
         ev = _evidence(m)
         sim, norm = ev.get("similarity"), ev.get("similarity_norm")
@@ -83,13 +92,13 @@ class Policy:
             v = min(v, unchecked, review) - VETO_MARGIN  # another brand's name read at its region: vetoed
         if ev.get("inliers") is not None and ev.get("verified") is False:
             # checked and not found: below the same candidate unchecked (a combiner's fit says how far; on similarity, a band)
-            band = (flag - review) if self.combiner is None else 0.0
+            band = 0.0 if self.combines(getattr(m, "index", None)) else (flag - review)
             v = min(v, unchecked) - max(band, VETO_MARGIN)
         return v
 
     def thresholds(self, brand: str, index: str | None = None) -> tuple[float, float]:
         """(flag, review) for a match of ``brand`` found in ``index``; a brand's own flag keeps the review band's width."""
-        if self.combiner is not None:
+        if self.combines(index):
             return self.flag, self.review
         base = self.per_index.get(index) if index is not None else None
         g_flag, g_review = (base["flag"], base["review"]) if base else (self.flag, self.review)
@@ -114,8 +123,10 @@ class Policy:
         return "pass", ranked[0] if ranked else None
 
     def to_json(self) -> dict:
-        d = asdict(replace(self, combiner=None))
-        del d["combiner"]
+        d = asdict(replace(self, combiner=None, combined=None))
+        del d["combiner"], d["combined"]
+        if self.combined is not None:
+            d["combined_indexes"] = sorted(self.combined)
         if self.combiner is not None:  # what the thresholds are on, and a digest that changes with any refit
             d["on"] = "probability"
             d["combiner"] = self.combiner.summary()
@@ -177,9 +188,11 @@ def _evidence(m) -> dict:
 
 
 def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: float | None = None,
-                   review: float | None = None, per_index_cards: dict[str, dict] | None = None, combiner=None) -> Policy:
+                   review: float | None = None, per_index_cards: dict[str, dict] | None = None, combiner=None,
+                   combined: frozenset[str] | None = None) -> Policy:
     """Command line > model card (calibrated) for the global thresholds; brands.yaml > calibrated per brand.
-    With a ``combiner``: command line > the combiner's probability thresholds; the allowlist as always."""
+    With a ``combiner``: command line > the combiner's probability thresholds; the allowlist as always. With a combiner
+    that scores only the indexes ``combined``, the others keep their model's card thresholds (``per_index_cards``)."""
     authorized = {b: list(meta.get("authorized_sellers") or []) for b, meta in brands.items() if meta.get("authorized_sellers")}
     if combiner is not None:
         from markguard.infer.combine import FLAG_PROBABILITY, REVIEW_PROBABILITY
@@ -191,7 +204,14 @@ def resolve_policy(card_thresholds: dict, brands: dict[str, dict], *, flag: floa
         sources = {"flag": "command line" if flag is not None else src,
                    "review": "command line" if review is not None else src,
                    "per_brand": "not applied: the thresholds are on the combiner's probability"}
-        return Policy(p_flag, p_review, {}, authorized, sources, {}, combiner)
+        others = {}
+        if combined is not None:  # another model's index: its own card's similarity thresholds (the command line's are probabilities)
+            for name, thr in (per_index_cards or {}).items():
+                if name not in combined:
+                    i_flag = float(thr.get("flag", 0.6))
+                    others[name] = {"flag": i_flag, "review": float(thr.get("review", i_flag - 0.1))}
+                    sources[f"index:{name}"] = "its model's card (similarity; the combiner scores the other indexes)"
+        return Policy(p_flag, p_review, {}, authorized, sources, others, combiner, combined=combined)
     where = card_thresholds.get("source") or "model card"  # an index's thresholds.json names itself
     sources = {"flag": "command line" if flag is not None else where,
                "review": "command line" if review is not None else where}
@@ -227,9 +247,10 @@ def decide_rows(batch, per_photo: list[list[Match]], policy: Policy, max_matches
             continue
         found = per_photo[ok_pos[pos]]
         if policy.combiner is not None:
-            for m, u in zip(found, policy.combiner.score_matches(found)):
+            scored = [m for m in found if policy.combines(m.index)]
+            for m, u in zip(scored, policy.combiner.score_matches(scored)):
                 m.unchecked = u
-            for m in found:  # the probability written is the one that decided
+            for m in scored:  # the probability written is the one that decided
                 m.decided = m.probability = min(1.0, max(0.0, policy.value(m)))
         matches = sorted(found, key=lambda m: -policy.value(m))
         status, decider = policy.decide(matches, item.seller_id)
@@ -249,8 +270,11 @@ def policy_for(searchers: list, opts, combiner=None) -> Policy:
     brands: dict[str, dict] = {}
     for s in searchers:
         brands.update(s.brands)
-    per_index = None
+    per_index = combined = None
     if len({s.card.fingerprint for s in searchers}) > 1:  # several models: each index is judged by its own calibration
         per_index = {s.name: index_thresholds(s) for s in searchers}
-    return resolve_policy(index_thresholds(searchers[0]), brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
-                          combiner=combiner)
+        if combiner is not None:  # the combiner scores its own model's indexes (infer/combine.py load_for_scan checked them)
+            combined = frozenset(s.name for s in searchers if s.card.fingerprint == combiner.model_fingerprint)
+    lead = next((s for s in searchers if combined is None or s.name in combined), searchers[0])
+    return resolve_policy(index_thresholds(lead), brands, flag=opts.flag, review=opts.review, per_index_cards=per_index,
+                          combiner=combiner, combined=combined)

@@ -464,8 +464,9 @@ class VerifyStage:
 
     @classmethod
     def plan(cls, plan, sp) -> VerifyStage:
-        return cls(sp, plan.verify, plan.policy, before_verification(plan.policy.combiner), plan.opts.verify_from, plan.size,
-                   plan.verify_hires, plan.hires == 0)
+        combined = plan.policy.combines(sp.searcher.name or None)  # another model's index beside it: judged on similarity
+        return cls(sp, plan.verify, plan.policy, before_verification(plan.policy.combiner) if combined else None,
+                   plan.opts.verify_from, plan.size, plan.verify_hires, plan.hires == 0)
 
     def checks(self, found: list[list[Candidate]]) -> list[set[int]]:
         return gate_checks(found, self.policy, self.cfg, self.before, self.verify_from)

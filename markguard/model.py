@@ -194,11 +194,15 @@ class EmbeddingModel(nn.Module):
     def stride_of(self, fmap: torch.Tensor, input_size: int) -> float:
         return input_size / fmap.shape[-1]
 
-    def embed_regions(self, fmap: torch.Tensor, boxes: list[torch.Tensor], input_size: int) -> torch.Tensor:
-        """Embeddings of regions pooled from ``fmap``; ``boxes[i]`` is (R_i, 4) x0,y0,x1,y1 in input pixels of image i."""
+    def pool_regions(self, fmap: torch.Tensor, boxes: list[torch.Tensor], input_size: int) -> torch.Tensor:
+        """Pooled backbone features (sum R_i, num_features) of regions of ``fmap``, before the projection."""
         scale = fmap.shape[-1] / input_size
         crops = roi_align(fmap.float(), [b.float() for b in boxes], output_size=self.roi_size, spatial_scale=scale, sampling_ratio=2, aligned=True)
-        return self.embed_pooled(self.pool(crops))
+        return self.pool(crops)
+
+    def embed_regions(self, fmap: torch.Tensor, boxes: list[torch.Tensor], input_size: int) -> torch.Tensor:
+        """Embeddings of regions pooled from ``fmap``; ``boxes[i]`` is (R_i, 4) x0,y0,x1,y1 in input pixels of image i."""
+        return self.embed_pooled(self.pool_regions(fmap, boxes, input_size))
 
     def proposal_setting(self, key: str):
         return self.proposals.get(key, PROPOSAL_DEFAULTS.get(key))

@@ -58,6 +58,16 @@ class CopyDetectConfig(ModelShape):
     clip_grad: float = 1.0
     temperature: float = 0.05
     koleo_weight: float = 10.0
+    # the projection's start: "whiten" fits it to the ImageNet features by learned whitening of (photo, copy) pairs,
+    # so step 0 is already the whitened ImageNet descriptor; "random" is a fresh linear layer
+    head_init: str = "random"
+    whiten_pairs: int = 3000
+    whiten_shrink: float = 0.1
+    # pull every embedding toward the starting model's (frozen) embedding of the same image: fine-tuning on a few
+    # thousand photos otherwise forgets ImageNet features that already matched copies
+    distill_weight: float = 0.0
+    freeze_bn: bool = False
+    start_from: str = ""  # a copy-detection checkpoint folder (e.g. a whitened step-0 model) whose weights start the run  # keep every batch-norm layer's ImageNet statistics (the trained stages' too)
     ema: float = 0.99
     threads: int = 1
     seed: int = 0
@@ -72,6 +82,10 @@ class CopyDetectConfig(ModelShape):
                 raise MarkguardError(f"{key}={getattr(self, key)} must be at least 1")
         if self.pairs < 2:
             raise MarkguardError("pairs must be at least 2: the other photos of a batch are the negatives")
+        if self.head_init not in ("random", "whiten"):
+            raise MarkguardError(f"head_init={self.head_init!r}: choose random or whiten")
+        if self.head_init == "whiten" and self.whiten_pairs < 2 * self.dim:
+            raise MarkguardError(f"whiten_pairs={self.whiten_pairs}: whitening {self.dim} dimensions needs at least {2 * self.dim} pairs")
         if not 0 < self.view_min <= 1:
             raise MarkguardError(f"view_min={self.view_min} must be in (0, 1]")
 
@@ -123,8 +137,10 @@ def letterbox(img: Image.Image, size: int, mean, std) -> tuple[torch.Tensor, lis
     return x, [0.0, 0.0, float(w), float(h)]
 
 
-def make_pair(pool: PhotoPool, i: int, rng: np.random.Generator, cfg: CopyDetectConfig, mean, std):
-    """(original, its box), (copy, its box) as letterboxed tensors: a random window of photo ``i`` and an edited copy."""
+def make_pair(pool: PhotoPool, i: int, rng: np.random.Generator, cfg: CopyDetectConfig, mean, std, size: int | None = None):
+    """(original, its box), (copy, its box) as letterboxed tensors (``size``, default the input size): a random window
+    of photo ``i`` and an edited copy."""
+    size = size or cfg.input_size
     src = pool.images[i]
     w, h = src.size
     s = rng.uniform(cfg.view_min, 1.0)
@@ -140,13 +156,52 @@ def make_pair(pool: PhotoPool, i: int, rng: np.random.Generator, cfg: CopyDetect
         if pool.groups[j] != pool.groups[i]:
             others.append(pool.images[j])
     edited = random_edit(view, rng, others, p_compose=cfg.p_compose)
-    a, abox = letterbox(view, cfg.input_size, mean, std)
-    b, bbox = letterbox(edited.image, cfg.input_size, mean, std)
+    a, abox = letterbox(view, size, mean, std)
+    b, bbox = letterbox(edited.image, size, mean, std)
     framed = any(k in edited.kind for k in ("collage", "screenshot", "background"))
     if framed and rng.random() < cfg.p_box_pool:
-        f = cfg.input_size / max(edited.image.size)
+        f = size / max(edited.image.size)
         bbox = [edited.box[0] * f, edited.box[1] * f, edited.box[2] * f, edited.box[3] * f]
     return a, abox, b, bbox
+
+
+@torch.no_grad()
+def pair_features(model, pool: PhotoPool, cfg: CopyDetectConfig, mean, std, n_pairs: int, size: int, *, seed: int = 1,
+                  batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled backbone features (before the projection) of ``n_pairs`` (window, edited copy) pairs, letterboxed to ``size``."""
+    model.eval()
+    rng = np.random.default_rng((cfg.seed, seed, 7919))
+    fa, fb = [], []
+    for start in range(0, n_pairs, batch):
+        xs, boxes = [], []
+        for _ in range(min(batch, n_pairs - start)):
+            a, abox, b, bbox = make_pair(pool, int(rng.integers(len(pool.images))), rng, cfg, mean, std, size=size)
+            xs += [a, b]
+            boxes += [abox, bbox]
+        fmap = model.forward_features(torch.stack(xs).contiguous(memory_format=torch.channels_last))
+        f = model.pool_regions(fmap, [torch.tensor([bx]) for bx in boxes], size).double().numpy()
+        fa.append(f[0::2])
+        fb.append(f[1::2])
+    return np.concatenate(fa), np.concatenate(fb)
+
+
+def learned_whitening(fa: np.ndarray, fb: np.ndarray, dim: int, shrink: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Projection ``(W, b)`` to ``dim`` dimensions that whitens the differences between a photo and its copy, then keeps
+    the directions along which photos differ most (Radenović et al., "Fine-tuning CNN image retrieval with no human
+    annotation", 2018: supervised whitening). ``shrink`` adds that share of the mean eigenvalue to the copies'
+    covariance, so a direction no edit moved is not blown up."""
+    x = np.concatenate([fa, fb])
+    m = x.mean(axis=0)
+    d = fa - fb
+    cs = d.T @ d / len(d)
+    cs += shrink * np.trace(cs) / len(cs) * np.eye(len(cs))
+    w, v = np.linalg.eigh(cs)
+    p1 = v @ np.diag(w.clip(min=1e-12) ** -0.5) @ v.T
+    y = (x - m) @ p1.T
+    w2, u = np.linalg.eigh(y.T @ y / len(y))
+    top = np.argsort(w2)[::-1][:dim]
+    proj = u[:, top].T @ p1
+    return proj.astype(np.float32), (-proj @ m).astype(np.float32)
 
 
 def koleo(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -195,10 +250,35 @@ def train_copydetect(cfg: CopyDetectConfig, out_dir: str | Path, *, resume: bool
     init = resolve_init(cfg.init) if cfg.init else None
     card = card_for(cfg, init)
     model = create_model(card)
-    if init is not None:
+    started = {}
+    if cfg.start_from:
+        from markguard.checkpoint import load_checkpoint
+
+        start_model, start_card = load_checkpoint(cfg.start_from)
+        if (start_card.backbone, start_card.dim) != (card.backbone, card.dim):
+            raise MarkguardError(f"start_from={cfg.start_from}: a {start_card.backbone} model of {start_card.dim} dimensions; "
+                                 f"this run trains {card.backbone} at dim={card.dim}")
+        model.load_state_dict(start_model.state_dict())
+        started = {"start_from": cfg.start_from, "start_training": start_card.training}
+    elif init is not None:
         load_into(model.backbone, init)
     frozen = freeze_stages(model.backbone, cfg.freeze_stages)
     pool = load_photos(cfg)
+    if cfg.head_init == "whiten" and not resume and not cfg.start_from:
+        t = time.time()
+        fa, fb = pair_features(model, pool, cfg, card.mean, card.std, cfg.whiten_pairs, card.scan_size)
+        w, b = learned_whitening(fa, fb, cfg.dim, cfg.whiten_shrink)
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(w))
+            model.head.bias.copy_(torch.from_numpy(b))
+        log(json.dumps({"whitening": {"pairs": cfg.whiten_pairs, "shrink": cfg.whiten_shrink, "seconds": round(time.time() - t, 1)}}))
+    teacher = None
+    if cfg.distill_weight:
+        import copy
+
+        teacher = copy.deepcopy(model).eval()  # on resume the starting model is rebuilt below from train_state.pt
+        for p_ in teacher.parameters():
+            p_.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -222,6 +302,8 @@ def train_copydetect(cfg: CopyDetectConfig, out_dir: str | Path, *, resume: bool
         if ema is not None and "ema" in st:
             ema = st["ema"]
         start = int(st["step"])
+        if teacher is not None and "teacher" in st:
+            teacher.load_state_dict(st["teacher"])
     loss_fn = NTXentLoss(temperature=cfg.temperature)
     atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
     groups = np.array(pool.groups)
@@ -238,18 +320,25 @@ def train_copydetect(cfg: CopyDetectConfig, out_dir: str | Path, *, resume: bool
         c = dataclasses.replace(card, training={
             "task": "copydetect", "steps": step, "steps_planned": cfg.steps, "finished": step >= cfg.steps,
             "photos": sorted({str(Path(p).parent) for p in pool.paths}), "n_photos": len(pool.paths),
-            "n_groups": int(len(uniq)), "pairs_per_step": cfg.pairs, "loss": "ntxent+koleo",
+            "n_groups": int(len(uniq)), "pairs_per_step": cfg.pairs, "loss": "ntxent+koleo" + ("+distill" if teacher is not None else ""),
             "temperature": cfg.temperature, "koleo_weight": cfg.koleo_weight, "freeze_stages": cfg.freeze_stages,
+            "head_init": cfg.head_init, **started, **({"whiten_pairs": cfg.whiten_pairs, "whiten_shrink": cfg.whiten_shrink} if cfg.head_init == "whiten" else {}),
+            "distill_weight": cfg.distill_weight, "freeze_bn": cfg.freeze_bn, "lr": cfg.lr,
             "seconds": round(time.time() - t0, 1)})
         c = save_checkpoint(m, c, out)
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "ema": ema if ema is not None else {}, "step": step}, state_path)
+                    "ema": ema if ema is not None else {}, "step": step,
+                    **({"teacher": teacher.state_dict()} if teacher is not None else {})}, state_path)
         return c
 
     def set_train():
         model.train()
         for m in frozen:
             m.eval()
+        if cfg.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     set_train()
     c = card
@@ -270,6 +359,12 @@ def train_copydetect(cfg: CopyDetectConfig, out_dir: str | Path, *, resume: bool
         l_nce = loss_fn(emb, labels)
         l_ko = koleo(emb)
         loss = l_nce + cfg.koleo_weight * l_ko
+        l_di = torch.zeros(())
+        if teacher is not None:
+            with torch.no_grad():
+                t_emb = teacher.embed_regions(teacher.forward_features(x), [torch.tensor([bx]) for bx in boxes], cfg.input_size)
+            l_di = (1 - (emb * t_emb).sum(dim=1)).mean()
+            loss = loss + cfg.distill_weight * l_di
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_grad:
@@ -288,7 +383,7 @@ def train_copydetect(cfg: CopyDetectConfig, out_dir: str | Path, *, resume: bool
             with torch.no_grad():
                 sims = emb[0::2] @ emb[1::2].T
                 acc = float((sims.argmax(dim=1) == torch.arange(n)).float().mean())
-            row = {"step": step, "loss": round(loss.item(), 4), "ntxent": round(l_nce.item(), 4), "koleo": round(l_ko.item(), 4),
+            row = {"step": step, "loss": round(loss.item(), 4), "ntxent": round(l_nce.item(), 4), "koleo": round(l_ko.item(), 4), "distill": round(l_di.item(), 4),
                    "pair_top1": round(acc, 3), "lr": round(sched.get_last_lr()[0], 7), "seconds": round(time.time() - t0, 1)}
             _log(out / "metrics.jsonl", row)
             log(json.dumps(row))

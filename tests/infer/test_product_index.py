@@ -105,10 +105,12 @@ def test_undecodable_catalogue_photo_is_named(shop, tmp_path, capsys):
 
 
 def test_index_and_model_of_different_kinds_refused(shop):
-    with pytest.raises(MarkguardError, match=r"a product index \(built with the .*product-model model\) cannot be searched with the logo model"):
+    with pytest.raises(MarkguardError, match=r"a product index \(built with the .*product-model model\) cannot be searched with the logo model") as e:
         load_searchers([shop / "products"], shop / "logo-model", "cpu")
-    with pytest.raises(MarkguardError, match=r"a logo index .* cannot be searched with the product model"):
+    assert "\n" not in str(e.value) and "logo-model" in str(e.value) and str(shop / "products") in str(e.value)  # one line, both models
+    with pytest.raises(MarkguardError, match=r"a logo index .* cannot be searched with the product model") as e:
         load_searchers([shop / "logos"], shop / "product-model", "cpu")
+    assert "\n" not in str(e.value) and "logo-model" in str(e.value) and "product-model" in str(e.value)
 
 
 def test_mixed_scan_one_row_per_photo_naming_the_index(shop, tmp_path):
@@ -126,3 +128,32 @@ def test_mixed_scan_one_row_per_photo_naming_the_index(shop, tmp_path):
     assert indexes <= {"logos", "products"} and "products" in indexes
     best = rows["copy.jpg"]["matches"][0]
     assert best["index"] == "products" and best["mark"] == "shot2" and best["score"] > 0.99  # the same photo, the same vector
+
+
+def test_mixed_scan_with_the_logo_models_combiner(shop, tmp_path):
+    """The logo model's combiner scores the logo index's matches; the product index beside it is judged on its own
+    model's similarity thresholds (its card's), and its matches carry no combiner probability."""
+    from markguard.checkpoint import load_card
+    from markguard.infer.combine import Combiner
+
+    logos = tmp_path / "logos"
+    shutil.copytree(shop / "logos", logos)
+    fp = load_card(shop / "logo-model").fingerprint
+    Combiner(["similarity"], [4.0, 0.0], -1.0, [1.0, 0.5], [1.0, 0.2], fp, thresholds={"flag": 0.9, "review": 0.5}).save(logos)
+    listings = tmp_path / "dump"
+    listings.mkdir()
+    shutil.copy(shop / "catalogue" / "zeta" / "shot2.jpg", listings / "copy.jpg")
+    write_photo(listings / "other.jpg", seed=99)
+    out = tmp_path / "out"
+    run_scan(listings, [logos, shop / "products"], out, opts=ScanOptions(batch_size=2, workers=1, device="cpu", verify=False), progress=False)
+    rows = {r["image"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    best = rows["copy.jpg"]["matches"][0]
+    assert rows["copy.jpg"]["status"] == "flag" and best["index"] == "products" and best["mark"] == "shot2"
+    assert best.get("probability") is None  # the product index is judged on similarity (its card: flag 0.9)
+    logo_matches = [m for r in rows.values() for m in r["matches"] if m["index"] == "logos"]
+    assert all(m.get("probability") is not None for m in logo_matches)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policy"]["combined_indexes"] == ["logos"] and summary["policy"]["per_index"]["products"] == {"flag": 0.9, "review": 0.8}
+    # the same scan, product index first: the combiner is still the logo index's
+    run_scan(listings, [shop / "products", logos], tmp_path / "out2", opts=ScanOptions(batch_size=2, workers=1, device="cpu", verify=False), progress=False)
+    assert json.loads((tmp_path / "out2" / "summary.json").read_text())["policy"]["combined_indexes"] == ["logos"]

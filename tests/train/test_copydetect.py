@@ -12,7 +12,8 @@ from markguard.checkpoint import load_checkpoint, model_kind
 from markguard.errors import MarkguardError
 
 TINY = ["backbone=resnet10t", "init=null", "freeze_stages=0", "dim=16", "input_size=48", "scan_size=64", "pairs=3",
-        "photo_side=96", "view_side=[48,96]", "log_every=1", "checkpoint_every=2", "warmup_steps=1", "ema=0.5"]
+        "photo_side=96", "view_side=[48,96]", "log_every=1", "checkpoint_every=2", "warmup_steps=1", "ema=0.5",
+        "whiten_pairs=32"]
 
 
 def write_photos(root, n=4, size=(120, 90)):
@@ -67,3 +68,36 @@ def test_one_photo_or_no_photos_refused(tmp_path):
         train_copydetect(load_layered(CopyDetectConfig, None, TINY), tmp_path / "run", log=lambda s: None)
     with pytest.raises(MarkguardError, match="is not a folder"):
         train_copydetect(load_layered(CopyDetectConfig, None, [f"photos={tmp_path / 'nope'}", *TINY]), tmp_path / "run", log=lambda s: None)
+
+
+def test_learned_whitening_whitens_the_copies_differences():
+    from markguard.train.copydetect import learned_whitening
+
+    rng = np.random.default_rng(0)
+    photos = rng.normal(size=(400, 8)) * np.array([5, 4, 3, 2, 1, 1, 1, 1.0]) + 3.0
+    copies = photos + rng.normal(size=(400, 8)) * np.array([0.1, 2, 0.1, 0.1, 0.5, 0.1, 0.1, 0.1])
+    w, b = learned_whitening(photos, copies, dim=8, shrink=0.0)
+    d = (photos - copies) @ w.T
+    assert np.allclose(d.T @ d / len(d), np.eye(8), atol=1e-3)  # brute force: the copies' differences are white
+    x = np.concatenate([photos, copies])
+    assert np.allclose((x @ w.T + b).mean(axis=0), 0.0, atol=1e-3)  # centred on the training photos' mean
+    w4, _ = learned_whitening(photos, copies, dim=4, shrink=0.0)
+    assert w4.shape == (4, 8) and np.allclose(w4, w[:4], atol=1e-4)  # the leading directions are kept
+
+
+@pytest.mark.slow
+def test_whitened_head_and_distillation(tmp_path):
+    from markguard.config import load_layered
+    from markguard.train.copydetect import CopyDetectConfig, train_copydetect
+
+    photos = write_photos(tmp_path / "photos", n=5)
+    rows = []
+    cfg = load_layered(CopyDetectConfig, None, [f"photos={photos}", "steps=2", "head_init=whiten", "whiten_pairs=32",
+                                                 "distill_weight=1.0", "freeze_bn=true", *TINY])
+    card = train_copydetect(cfg, tmp_path / "run", log=rows.append)
+    assert json.loads(rows[0])["whitening"]["pairs"] == 32
+    assert card.training["head_init"] == "whiten" and card.training["distill_weight"] == 1.0 and card.training["loss"] == "ntxent+koleo+distill"
+    steps = [json.loads(r) for r in rows[1:]]
+    assert steps[0]["distill"] < 0.05  # step one starts from the teacher itself: only the first update moves it
+    with pytest.raises(MarkguardError, match="whiten_pairs=8: whitening 16 dimensions needs at least 32 pairs"):
+        load_layered(CopyDetectConfig, None, [*TINY, f"photos={photos}", "head_init=whiten", "whiten_pairs=8"]).validate()
