@@ -46,7 +46,7 @@ def _model(tmp_path: Path, combiner: Combiner | None, fp: str = FP, sha: str | N
         thresholds["combiner"] = {"file": "combiner.json", "sha256": sha or digest(path)}
     index = tmp_path / "index"
     index.mkdir(parents=True, exist_ok=True)
-    card = SimpleNamespace(fingerprint=fp, thresholds=thresholds)
+    card = SimpleNamespace(fingerprint=fp, thresholds=thresholds, regions={})  # a logo model's card (model_kind reads regions)
     return SimpleNamespace(path=index, model_dir=model, card=card, bias=None, bank=None)
 
 
