@@ -53,17 +53,18 @@ def quick_model(root: Path) -> Path:
     return root / "model"
 
 
-def time_backends(model_dir: str | Path | None, *, size: int, batch: int, rounds: int) -> dict[str, list[float]]:
+def time_backends(model_dir: str | Path | None, *, size: int, batch: int, rounds: int,
+                  backends: tuple[str, ...] = BACKENDS) -> dict[str, list[float]]:
     """Seconds a batch per round for each backend, rounds interleaved; each backend warmed up first."""
     from markguard.infer.backends import load_backend
     from markguard.infer.embed import feature_maps
 
-    models = {b: load_backend(model_dir, b)[0] for b in BACKENDS}
+    models = {b: load_backend(model_dir, b)[0] for b in backends}
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     for m in models.values():  # first calls choose kernels (oneDNN, ORT's memory patterns)
         feature_maps(m, x)
         feature_maps(m, x)
-    times: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    times: dict[str, list[float]] = {b: [] for b in backends}
     for _ in range(rounds):
         for b, m in models.items():
             t = time.perf_counter()
@@ -79,18 +80,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="a random tiny model at 64 px, 3 rounds (for the tests)")
+    ap.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
+                    help="which to time beside torch (default all; torch onnx needs no int8 export: onnx comes from the cache)")
     args = ap.parse_args()
+    args.backends = ["torch", *[b for b in args.backends if b != "torch"]]  # the ratios are against PyTorch
     tmp = tempfile.TemporaryDirectory(prefix="markguard-bench-backends-")
     model = args.model
     if args.quick:
         model, args.size, args.batch, args.rounds = quick_model(Path(tmp.name)), 64, 4, 3
-    times = time_backends(model, size=args.size, batch=args.batch, rounds=args.rounds)
+    times = time_backends(model, size=args.size, batch=args.batch, rounds=args.rounds, backends=tuple(args.backends))
     med = {b: statistics.median(t) for b, t in times.items()}
     print(f"# {machine()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"# backbone pass, {args.batch} x 3 x {args.size} x {args.size}, {args.rounds} interleaved rounds, model {model or 'shipped'}")
     print("| backend | median s a batch | img/s | vs torch fp32 | rounds (s) |")
     print("|---|---|---|---|---|")
-    for b in BACKENDS:
+    for b in args.backends:
         print(f"| {b} | {med[b]:.3f} | {args.batch / med[b]:.1f} | {med['torch'] / med[b]:.2f}x | "
               + ", ".join(f"{t:.2f}" for t in times[b]) + " |")
 

@@ -19,8 +19,8 @@ from markguard.checkpoint import ModelCard, load_checkpoint, resolve_model_dir
 from markguard.errors import MarkguardError
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "torchscript")
-# "auto", the scan's default: the backbone in ONNX Runtime fp32 on a CPU (the same embeddings as PyTorch to 1e-6, 3.2x its
-# model-only rate on the 2-core bench machine: benchmarks/results/backends.md), exported once per model fingerprint into
+# "auto", the scan's default: the backbone in ONNX Runtime fp32 on a CPU (the same embeddings as PyTorch to 1e-6, 1.6-2.1x its
+# model-only rate on the idle 2-core bench machine, 3.1-3.3x under load: benchmarks/results/backends.md), exported once per model fingerprint into
 # the cache; PyTorch on a GPU, with --compile, or where ONNX Runtime is not installed (one line on stderr says so)
 DEFAULT_BACKEND = "auto"
 # default names beside the weights, where `markguard export` writes and `scan --backend` looks
@@ -188,7 +188,7 @@ def resolve_backend(backend: str, device: str = "cpu", *, compile: str | None = 
         if device.startswith("cuda") or compile:
             return "torch"
         if not onnx_installed():
-            _say(stream, "backend: onnxruntime is not installed, so the backbone runs in PyTorch (about 3x slower on a CPU); "
+            _say(stream, "backend: onnxruntime is not installed, so the backbone runs in PyTorch (about 2x slower on a CPU); "
                          "pip install 'markguard[onnx]'")
             return "torch"
         return "onnx"

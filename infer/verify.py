@@ -124,11 +124,10 @@ def reference_features(source: str, method: str = "sift", ref_side: int = 256, m
     another keypoint detection. None when the file cannot be read any more (moved or corrupt):
     that mark cannot be verified.
     """
-    try:
-        data = open(source, "rb").read()
-    except OSError:
+    content = _content_digest(source)
+    if content is None:
         return None
-    key = hashlib.sha256(data + f"|{method}|{ref_side}|{int(mirrored)}|{int(inverted)}|{REF_CACHE_VERSION}".encode()).hexdigest()[:40]
+    key = hashlib.sha256(f"{content}|{method}|{ref_side}|{int(mirrored)}|{int(inverted)}|{REF_CACHE_VERSION}".encode()).hexdigest()[:40]
     stored = _stored_features(key)
     if stored is not None:
         return stored
@@ -138,7 +137,17 @@ def reference_features(source: str, method: str = "sift", ref_side: int = 256, m
     return feats
 
 
-REF_CACHE_VERSION = "1"  # bump when detection or rendering of references changes: older cached keypoints are then not found
+@functools.lru_cache(maxsize=4096)
+def _content_digest(source: str) -> str | None:
+    """The reference file's sha256, read once a process for its four views; None when it cannot be read."""
+    try:
+        with open(source, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+REF_CACHE_VERSION = "2"  # bump when detection or rendering of references changes: older cached keypoints are then not found
 
 
 def _ref_cache_file(key: str):
