@@ -150,8 +150,11 @@ def bank_meta(net, card, vectors, ids, *, images: int, device: str, previous: di
 
 def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path | None = None, kind: str = "auto",
                 device: str = "auto", memory_budget_mb: float | None = None, recall_target: float = 0.95, bank: int = 0,
-                check: bool = False, bank_photos: list[str] | None = None) -> dict:
+                check: bool = False, bank_photos: list[str] | None = None, warm_verify: bool = True) -> dict:
     """Embed every mark of the gallery and save the index at ``out``; returns the index's info.
+
+    ``warm_verify`` also detects the references' keypoints for verification and caches them (the info's
+    ``verify_cache`` says how many and how long), so that the first scan is as fast as the later ones.
 
     ``bank`` > 0 embeds that many mark-free background pictures and stores each reference's bias
     against them, so a scan scores matches normalised against the background (infer/bank.py).
@@ -160,8 +163,11 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
     is about safety holds: nothing outside the gallery is read (see :func:`checked_gallery`).
     """
     with index_writer(out, create=True):  # from the start: an `index add` meanwhile would otherwise be overwritten unseen
-        return _build_index(gallery_path, out, model=model, kind=kind, device=device, memory_budget_mb=memory_budget_mb,
+        info = _build_index(gallery_path, out, model=model, kind=kind, device=device, memory_budget_mb=memory_budget_mb,
                             recall_target=recall_target, bank=bank, check=check, bank_photos=bank_photos)
+    if warm_verify:
+        info["verify_cache"] = _warm_verify(MarkIndex.load(out))  # outside the lock: it only reads
+    return info
 
 
 def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, recall_target, bank, check,
@@ -187,6 +193,13 @@ def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, re
     return info
 
 
+def _warm_verify(index) -> dict:
+    """The references' keypoints detected now and cached (infer/verify.py), not in the first scan."""
+    from markguard.infer.verify import warm_references
+
+    return warm_references(r.source for r in index.records() if r.source)
+
+
 def read_index_meta(index_path: str | Path) -> dict:
     """The metadata of the index at ``index_path`` (read with the index, from the same save)."""
     return MarkIndex.load(index_path).require_meta()
@@ -209,13 +222,16 @@ def index_meta(model_dir: Path, fingerprint: str, brands: dict, gallery_root: Pa
 
 
 def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str | Path | None = None, device: str = "auto",
-                 check: bool = False) -> dict:
+                 check: bool = False, warm_verify: bool = True) -> dict:
     """Add a gallery's marks (new brands, or new marks of known ones) to an existing index, without a rebuild.
 
     ``check`` as for :func:`build_index` (``markguard index add`` passes it).
     """
     with index_writer(index_path):  # the whole read-modify-write: a `remove` meanwhile must not be undone
-        return _add_to_index(Path(index_path), gallery_path, model=model, device=device, check=check)
+        out = _add_to_index(Path(index_path), gallery_path, model=model, device=device, check=check)
+    if warm_verify and out["added"]:
+        out["verify_cache"] = _warm_verify(MarkIndex.load(index_path))  # outside the lock: it only reads
+    return out
 
 
 def _add_to_index(index_path: Path, gallery_path, *, model, device, check) -> dict:

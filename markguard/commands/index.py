@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--bank-photos", metavar="DIR", help="a folder of photographs that show none of the references (for a product "
                    "index: other photos), added to the bank")
     b.add_argument("--device", default="auto")
+    b.add_argument("--no-verify-cache", dest="warm_verify", action="store_false",
+                   help="do not detect and cache the references' keypoints for verification now (the first scan then does it)")
     b.set_defaults(func=run_build)
 
     a = isub.add_parser("add", help="add a gallery's new brands and marks without a rebuild")
@@ -30,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("gallery", help="gallery folder with the marks to add")
     a.add_argument("--model", "-m", help="checkpoint folder (default: the one the index was built with)")
     a.add_argument("--device", default="auto")
+    a.add_argument("--no-verify-cache", dest="warm_verify", action="store_false",
+                   help="do not detect and cache the references' keypoints for verification now (the first scan then does it)")
     a.set_defaults(func=run_add)
 
     r = isub.add_parser("remove", help="remove a brand, or one mark, without a rebuild")
@@ -70,7 +74,7 @@ def run_build(args) -> int:
             raise MarkguardError(f"--bank-photos {args.bank_photos}: no photographs (.jpg, .png, .webp) in it")
     info = build_index(args.gallery, args.out, model=args.model, kind=args.kind, device=args.device,
                        memory_budget_mb=args.memory_budget_mb, recall_target=args.recall, bank=args.bank, check=True,
-                       bank_photos=bank_photos)
+                       bank_photos=bank_photos, warm_verify=args.warm_verify)
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -78,7 +82,8 @@ def run_build(args) -> int:
 def run_add(args) -> int:
     from markguard.infer.build import add_to_index
 
-    print(json.dumps(add_to_index(args.index, args.gallery, model=args.model, device=args.device, check=True), indent=2))
+    print(json.dumps(add_to_index(args.index, args.gallery, model=args.model, device=args.device, check=True,
+                                   warm_verify=args.warm_verify), indent=2))
     return 0
 
 

@@ -23,6 +23,8 @@ def test_build_skips_bad_marks_and_records_its_model(world, tmp_path, capsys):
     (gallery / "brand000" / "broken.png").write_bytes(b"not a png")
     info = build_index(gallery, tmp_path / "idx", model=world.model, device="cpu")
     assert info["skipped"] == 1 and info["ntotal"] == 3
+    if "skipped" not in info["verify_cache"]:  # OpenCV installed: the three references' keypoints are cached now
+        assert info["verify_cache"]["references"] == 3 and info["verify_cache"]["unreadable"] == 0
     assert "broken.png" in capsys.readouterr().err
     meta = read_index_meta(tmp_path / "idx")
     assert meta["model"] == str(world.model.resolve()) and set(meta["brands"]) == {"brand000", "brand001", "brand002"}

@@ -281,3 +281,38 @@ def test_a_photos_candidates_in_one_region_share_its_keypoints(scene, monkeypatc
     fresh = [verify_region(image, _loose(box, img), reference_variants(s)) for s in srcs]
     assert with_memo <= 2 and len(calls) - with_memo >= 3  # one detection a view, against one a view per check
     assert [(v.inliers, v.box) for v in shared] == [(v.inliers, v.box) for v in fresh]
+
+
+def test_photos_checked_side_by_side_give_the_rows_one_thread_gives(scene):
+    """Photos are checked on several threads (one OpenCV core each); the outcome is the same, photo for photo, and
+    OpenCV's own thread count is restored after."""
+    import cv2
+
+    marks, _, searcher, photos = scene
+    photos = photos * 2  # eight photos: both threads get several
+    x, to_orig = _batch(photos)
+    found = [[Match(m.brand, m.mark, 0.5, _loose(box, img)), Match(other.brand, other.mark, 0.45, _loose(box, img))]
+             for (img, box, m), other in zip(photos, marks[1:] + marks[:1] + marks[1:] + marks[:1])]
+    found[3] = []  # a photo without candidates keeps none
+    before = cv2.getNumThreads()
+    one = verify_matches(x, found, searcher, to_orig, 1.0, threads=1)
+    two = verify_matches(x, found, searcher, to_orig, 1.0, threads=2)
+    assert cv2.getNumThreads() == before
+    assert one == two and two[3] == []
+    assert sum(c.evidence.get("geometry") is not None for cs in two for c in cs) >= 8  # checked, not passed through
+
+
+def test_warm_references_caches_every_view_so_a_scan_detects_none(scene, tmp_path, monkeypatch):
+    from markguard.infer import verify
+
+    monkeypatch.setenv("MARKGUARD_CACHE", str(tmp_path / "cache"))
+    _, records, _, _ = scene
+    verify.reference_features.cache_clear()
+    sources = [r["source"] for r in records] + [str(tmp_path / "gone.png")]
+    done = verify.warm_references(sources, threads=2)
+    assert done["references"] == len(records) + 1 and done["unreadable"] == 1
+    assert len(list((tmp_path / "cache" / "verify").rglob("*.npz"))) == 4 * len(records)
+    verify.reference_features.cache_clear()
+    monkeypatch.setattr(verify, "_reference_features", lambda *a: pytest.fail(f"detected again: {a}"))
+    assert all(v is not None for r in records for v in reference_variants(r["source"]))
+    verify.reference_features.cache_clear()
