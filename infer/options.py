@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -45,25 +46,34 @@ class ScanOptions:
     keep_embeddings: str | None = None  # fp16 | pq: store each photo's searched regions for `markguard rematch` (infer/rematch.py)
     # evidence signals turned on by name (``--signal``): those registered with ``opt_in`` (infer/evidence.py SIGNALS)
     signals: list[str] = field(default_factory=list)
+    # run the next batch through the model while this one's evidence and decision stages finish on another thread
+    # (infer/pipeline.py process_batches; the rows are the same either way)
+    overlap: bool = True
 
 
 STAGES = ("decode", "regions", "embed", "look", "search", "verify", "decide", "write")  # always reported, in this order
 
 
+_TIMES_LOCK = threading.Lock()
+
+
 @dataclass
 class StageTimes:
-    """Seconds spent in each stage; a stage not in STAGES is added the first time it is timed."""
+    """Seconds spent in each stage; a stage not in STAGES is added the first time it is timed. Stages of two batches
+    may run at once (infer/pipeline.py ``process_batches``): their seconds then add up to more than the scan's wall time."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     def add(self, stage: str, t0: float) -> float:
         now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - t0
+        with _TIMES_LOCK:  # two threads add: the model's stages of one batch, the evidence of the one before
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + now - t0
         return now
 
     def merge(self, seconds: dict[str, float]) -> None:
-        for k, v in seconds.items():
-            self.seconds[k] = self.seconds.get(k, 0.0) + v
+        with _TIMES_LOCK:
+            for k, v in seconds.items():
+                self.seconds[k] = self.seconds.get(k, 0.0) + v
 
     def shares(self) -> dict[str, float]:
         """Each stage's share of the time all stages took (the scan's budget, in the open)."""

@@ -70,6 +70,15 @@ class ScanPlan:
     signals: tuple[str, ...] = ()  # the evidence signals whose producers run
     stages: list = field(default_factory=list)
 
+    @property
+    def model_stages(self) -> int:
+        """How many of ``stages``, from the first, are the model's own (regions, embedding, second looks, search):
+        the next batch runs through them while the rest (evidence, decision) finish this one."""
+        n = 0
+        while n < len(self.stages) and getattr(self.stages[n], "model_stage", False):
+            n += 1
+        return n
+
 
 def _signals(searchers: list, opts: ScanOptions) -> list[str]:
     from markguard.infer.evidence import SIGNALS

@@ -25,7 +25,7 @@ from markguard.infer.decide import policy_for as _policy
 from markguard.infer.decode import DecodedBatches, RunFailure, batch_loader, worker_death
 from markguard.infer.options import STAGES, ScanOptions, StageTimes, resolve_decode  # noqa: F401  (the scan's public names)
 from markguard.infer.outdir import holds_output_folder, open_output, pins
-from markguard.infer.pipeline import process_batch
+from markguard.infer.pipeline import process_batches
 from markguard.infer.plan import ScanPlan, build_plan, region_mode
 from markguard.infer.read import item_source
 from markguard.infer.results import PARQUET, PARTIAL, RESULTS, STATE, SUMMARY, ScanRow, read_results, read_summary
@@ -51,7 +51,13 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
     # decoded once, at the largest scan size, normalised as the first model wants; model_input() adapts it for each
     ds = DecodedBatches(item_source(source, opts.shard), size=plan.size, mean=plan.mean, std=plan.std, batch_size=opts.batch_size,
                         skip=skip, device_jpeg=resolve_decode(opts.decode, opts.device) == "device", hires=plan.hires)
-    batches = iter(batch_loader(ds, opts.workers))
+    for rows in process_batches(_decoded(batch_loader(ds, opts.workers), times), plan, times):
+        yield from rows
+
+
+def _decoded(loader, times: StageTimes) -> Iterator:
+    """The loader's batches; a failure in a decoding worker as one line."""
+    batches = iter(loader)
     while True:
         try:
             batch = next(batches, None)
@@ -65,7 +71,7 @@ def scan_rows(source: str | Path, searchers: list[Searcher], policy: Policy, opt
         if isinstance(batch, RunFailure):
             raise MarkguardError(batch.message)
         times.merge({"decode": batch.decode_s})
-        yield from process_batch(batch, plan, times)
+        yield batch
 
 
 class Progress:

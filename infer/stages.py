@@ -3,12 +3,15 @@
 A stage is a callable on a :class:`BatchWork` (the batch in flight) with a ``name`` its time is kept under
 (None: it keeps its own times) and ``per_index`` (it works on one index's share, skipped when no photo of
 the batch decoded). An evidence signal's producer is a stage too (infer/evidence.py ``Signal.producer``).
+The model's own stages say ``model_stage``: a scan runs the next batch through them while this batch's
+evidence and decision stages finish on another thread (infer/pipeline.py ``process_batches``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -53,6 +56,8 @@ class BatchWork:
 class DeviceDecode:
     """JPEGs the decode workers left for the model's device (nvJPEG on a GPU), decoded in one call."""
 
+    model_stage: ClassVar[bool] = True
+
     size: int
     device: str
     hires: int
@@ -72,6 +77,8 @@ class DeviceDecode:
 class FirstLook:
     """The batch as this index's model sees it (its normalisation and scan size), then its first look over the model's
     pyramid (infer/pyramid.py: one backbone pass a level, the regions the resolved settings choose)."""
+
+    model_stage: ClassVar[bool] = True
 
     sp: object  # plan.SearcherPlan
     device: str
@@ -98,6 +105,8 @@ class FirstLook:
 class SecondLook:
     """The best proposals cropped from the high-resolution copy and embedded again (infer/looks.py)."""
 
+    model_stage: ClassVar[bool] = True
+
     sp: object
     device: str
     precision: str
@@ -120,6 +129,8 @@ class SecondLook:
 @dataclass
 class Search:
     """Every region of the batch against this index in one query: each photo's candidates, best first."""
+
+    model_stage: ClassVar[bool] = True
 
     sp: object
     k: int

@@ -200,7 +200,7 @@ def test_early_failure_leaves_no_stub(world, tmp_path, monkeypatch):
     def fail(*a, **k):
         raise MarkguardError("decoding process died")
 
-    monkeypatch.setattr(scan, "process_batch", fail)
+    monkeypatch.setattr(scan, "process_batches", fail)
     out = tmp_path / "out"
     with pytest.raises(MarkguardError, match="decoding process died"):
         run_scan(world.dump, [world.index], out, opts=OPTS, progress=False)

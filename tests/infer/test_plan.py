@@ -152,7 +152,7 @@ def test_the_orchestrator_is_small_and_nothing_imports_it_for_options():
     for f in list((root / "infer").rglob("*.py")) + list((root / "markguard").rglob("*.py")):
         for line in f.read_text().splitlines():
             if "infer.pipeline import" in line:  # the engines run batches through it; nothing takes options or helpers from it
-                assert line.strip().endswith("import process_batch"), (f, line)
+                assert line.strip().endswith(("import process_batch", "import process_batches")), (f, line)
 
 
 def test_verification_decodes_the_high_resolution_copy_only_for_photos_near_the_gate(world, tmp_path, monkeypatch):
@@ -225,3 +225,44 @@ def test_the_progress_line_shows_each_stages_share():
     p.times.merge({"decode": 1.0, "embed": 3.0})
     assert p.shares_line() == "scan: time by stage: embed 75%, decode 25%"
     assert p.times.shares()["embed"] == 0.75
+
+
+def test_the_next_batch_embeds_while_the_last_ones_evidence_finishes_and_the_rows_are_the_same(world, tmp_path):
+    """The model's stages of batch N+1 overlap the evidence and decision stages of batch N on a second thread
+    (infer/pipeline.py process_batches): the same rows, in the same order, as one stage after the other."""
+    from markguard.infer.decide import Policy
+    from markguard.infer.plan import build_plan
+    from markguard.infer.scan import run_scan
+    from markguard.infer.searchers import load_searchers
+
+    pytest.importorskip("cv2")
+    rows = {}
+    for overlap in (False, True):
+        out = tmp_path / f"o{int(overlap)}"
+        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=2, workers=0, verify=True, overlap=overlap), progress=False)
+        rows[overlap] = (out / "results.jsonl").read_bytes()
+    assert rows[True] == rows[False] and rows[True].count(b"\n") == world.n_rows
+    plan = build_plan(load_searchers([world.index], None, "cpu"), Policy(0.6, 0.5), ScanOptions(verify=True))
+    names = [type(s).__name__ for s in plan.stages]
+    assert names[: plan.model_stages] == ["FirstLook", "Search"] and "VerifyStage" in names[plan.model_stages:]
+
+
+def test_a_batch_that_fails_in_the_model_gives_the_rows_of_the_batch_before_first(world, tmp_path, monkeypatch):
+    """A failure while the next batch is embedded surfaces after the batch already checked is written, so
+    `--resume` has less to redo (and nothing is lost or written twice)."""
+    from markguard.infer import stages
+    from markguard.infer.scan import run_scan
+
+    real, calls = stages.Search.__call__, [0]
+
+    def third_fails(self, work):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise MarkguardError("the model failed on batch 3")
+        return real(self, work)
+
+    monkeypatch.setattr(stages.Search, "__call__", third_fails)
+    out = tmp_path / "out"
+    with pytest.raises(MarkguardError, match="batch 3"):
+        run_scan(world.dump, [world.index], out, opts=ScanOptions(batch_size=2, workers=0, verify=False), progress=False)
+    assert len((out / "results.jsonl.partial").read_bytes().splitlines()) == 4  # batches 1 and 2
