@@ -19,7 +19,10 @@ the same photos, in one run, each stage's share from the scan's summary; ``--bef
 checkout (its interpreter) to the same run, for a before/after table. The first scans are timed twice: right after
 `markguard index build` of the bench's gallery (which caches the references' keypoints), and with an empty cache:
 
-    python benchmarks/bench_scan.py --vs-sift data/realbench --index INDEX [--torch] [--before /other/.venv/bin/python --before-index IDX]
+    python benchmarks/bench_scan.py --vs-sift data/realbench --index INDEX [--torch] [--before /other/.venv/bin/python --before-index IDX] [--rounds 3]
+
+With ``--rounds N`` SIFT + RANSAC and the warm scans run N times, alternated, and the medians are reported (of the
+img/s, and of each round's ratio to SIFT): a shared machine's speed drifts by 10-20% between minutes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import datetime
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,7 +180,7 @@ def _tier_decisions(results: Path, truth: Path) -> dict:
 
 
 def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, before: str | None = None, model: str | None = None,
-            before_index: Path | None = None, torch_too: bool = False) -> dict:
+            before_index: Path | None = None, torch_too: bool = False, rounds: int = 1) -> dict:
     """img/s of SIFT + RANSAC and of `markguard scan` (defaults) on every ``every``-th listing of ``bench``, back to back.
 
     The scan runs twice with its default backend: first with an empty markguard cache (the backbone's ONNX graph
@@ -195,19 +200,9 @@ def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, befor
             w.writeheader()
             w.writerows(rows)
         try:
-            t = time.perf_counter()
-            sift_scan(manifest, bench / "gallery", tmp / "sift")
-            out["sift_img_s"] = round(len(rows) / (time.perf_counter() - t), 2)
             cache, built_cache = tmp / "cache", tmp / "cache-built"
-            # after_built: the first scan on a machine that has just built the index (`index build` caches the
-            # references' keypoints); after_cold: the first scan with an empty cache (an index built elsewhere)
-            runs = [("after_built", sys.executable, tmp / "built-index", [], built_cache), ("after_cold", sys.executable, index, [], cache),
-                    ("after", sys.executable, index, [], cache)]
-            if torch_too:
-                runs.append(("after_torch", sys.executable, index, ["--backend", "torch"], cache))
-            if before:
-                runs.append(("before", before, before_index or index, [], cache))
-            for name, python, idx, extra, cache_dir in runs:
+
+            def scan(name: str, python: str, idx: Path, extra: list, cache_dir: Path) -> dict:
                 env = {**os.environ, "MARKGUARD_CACHE": str(cache_dir)}
                 if name == "after_built":
                     t = time.perf_counter()
@@ -218,24 +213,50 @@ def vs_sift(bench: Path, index: Path, *, every: int = 4, workers: int = 1, befor
                 # -P: not the working folder first on the path, so another checkout's interpreter imports its own markguard
                 cmd = [python, "-P", "-m", "markguard.cli", "scan", str(manifest), "-i", str(idx), "-o", str(tmp / name), "--workers", str(workers),
                        "--quiet"] + (["-m", model] if model else []) + extra
+                shutil.rmtree(tmp / name, ignore_errors=True)
                 t = time.perf_counter()
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
                 wall = time.perf_counter() - t
                 summary = json.loads((tmp / name / "summary.json").read_text())
                 stages = summary["stage_seconds"]
                 total = sum(stages.values()) or 1.0
-                model_s = sum(stages.get(k, 0.0) for k in ("embed", "regions", "look", "search")) or 1.0
-                out[name] = {"img_s": summary["images_per_s"], "img_s_wall": round(len(rows) / wall, 2),
-                             "x_sift": round(summary["images_per_s"] / out["sift_img_s"], 2),
-                             # the model's own stages alone (embed, regions, second look, search): the bound without
-                             # decoding and verification, from the same scan
-                             "model_only_img_s": round(len(rows) / model_s, 2),
-                             "stage_seconds": stages, "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
-                             "options": {k: summary.get("options", {}).get(k) for k in ("verify", "ocr", "backend", "looks")},
-                             "decisions": _tier_decisions(tmp / name / "results.jsonl", bench / "truth.csv"),
-                             "command": " ".join(cmd[1:])}
+                return {"img_s": summary["images_per_s"], "img_s_wall": round(len(rows) / wall, 2),
+                        # each stage's own wall time; stages of two batches overlap, so they add up to more than the scan's
+                        "stage_seconds": stages, "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
+                        "options": {k: summary.get("options", {}).get(k) for k in ("verify", "ocr", "backend", "looks")},
+                        "decisions": _tier_decisions(tmp / name / "results.jsonl", bench / "truth.csv"),
+                        "command": " ".join(cmd[1:])}
+
+            # once: the first scan on a machine that has just built the index (`index build` caches the references'
+            # keypoints), and the first scan with an empty cache (an index built elsewhere)
+            once = [("after_built", sys.executable, tmp / "built-index", [], built_cache), ("after_cold", sys.executable, index, [], cache)]
+            # every round, alternated with SIFT + RANSAC (a shared machine's speed drifts: medians of the rounds)
+            each = [("after", sys.executable, index, [], cache)]
+            if before:
+                each.append(("before", before, before_index or index, [], cache))
+            if torch_too:
+                each.append(("after_torch", sys.executable, index, ["--backend", "torch"], cache))
+            sift_rates, rates = [], {name: [] for name, *_ in each}
+            for name, *args in once:
+                out[name] = scan(name, *args)
+            for _ in range(rounds):
+                t = time.perf_counter()
+                sift_scan(manifest, bench / "gallery", tmp / "sift")
+                sift_rates.append(len(rows) / (time.perf_counter() - t))
+                for name, *args in each:
+                    out[name] = scan(name, *args)
+                    rates[name].append(out[name]["img_s"])
+            out["sift_img_s"] = round(statistics.median(sift_rates), 2)
+            out["sift_img_s_rounds"] = [round(r, 2) for r in sift_rates]
+            for name, *_ in once:
+                out[name]["x_sift"] = round(out[name]["img_s"] / out["sift_img_s"], 2)
+            for name, *_ in each:
+                out[name]["img_s_rounds"] = rates[name]
+                out[name]["img_s"] = round(statistics.median(rates[name]), 2)
+                out[name]["x_sift_rounds"] = [round(a / b, 2) for a, b in zip(rates[name], sift_rates)]
+                out[name]["x_sift"] = round(statistics.median(out[name]["x_sift_rounds"]), 2)
             base = (tmp / "after" / "results.jsonl").read_bytes().splitlines()
-            for name, *_ in runs:
+            for name, *_ in once + each:
                 if name != "after":
                     other = (tmp / name / "results.jsonl").read_bytes().splitlines()
                     out[name]["rows_identical_to_after"] = sum(a == b for a, b in zip(base, other))
@@ -259,6 +280,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--before-index", help="with --before: the index that checkout's model built (default: --index)")
     ap.add_argument("--torch", action="store_true", help="with --vs-sift: also scan with --backend torch (the same code and model)")
     ap.add_argument("--every", type=int, default=4, help="with --vs-sift: every N-th listing (default 4)")
+    ap.add_argument("--rounds", type=int, default=1, help="with --vs-sift: SIFT + RANSAC and the warm scans this many times, "
+                    "alternated; medians reported (default 1)")
     args = ap.parse_args(argv)
     if args.vs_sift:
         if not args.index:
@@ -267,7 +290,8 @@ def main(argv=None) -> dict:
                   "load_before": os.getloadavg()[0],
                   "command": " ".join(["python", "benchmarks/bench_scan.py", *(argv if argv is not None else sys.argv[1:])])}
         result["vs_sift"] = vs_sift(Path(args.vs_sift), Path(args.index), every=args.every, workers=args.workers, before=args.before,
-                                    before_index=Path(args.before_index) if args.before_index else None, torch_too=args.torch)
+                                    before_index=Path(args.before_index) if args.before_index else None, torch_too=args.torch,
+                                    rounds=args.rounds)
         result["load_after"] = os.getloadavg()[0]
         print(json.dumps(result, indent=2))
         return result
