@@ -194,10 +194,14 @@ def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, re
 
 
 def _warm_verify(index) -> dict:
+    return warm_sources(r.source for r in index.records() if r.source)
+
+
+def warm_sources(sources) -> dict:
     """The references' keypoints detected now and cached (infer/verify.py), not in the first scan."""
     from markguard.infer.verify import warm_references
 
-    return warm_references(r.source for r in index.records() if r.source)
+    return warm_references(sources)
 
 
 def read_index_meta(index_path: str | Path) -> dict:
@@ -228,13 +232,13 @@ def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str
     ``check`` as for :func:`build_index` (``markguard index add`` passes it).
     """
     with index_writer(index_path):  # the whole read-modify-write: a `remove` meanwhile must not be undone
-        out = _add_to_index(Path(index_path), gallery_path, model=model, device=device, check=check)
-    if warm_verify and out["added"]:
-        out["verify_cache"] = _warm_verify(MarkIndex.load(index_path))  # outside the lock: it only reads
+        out, added = _add_to_index(Path(index_path), gallery_path, model=model, device=device, check=check)
+    if warm_verify and added:
+        out["verify_cache"] = warm_sources(added)  # the new references only; outside the lock: it only reads
     return out
 
 
-def _add_to_index(index_path: Path, gallery_path, *, model, device, check) -> dict:
+def _add_to_index(index_path: Path, gallery_path, *, model, device, check) -> tuple[dict, list[str]]:
     device = resolve_device(device)
     index = MarkIndex.load(index_path)
     meta = index.require_meta()
@@ -251,7 +255,8 @@ def _add_to_index(index_path: Path, gallery_path, *, model, device, check) -> di
     if meta.get("bank") and len(ids):  # new references get their bias against the same bank
         index.meta["bank"] = bank_meta(net, card, emb.vectors, ids, images=int(meta["bank"]["images"]), device=device, previous=meta["bank"])
     index.save(index_path)
-    return {"added": len(ids), "already_indexed": len(gallery.marks) - len(new), "skipped": len(emb.errors), "total": len(index)}
+    out = {"added": len(ids), "already_indexed": len(gallery.marks) - len(new), "skipped": len(emb.errors), "total": len(index)}
+    return out, [r["source"] for r in emb.records if r.get("source")]
 
 
 def remove_from_index(index_path: str | Path, *, brand: str | None = None, mark: str | None = None) -> dict:
