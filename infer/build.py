@@ -163,15 +163,15 @@ def build_index(gallery_path: str | Path, out: str | Path, *, model: str | Path 
     is about safety holds: nothing outside the gallery is read (see :func:`checked_gallery`).
     """
     with index_writer(out, create=True):  # from the start: an `index add` meanwhile would otherwise be overwritten unseen
-        info = _build_index(gallery_path, out, model=model, kind=kind, device=device, memory_budget_mb=memory_budget_mb,
-                            recall_target=recall_target, bank=bank, check=check, bank_photos=bank_photos)
+        info, sources = _build_index(gallery_path, out, model=model, kind=kind, device=device, memory_budget_mb=memory_budget_mb,
+                                     recall_target=recall_target, bank=bank, check=check, bank_photos=bank_photos)
     if warm_verify:
-        info["verify_cache"] = _warm_verify(MarkIndex.load(out))  # outside the lock: it only reads
+        info["verify_cache"] = _warm_verify(sources)  # outside the lock: it only reads the references
     return info
 
 
 def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, recall_target, bank, check,
-                 bank_photos=None) -> dict:
+                 bank_photos=None) -> tuple[dict, list[str]]:
     device = resolve_device(device)
     gallery = checked_gallery(gallery_path, check=check)
     model_dir = resolve_model_dir(model)
@@ -190,14 +190,14 @@ def _build_index(gallery_path, out, *, model, kind, device, memory_budget_mb, re
     index.save(Path(out))
     info = index.info()
     info["skipped"] = len(emb.errors)
-    return info
+    return info, _sources_of(emb)
 
 
-def _warm_verify(index) -> dict:
-    return warm_sources(r.source for r in index.records() if r.source)
+def _sources_of(emb: EmbeddedMarks) -> list[str]:
+    return [r["source"] for r in emb.records if r.get("source")]
 
 
-def warm_sources(sources) -> dict:
+def _warm_verify(sources: list[str]) -> dict:
     """The references' keypoints detected now and cached (infer/verify.py), not in the first scan."""
     from markguard.infer.verify import warm_references
 
@@ -234,7 +234,7 @@ def add_to_index(index_path: str | Path, gallery_path: str | Path, *, model: str
     with index_writer(index_path):  # the whole read-modify-write: a `remove` meanwhile must not be undone
         out, added = _add_to_index(Path(index_path), gallery_path, model=model, device=device, check=check)
     if warm_verify and added:
-        out["verify_cache"] = warm_sources(added)  # the new references only; outside the lock: it only reads
+        out["verify_cache"] = _warm_verify(added)  # the new references only; outside the lock: it only reads them
     return out
 
 
@@ -256,7 +256,7 @@ def _add_to_index(index_path: Path, gallery_path, *, model, device, check) -> tu
         index.meta["bank"] = bank_meta(net, card, emb.vectors, ids, images=int(meta["bank"]["images"]), device=device, previous=meta["bank"])
     index.save(index_path)
     out = {"added": len(ids), "already_indexed": len(gallery.marks) - len(new), "skipped": len(emb.errors), "total": len(index)}
-    return out, [r["source"] for r in emb.records if r.get("source")]
+    return out, _sources_of(emb)
 
 
 def remove_from_index(index_path: str | Path, *, brand: str | None = None, mark: str | None = None) -> dict:

@@ -7,7 +7,6 @@ exactly where the mark's corners are. OpenCV is optional (the ``verify`` extra) 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -261,12 +260,7 @@ def warm_references(sources, cfg: VerifyConfig = VerifyConfig(), *, threads: int
         return {"skipped": "OpenCV is not installed (pip install 'markguard[verify]')"}
     todo = sorted(set(sources))
     t = time.perf_counter()
-    threads = max(1, min(len(todo), torch.get_num_threads() if threads is None else threads))
-    if threads == 1:
-        views = [reference_variants(s, cfg) for s in todo]
-    else:
-        with _one_core_each():
-            views = list(_pool(threads).map(lambda s: reference_variants(s, cfg), todo))
+    views = _side_by_side(lambda s: reference_variants(s, cfg), todo, threads)
     unreadable = sum(all(v is None for v in vs) for vs in views)
     return {"references": len(todo), "unreadable": unreadable, "seconds": round(time.perf_counter() - t, 2)}
 
@@ -462,12 +456,8 @@ def verify_matches(x: torch.Tensor, found: list[list], searcher, to_orig: list[t
         return sorted(checked, key=lambda mm: -mm.score)
 
     busy = [i for i, ms in enumerate(found) if ms and (checks is None or checks[i])]
-    threads = min(len(busy), torch.get_num_threads() if threads is None else threads)
-    if threads <= 1:
-        return [one(i) for i in range(len(found))]
-    with _one_core_each():
-        done = dict(zip(busy, _pool(threads).map(one, busy)))
-    return [done[i] if i in done else [as_candidate(m) for m in ms] for i, ms in enumerate(found)]
+    done = dict(zip(busy, _side_by_side(one, busy, threads)))
+    return [done[i] if i in done else one(i) for i in range(len(found))]
 
 
 _POOL: list = [None, 0]
@@ -484,15 +474,18 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return _POOL[0]
 
 
-@contextlib.contextmanager
-def _one_core_each():
-    """OpenCV's own threads off while photos are checked side by side (two detections on two cores each would
-    fight over them), restored after."""
+def _side_by_side(fn, items: list, threads: int | None) -> list:
+    """``fn`` of each item, in order, on up to ``threads`` threads (default: as many as torch uses) with OpenCV's own
+    threads off meanwhile (two detections on two cores each would fight over them) and restored after; with one
+    thread or one item, here, on OpenCV's threads."""
+    threads = min(len(items), torch.get_num_threads() if threads is None else threads)
+    if threads <= 1:
+        return [fn(x) for x in items]
     cv2 = _cv2()
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        yield
+        return list(_pool(threads).map(fn, items))
     finally:
         cv2.setNumThreads(before)
 
